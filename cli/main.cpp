@@ -1,0 +1,231 @@
+// dedpo: the command-line program. Each command is a thin layer over the core library.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include "dedpo/experiment.hpp"
+#include "dedpo/registry.hpp"
+#include "dedpo/runner.hpp"
+
+namespace fs = std::filesystem;
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: dedpo <command> [options]
+
+commands:
+  plugins                      list the loaded plugins, grouped by kind
+  plugins show NAME            a plugin's options (types, defaults, help); also run|train|eval|init
+  validate EXP.toml [--set K=V]...
+                               load and check an experiment, run nothing
+  run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress]
+                               run an experiment in a new run folder
+  run --resume RUN_DIR         continue an interrupted run from its last checkpoint
+  grid EXP.toml [--jobs N] [--set K=V]...
+                               run every case of the experiment's [grid]
+  report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+
+Plugins are loaded from the program's plugin folder, then DEDPO_PLUGIN_PATH (colon-separated),
+then the folders an experiment names in [plugins] paths.
+)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void print_problems(const dedpo::PluginRegistry& registry) {
+  for (const dedpo::LoadProblem& problem : registry.problems()) {
+    std::cerr << "warning: " << problem.message << "\n";
+  }
+}
+
+std::vector<dedpo::Override> parse_overrides(const std::vector<std::string>& texts) {
+  std::vector<dedpo::Override> overrides;
+  for (const std::string& text : texts) overrides.push_back(dedpo::parse_override(text));
+  return overrides;
+}
+
+po::variables_map parse(const std::vector<std::string>& args, const po::options_description& options,
+                        const po::positional_options_description& positional) {
+  po::variables_map values;
+  try {
+    po::store(po::command_line_parser(args).options(options).positional(positional).run(), values);
+    po::notify(values);
+  } catch (const po::error& error) {
+    throw UsageError(error.what());
+  }
+  return values;
+}
+
+void print_schema(std::span<const dedpo::OptionSpec> schema) {
+  if (schema.empty()) {
+    std::cout << "  (no options)\n";
+    return;
+  }
+  for (const dedpo::OptionSpec& spec : schema) {
+    std::cout << fmt::format("  {:<20} {:<17} default {}\n      {}\n", spec.name,
+                             dedpo::to_string(spec.type),
+                             spec.default_value ? spec.default_value : "(required)", spec.help);
+  }
+}
+
+int command_plugins(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
+  if (args.empty()) {
+    for (dedpo::PluginKind kind : dedpo::kAllPluginKinds) {
+      std::cout << dedpo::to_string(kind) << ":\n";
+      auto entries = registry.plugins(kind);
+      if (entries.empty()) std::cout << "  (none)\n";
+      for (const dedpo::PluginEntry* entry : entries) {
+        std::cout << fmt::format("  {:<16} {:<8} {}\n", entry->descriptor->name,
+                                 entry->descriptor->version, entry->descriptor->description);
+      }
+    }
+    print_problems(registry);
+    return 0;
+  }
+  if (args[0] != "show" || args.size() != 2) throw UsageError("expected: dedpo plugins [show NAME]");
+  const std::string& name = args[1];
+  struct CoreTable {
+    const char* name;
+    std::span<const dedpo::OptionSpec> schema;
+  };
+  const CoreTable core_tables[] = {{"run", dedpo::run_options_schema()},
+                                   {"train", dedpo::train_options_schema()},
+                                   {"eval", dedpo::eval_options_schema()},
+                                   {"init", dedpo::init_options_schema()}};
+  bool shown = false;
+  for (const CoreTable& table : core_tables) {
+    if (name != table.name) continue;
+    std::cout << "[" << table.name << "] (core table)\n";
+    print_schema(table.schema);
+    shown = true;
+  }
+  std::vector<std::string> names;
+  for (dedpo::PluginKind kind : dedpo::kAllPluginKinds) {
+    for (const dedpo::PluginEntry* entry : registry.plugins(kind)) {
+      names.emplace_back(entry->descriptor->name);
+      if (name != entry->descriptor->name) continue;
+      const dedpo::PluginDescriptor& d = *entry->descriptor;
+      std::cout << fmt::format("{} '{}' {} ({})\n  {}\noptions:\n", dedpo::to_string(kind), d.name,
+                               d.version, entry->library.string(), d.description);
+      print_schema(std::span(d.options, d.option_count));
+      shown = true;
+    }
+  }
+  if (!shown) {
+    std::string suggestion = dedpo::closest_match(name, names);
+    throw dedpo::Error("no plugin named '" + name + "'" +
+                       (suggestion.empty() ? std::string() : "; did you mean '" + suggestion + "'?"));
+  }
+  return 0;
+}
+
+int command_validate(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
+  po::options_description options("validate");
+  options.add_options()("file", po::value<std::string>()->required(), "experiment file")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE");
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  po::variables_map values = parse(args, options, positional);
+  auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
+                                                       : std::vector<std::string>{});
+  dedpo::Experiment experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
+  print_problems(registry);
+  std::cout << "# " << experiment.file.string() << ": valid\n" << experiment.resolved_toml;
+  return 0;
+}
+
+int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
+  po::options_description options("run");
+  options.add_options()("file", po::value<std::string>(), "experiment file")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE")(
+      "resume", po::value<std::string>(), "continue the run in this folder")(
+      "run-dir", po::value<std::string>(), "use exactly this run folder")(
+      "no-progress", "no progress bar");
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  po::variables_map values = parse(args, options, positional);
+
+  dedpo::RunControl control;
+  control.progress_bar = !values.count("no-progress");
+  dedpo::RunResult result;
+  if (values.count("resume")) {
+    if (values.count("file") || values.count("set")) {
+      throw UsageError("run --resume DIR takes no experiment file and no --set");
+    }
+    result = dedpo::resume_run(values["resume"].as<std::string>(), registry, control);
+  } else {
+    if (!values.count("file")) throw UsageError("expected: dedpo run EXP.toml");
+    auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
+                                                         : std::vector<std::string>{});
+    dedpo::Experiment experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
+    print_problems(registry);
+    if (values.count("run-dir")) control.run_dir = values["run-dir"].as<std::string>();
+    result = dedpo::run_experiment(experiment, registry, control);
+  }
+  std::cout << "run folder: " << result.run_dir.string() << "\n";
+  std::cout << fmt::format("steps: {} (skipped by the NaN/inf guard: {})\n", result.steps_done,
+                           result.skipped_steps);
+  for (const auto& [name, value] : result.metrics) std::cout << fmt::format("{}: {:.6g}\n", name, value);
+  return 0;
+}
+
+int command_grid(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
+  po::options_description options("grid");
+  options.add_options()("file", po::value<std::string>()->required(), "experiment file")(
+      "jobs,j", po::value<int>()->default_value(1), "runs at once")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE");
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  po::variables_map values = parse(args, options, positional);
+  auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
+                                                       : std::vector<std::string>{});
+  dedpo::GridControl control;
+  control.jobs = values["jobs"].as<int>();
+  if (control.jobs < 1) throw UsageError("--jobs expects a positive number");
+  control.program = fs::read_symlink("/proc/self/exe");
+  int failures = dedpo::run_grid(values["file"].as<std::string>(), overrides, control, registry);
+  return failures == 0 ? 0 : 1;
+}
+
+int command_report(const std::vector<std::string>& args) {
+  if (args.size() != 1) throw UsageError("expected: dedpo report GRID_DIR");
+  std::cout << dedpo::write_report(args[0]);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string command = args[0];
+  args.erase(args.begin());
+  try {
+    dedpo::PluginRegistry registry;
+    registry.load_default_locations();
+    if (command == "plugins") return command_plugins(args, registry);
+    if (command == "validate") return command_validate(args, registry);
+    if (command == "run") return command_run(args, registry);
+    if (command == "grid") return command_grid(args, registry);
+    if (command == "report") return command_report(args);
+    throw UsageError("unknown command '" + command + "'");
+  } catch (const UsageError& error) {
+    std::cerr << "dedpo " << command << ": " << error.what() << "\n\n" << kUsage;
+    return 2;
+  } catch (const std::exception& error) {
+    std::cerr << "error: " << error.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,32 @@
+#pragma once
+// Data in backbone space (toy: points; Stable Diffusion: VAE latents) with named sides: never a
+// winner/loser order hidden in tensor layout.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace dedpo {
+
+struct PairDataset {
+  std::vector<std::string> prompts;  // distinct prompt texts
+  at::Tensor prompt_index;           // [N] int64 into `prompts`
+  at::Tensor a;                      // [N, ...] first candidate
+  at::Tensor b;                      // [N, ...] second candidate
+  at::Tensor human_label;            // [N] float z (1 = A preferred, 0 = B, 0.5 = tie); NaN = none
+  std::string fingerprint;           // identifies the content; keys annotation caches
+
+  std::int64_t size() const { return a.defined() ? a.size(0) : 0; }
+};
+
+// Single samples, for the plain denoising objective that trains a reference model.
+struct SampleDataset {
+  std::vector<std::string> prompts;
+  at::Tensor prompt_index;  // [N] int64
+  at::Tensor samples;       // [N, ...]
+
+  std::int64_t size() const { return samples.defined() ? samples.size(0) : 0; }
+};
+
+}  // namespace dedpo

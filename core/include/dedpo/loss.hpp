@@ -1,0 +1,56 @@
+#pragma once
+// Preference losses see per-pair scalars, never images: the denoising errors of the trainable and
+// the frozen reference model on both sides of each pair, and the labels.
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "dedpo/plugin.hpp"
+
+namespace dedpo {
+
+// The pool the trainer draws a loss's batches from, uniformly without replacement per epoch.
+enum class PairPool : std::uint32_t {
+  labelled,  // only pairs with a human label
+  all,       // labelled and unlabelled pairs alike
+};
+
+// One batch of B pairs y = (A, B). Both images of a pair share one timestep and one noise draw.
+struct PairTerms {
+  at::Tensor model_err_a;      // [B] mean squared noise-prediction error of the trainable model on A
+  at::Tensor model_err_b;      // [B] ... on B
+  at::Tensor ref_err_a;        // [B] frozen reference on A (undefined if !needs_reference())
+  at::Tensor ref_err_b;        // [B] frozen reference on B
+  at::Tensor human_label;      // [B] float z: 1 = A preferred, 0 = B preferred, 0.5 = tie; NaN where unlabelled
+  at::Tensor is_labelled;      // [B] bool
+  at::Tensor annotator_prob;   // [B] float ĝ = P(A preferred) by the annotator; undefined if none ran
+  std::int64_t n_labelled = 0;    // labelled pairs in the whole training set
+  std::int64_t n_unlabelled = 0;  // unlabelled pairs in the whole training set
+  PairPool drawn_from = PairPool::labelled;
+};
+
+struct LossResult {
+  at::Tensor loss;  // scalar, differentiable
+  // Named figures for metrics.jsonl (implicit accuracy, mean logit, λ in use, ...).
+  std::vector<std::pair<std::string, double>> diagnostics;
+};
+
+class Loss : public Plugin {
+ public:
+  static constexpr PluginKind kind = PluginKind::loss;
+
+  virtual PairPool pool() const = 0;
+  virtual bool needs_annotator() const = 0;
+  virtual bool needs_reference() const { return true; }
+  // Not const: a loss may keep running statistics (e.g. DeDPO's λ = auto).
+  virtual LossResult compute(const PairTerms& terms) = 0;
+
+  // Running state that a checkpoint must carry for a resumed run to be bit-identical.
+  virtual std::vector<double> state() const { return {}; }
+  virtual void load_state(const std::vector<double>& state);
+};
+
+}  // namespace dedpo

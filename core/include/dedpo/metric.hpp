@@ -1,0 +1,27 @@
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dedpo/backbone.hpp"
+#include "dedpo/data.hpp"
+#include "dedpo/plugin.hpp"
+
+namespace dedpo {
+
+struct MetricContext {
+  Backbone& backbone;        // trained model plus its frozen reference
+  const PairDataset* data;   // the training pairs, when the run had any
+  std::uint64_t seed = 0;    // evaluation seed: the same for every run of a grid
+};
+
+class Metric : public Plugin {
+ public:
+  static constexpr PluginKind kind = PluginKind::metric;
+
+  // Named figures, written to the run's results and the grid's results.csv.
+  virtual std::vector<std::pair<std::string, double>> evaluate(MetricContext& context) = 0;
+};
+
+}  // namespace dedpo

@@ -1,0 +1,85 @@
+#pragma once
+// The plugin ABI: every plugin library exports exactly one `dedpo_library_info` symbol pointing
+// at a LibraryInfo. The loader reads `abi_version` and `struct_size` before anything else, so a
+// library built against another SDK is refused with a clear message instead of crashing.
+//
+// Usage, in one .cpp of the plugin library:
+//
+//   DEDPO_PLUGIN_LIBRARY(
+//       dedpo::describe<MyLoss>("my_loss", "1.0.0", "One-line description.", kMyLossOptions))
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <memory>
+
+#include <boost/dll/alias.hpp>
+
+#include "dedpo/options.hpp"
+
+namespace dedpo {
+
+// Bump on any change to the structs below or to a plugin interface's virtual table.
+inline constexpr std::uint32_t kAbiVersion = 1;
+
+// Adding a kind: append here, add its name to to_string()/kind_from_string(), give its interface
+// `static constexpr PluginKind kind`.
+enum class PluginKind : std::uint32_t { backbone, annotator, loss, dataset, metric };
+inline constexpr PluginKind kAllPluginKinds[] = {PluginKind::backbone, PluginKind::annotator,
+                                                 PluginKind::loss, PluginKind::dataset,
+                                                 PluginKind::metric};
+
+const char* to_string(PluginKind kind);
+
+// Base of every plugin interface. Its key function lives in the core library, so type
+// information is shared and the loader can check the dynamic type of what a factory made.
+class Plugin {
+ public:
+  virtual ~Plugin();
+};
+
+using PluginFactory = std::unique_ptr<Plugin> (*)(const Options& options);
+
+struct PluginDescriptor {
+  PluginKind kind;
+  const char* name;
+  const char* version;
+  const char* description;
+  const OptionSpec* options;
+  std::size_t option_count;
+  PluginFactory create;
+};
+
+struct LibraryInfo {
+  std::uint32_t abi_version;
+  std::uint32_t struct_size;  // sizeof(LibraryInfo) in the SDK the library was built with
+  const PluginDescriptor* plugins;
+  std::size_t plugin_count;
+};
+
+template <class T>
+std::unique_ptr<Plugin> construct_plugin(const Options& options) {
+  return std::make_unique<T>(options);
+}
+
+// Describes plugin class T (derived from one plugin interface; constructed from Options).
+template <class T, std::size_t N>
+constexpr PluginDescriptor describe(const char* name, const char* version, const char* description,
+                                    const OptionSpec (&options)[N]) {
+  return {T::kind, name, version, description, options, N, &construct_plugin<T>};
+}
+template <class T>
+constexpr PluginDescriptor describe(const char* name, const char* version,
+                                    const char* description) {
+  return {T::kind, name, version, description, nullptr, 0, &construct_plugin<T>};
+}
+
+}  // namespace dedpo
+
+#define DEDPO_PLUGIN_LIBRARY(...)                                                              \
+  namespace dedpo_plugin_library {                                                             \
+  const ::dedpo::PluginDescriptor descriptors[] = {__VA_ARGS__};                               \
+  const ::dedpo::LibraryInfo library_info = {::dedpo::kAbiVersion,                             \
+                                             sizeof(::dedpo::LibraryInfo), descriptors,        \
+                                             std::size(descriptors)};                          \
+  }                                                                                            \
+  BOOST_DLL_ALIAS(dedpo_plugin_library::library_info, dedpo_library_info)

@@ -1,0 +1,50 @@
+#pragma once
+// Running experiments: single runs (fresh or resumed), grids of runs, and their reports.
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dedpo/experiment.hpp"
+#include "dedpo/registry.hpp"
+
+namespace dedpo {
+
+struct RunControl {
+  // Use exactly this run folder (grids name their runs); empty = a new <output>/<name>-<n>.
+  std::filesystem::path run_dir;
+  bool progress_bar = true;  // only drawn when stderr is a terminal
+  // Stop (as if killed) after this many optimiser steps; 0 = never. Lets tests interrupt a run.
+  std::int64_t stop_after_steps = 0;
+};
+
+struct RunResult {
+  std::filesystem::path run_dir;
+  std::vector<std::pair<std::string, double>> metrics;  // final evaluation
+  std::int64_t steps_done = 0;
+  std::int64_t skipped_steps = 0;  // steps the NaN/inf guard skipped
+  bool finished = false;           // false when stopped by RunControl::stop_after_steps
+};
+
+RunResult run_experiment(const Experiment& experiment, PluginRegistry& registry,
+                         const RunControl& control = {});
+// Continues an interrupted run from its last checkpoint to exactly the weights an uninterrupted
+// run would have reached.
+RunResult resume_run(const std::filesystem::path& run_dir, PluginRegistry& registry,
+                     const RunControl& control = {});
+
+struct GridControl {
+  int jobs = 1;
+  std::filesystem::path program;  // the dedpo executable that runs each case (a child process)
+};
+// Expands the experiment's [grid], runs every case (skipping finished ones), writes the report.
+// Returns the number of failed runs.
+int run_grid(const std::filesystem::path& file, std::span<const Override> overrides,
+             const GridControl& control, PluginRegistry& registry);
+
+// (Re)writes results.csv, summary.md and the plots of a grid folder; returns the summary text.
+std::string write_report(const std::filesystem::path& grid_dir);
+
+}  // namespace dedpo

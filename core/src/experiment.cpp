@@ -1,0 +1,407 @@
+#include "dedpo/experiment.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "option_table.hpp"
+
+namespace dedpo {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct SlotSpec {
+  const char* table;
+  PluginKind kind;
+};
+constexpr SlotSpec kSlots[] = {{"backbone", PluginKind::backbone},
+                               {"data", PluginKind::dataset},
+                               {"annotator", PluginKind::annotator},
+                               {"loss", PluginKind::loss}};
+constexpr const char* kMetricsTable = "metrics";
+constexpr const char* kTopLevelKeys[] = {"base", "run",  "train",     "eval", "init",   "plugins",
+                                         "grid", "backbone", "data", "annotator", "loss", "metrics"};
+
+toml::table parse_text(std::string_view text, const std::string& origin) {
+  try {
+    return toml::parse(text, std::string_view(origin));
+  } catch (const toml::parse_error& error) {
+    throw Error(origin + ":" + std::to_string(error.source().begin.line) + ":" +
+                std::to_string(error.source().begin.column) + ": TOML syntax error: " +
+                std::string(error.description()));
+  }
+}
+
+toml::table parse_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot read the experiment file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_text(text.str(), file.string());
+}
+
+// `over` wins; tables merge key by key, everything else (arrays included) is replaced.
+void deep_merge(toml::table& into, const toml::table& over) {
+  for (const auto& [key, node] : over) {
+    toml::node* existing = into.get(key.str());
+    if (existing && existing->is_table() && node.is_table()) {
+      deep_merge(*existing->as_table(), *node.as_table());
+    } else {
+      into.insert_or_assign(key, node);
+    }
+  }
+}
+
+std::vector<std::string> base_files(const toml::table& table, const std::string& origin) {
+  std::vector<std::string> bases;
+  const toml::node* node = table.get("base");
+  if (!node) return bases;
+  if (auto* text = node->as_string()) {
+    bases.push_back(text->get());
+  } else if (auto* array = node->as_array()) {
+    for (const toml::node& item : *array) {
+      if (!item.is_string()) {
+        throw Error(detail::location(item) + "'base' expects file names (strings)");
+      }
+      bases.push_back(item.as_string()->get());
+    }
+  } else {
+    throw Error(detail::location(*node) + origin +
+                ": 'base' expects a file name or an array of file names");
+  }
+  return bases;
+}
+
+// Resolves the `base` chain: bases first (in order), then this table on top.
+toml::table with_bases(toml::table table, const fs::path& base_dir, const std::string& origin,
+                       std::vector<fs::path>& chain) {
+  toml::table merged;
+  for (const std::string& name : base_files(table, origin)) {
+    fs::path file = fs::weakly_canonical(base_dir / name);
+    if (std::find(chain.begin(), chain.end(), file) != chain.end()) {
+      throw Error(origin + ": 'base' forms a cycle through " + file.string());
+    }
+    if (!fs::exists(file)) {
+      throw Error(detail::location(*table.get("base")) + "base file '" + name +
+                  "' does not exist (looked for " + file.string() + ")");
+    }
+    chain.push_back(file);
+    toml::table base = with_bases(parse_file(file), file.parent_path(), file.string(), chain);
+    chain.pop_back();
+    deep_merge(merged, base);
+  }
+  table.erase("base");
+  deep_merge(merged, table);
+  return merged;
+}
+
+void apply_override(toml::table& root, const Override& change) {
+  std::vector<std::string> parts;
+  std::string_view rest = change.key;
+  while (true) {
+    std::size_t dot = rest.find('.');
+    parts.emplace_back(rest.substr(0, dot));
+    if (dot == std::string_view::npos) break;
+    rest = rest.substr(dot + 1);
+  }
+  toml::table* table = &root;
+  for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
+    if (parts[i].empty()) throw Error("--set " + change.key + ": empty key part");
+    toml::node* next = table->get(parts[i]);
+    if (!next) {
+      table->insert(parts[i], toml::table{});
+      next = table->get(parts[i]);
+    }
+    if (!next->is_table()) {
+      throw Error("--set " + change.key + ": '" + parts[i] + "' is not a table");
+    }
+    table = next->as_table();
+  }
+  // A TOML value when it parses as one, else the text itself (so loss.plugin=dpo works).
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + change.value);
+  } catch (const toml::parse_error&) {
+    parsed.insert("v", change.value);
+  }
+  table->insert_or_assign(parts.back(), *parsed.get("v"));
+}
+
+const toml::table* optional_table(const toml::table& root, const char* key,
+                                  const std::string& origin) {
+  const toml::node* node = root.get(key);
+  if (!node) return nullptr;
+  if (!node->is_table()) {
+    throw Error(detail::location(*node) + origin + ": '" + key + "' must be a table ([" + key +
+                "])");
+  }
+  return node->as_table();
+}
+
+Options core_table(const toml::table& root, const char* key, std::span<const OptionSpec> schema,
+                   const std::string& origin) {
+  static const toml::table empty;
+  const toml::table* table = optional_table(root, key, origin);
+  return detail::validate_table(table ? *table : empty, schema, origin + " [" + key + "]");
+}
+
+void require_choice(const Options& options, const char* name,
+                    std::initializer_list<std::string_view> choices) {
+  const std::string& value = options.string(name);
+  std::string list;
+  for (std::string_view choice : choices) {
+    if (value == choice) return;
+    list += (list.empty() ? "\"" : ", \"") + std::string(choice) + "\"";
+  }
+  options.fail(name, "expected one of " + list + ", got \"" + value + "\"");
+}
+
+void require_positive(const Options& options, const char* name) {
+  if (options.integer(name) <= 0) {
+    options.fail(name, "expected a positive integer, got " + std::to_string(options.integer(name)));
+  }
+}
+
+void check_train(const Options& train) {
+  require_choice(train, "objective", {"preference", "denoising"});
+  require_choice(train, "optimizer", {"adamw", "adafactor"});
+  require_choice(train, "schedule", {"constant", "linear", "cosine"});
+  require_choice(train, "precision", {"fp32", "bf16"});
+  require_positive(train, "steps");
+  require_positive(train, "batch_size");
+  require_positive(train, "grad_accum");
+  double fraction = train.real("labelled_fraction");
+  if (!(fraction > 0.0 && fraction <= 1.0)) {
+    train.fail("labelled_fraction", "expected a number in (0, 1], got " + std::to_string(fraction));
+  }
+  if (!(train.real("lr") > 0.0)) train.fail("lr", "expected a positive number");
+  double ema = train.real("ema_decay");
+  if (!(ema >= 0.0 && ema < 1.0)) train.fail("ema_decay", "expected a number in [0, 1)");
+  for (const char* name : {"warmup_steps", "checkpoint_every", "log_every"}) {
+    if (train.integer(name) < 0) train.fail(name, "expected a non-negative integer");
+  }
+  if (train.real("max_grad_norm") < 0.0) train.fail("max_grad_norm", "expected >= 0");
+}
+
+PluginSlot resolve_slot(const toml::table& table, const std::string& table_name, PluginKind kind,
+                        const std::string& origin, const PluginRegistry& registry) {
+  const toml::node* plugin = table.get("plugin");
+  std::string where = origin + " [" + table_name + "]";
+  if (!plugin || !plugin->is_string()) {
+    std::string known;
+    for (const PluginEntry* entry : registry.plugins(kind)) {
+      known += (known.empty() ? "" : ", ") + std::string(entry->descriptor->name);
+    }
+    throw Error((plugin ? detail::location(*plugin) : std::string()) + where +
+                ": expected plugin = \"<name>\" naming a " + to_string(kind) + " plugin" +
+                (known.empty() ? std::string() : " (known: " + known + ")"));
+  }
+  std::string name = plugin->as_string()->get();
+  const PluginEntry* entry = registry.try_find(kind, name);
+  if (!entry) {
+    try {
+      registry.find(kind, name);
+    } catch (const Error& error) {
+      throw Error(detail::location(*plugin) + where + ": " + error.what());
+    }
+  }
+  where += " (" + std::string(to_string(kind)) + " '" + name + "')";
+  Options options = detail::validate_table(
+      table, std::span(entry->descriptor->options, entry->descriptor->option_count), where,
+      "plugin");
+  return {table_name, kind, name, options, detail::options_to_toml(options)};
+}
+
+toml::table options_table(const Options& options) {
+  return parse_text(detail::options_to_toml(options), "<resolved>");
+}
+
+fs::path absolute_from(const fs::path& base_dir, const std::string& path) {
+  return fs::weakly_canonical(base_dir / path);
+}
+
+Experiment resolve(toml::table root, std::string origin, const fs::path& base_dir,
+                   PluginRegistry& registry) {
+  std::vector<std::string> known(std::begin(kTopLevelKeys), std::end(kTopLevelKeys));
+  for (const auto& [key, node] : root) {
+    if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
+    std::string message = detail::location(node) + origin + ": unknown table or key '" +
+                          std::string(key.str()) + "'";
+    std::string suggestion = closest_match(key.str(), known);
+    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    throw Error(message);
+  }
+
+  Experiment experiment;
+  experiment.run = core_table(root, "run", run_options_schema(), origin);
+  experiment.train = core_table(root, "train", train_options_schema(), origin);
+  experiment.eval = core_table(root, "eval", eval_options_schema(), origin);
+  experiment.init = core_table(root, "init", init_options_schema(), origin);
+  check_train(experiment.train);
+  if (experiment.run.integer("threads") < 0) experiment.run.fail("threads", "expected >= 0");
+  if (!experiment.init.string("experiment").empty() && !experiment.init.string("weights").empty()) {
+    experiment.init.fail("weights", "give either [init] experiment or [init] weights, not both");
+  }
+
+  // Paths are resolved against the experiment's folder once, here, so the resolved config means
+  // the same from any working directory.
+  experiment.run.set("output", absolute_from(base_dir, experiment.run.string("output")).string());
+  for (const char* key : {"experiment", "weights"}) {
+    const std::string& value = experiment.init.string(key);
+    if (value.empty()) continue;
+    fs::path file = absolute_from(base_dir, value);
+    if (!fs::exists(file)) {
+      experiment.init.fail(key, "file '" + value + "' does not exist (looked for " +
+                                    file.string() + ")");
+    }
+    experiment.init.set(key, file.string());
+  }
+
+  if (const toml::table* plugins = optional_table(root, "plugins", origin)) {
+    for (const auto& [key, node] : *plugins) {
+      if (key.str() != "paths" || !node.is_array()) {
+        throw Error(detail::location(node) + origin +
+                    " [plugins]: expected only paths = [\"folder\", ...]");
+      }
+      for (const toml::node& item : *node.as_array()) {
+        if (!item.is_string()) {
+          throw Error(detail::location(item) + origin + " [plugins] paths: expected strings");
+        }
+        fs::path path = absolute_from(base_dir, item.as_string()->get());
+        if (fs::is_directory(path)) {
+          registry.load_directory(path);
+        } else if (fs::exists(path)) {
+          registry.load_library(path);
+        } else {
+          throw Error(detail::location(item) + origin + " [plugins] paths: '" +
+                      item.as_string()->get() + "' does not exist (looked for " + path.string() +
+                      ")");
+        }
+        experiment.plugin_paths.push_back(path);
+      }
+    }
+  }
+
+  for (const SlotSpec& slot : kSlots) {
+    if (const toml::table* table = optional_table(root, slot.table, origin)) {
+      PluginSlot resolved = resolve_slot(*table, slot.table, slot.kind, origin, registry);
+      std::optional<PluginSlot>& target =
+          slot.kind == PluginKind::backbone   ? experiment.backbone
+          : slot.kind == PluginKind::dataset  ? experiment.data
+          : slot.kind == PluginKind::annotator ? experiment.annotator
+                                               : experiment.loss;
+      target = std::move(resolved);
+    }
+  }
+  if (const toml::node* metrics = root.get(kMetricsTable)) {
+    const toml::array* array = metrics->as_array();
+    if (!array || !array->is_array_of_tables()) {
+      throw Error(detail::location(*metrics) + origin +
+                  ": 'metrics' must be an array of tables ([[metrics]])");
+    }
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      experiment.metrics.push_back(resolve_slot(*array->get(i)->as_table(),
+                                                "metrics[" + std::to_string(i) + "]",
+                                                PluginKind::metric, origin, registry));
+    }
+  }
+  if (const toml::table* grid = optional_table(root, "grid", origin)) {
+    std::ostringstream text;
+    text << *grid;
+    experiment.grid_toml = text.str();
+  }
+
+  const std::string objective = experiment.train.string("objective");
+  auto require = [&](const std::optional<PluginSlot>& slot, const char* table) {
+    if (!slot) {
+      throw Error(origin + ": [train] objective = \"" + objective + "\" needs a [" + table +
+                  "] table");
+    }
+  };
+  require(experiment.backbone, "backbone");
+  require(experiment.data, "data");
+  if (objective == "preference") require(experiment.loss, "loss");
+
+  // The resolved configuration: every table with every option, defaults filled in.
+  toml::table resolved;
+  resolved.insert("run", options_table(experiment.run));
+  resolved.insert("train", options_table(experiment.train));
+  resolved.insert("eval", options_table(experiment.eval));
+  resolved.insert("init", options_table(experiment.init));
+  if (!experiment.plugin_paths.empty()) {
+    toml::array paths;
+    for (const fs::path& path : experiment.plugin_paths) paths.push_back(path.string());
+    resolved.insert("plugins", toml::table{{"paths", paths}});
+  }
+  auto add_slot = [](const PluginSlot& slot) {
+    toml::table table = options_table(slot.options);
+    table.insert("plugin", slot.plugin);
+    return table;
+  };
+  for (const std::optional<PluginSlot>* slot :
+       {&experiment.backbone, &experiment.data, &experiment.annotator, &experiment.loss}) {
+    if (*slot) resolved.insert((*slot)->table, add_slot(**slot));
+  }
+  if (!experiment.metrics.empty()) {
+    toml::array metrics;
+    for (const PluginSlot& slot : experiment.metrics) metrics.push_back(add_slot(slot));
+    resolved.insert("metrics", metrics);
+  }
+  std::ostringstream text;
+  text << resolved;
+  experiment.resolved_toml = text.str() + "\n";
+  return experiment;
+}
+
+}  // namespace
+
+Override parse_override(std::string_view text) {
+  std::size_t equals = text.find('=');
+  if (equals == std::string_view::npos || equals == 0) {
+    throw Error("--set expects KEY=VALUE (e.g. train.steps=100), got '" + std::string(text) + "'");
+  }
+  auto trim = [](std::string_view s) {
+    while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+    while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
+    return std::string(s);
+  };
+  return {trim(text.substr(0, equals)), trim(text.substr(equals + 1))};
+}
+
+Experiment load_experiment(const fs::path& file, std::span<const Override> overrides,
+                           PluginRegistry& registry) {
+  fs::path absolute = fs::weakly_canonical(fs::absolute(file));
+  if (!fs::exists(absolute)) throw Error(file.string() + ": experiment file does not exist");
+  std::vector<fs::path> chain{absolute};
+  toml::table root =
+      with_bases(parse_file(absolute), absolute.parent_path(), absolute.string(), chain);
+  for (const Override& change : overrides) apply_override(root, change);
+  Experiment experiment = resolve(std::move(root), absolute.string(), absolute.parent_path(), registry);
+  experiment.file = absolute;
+  return experiment;
+}
+
+Experiment load_experiment_text(std::string_view toml_text, std::string origin,
+                                const fs::path& base_dir, std::span<const Override> overrides,
+                                PluginRegistry& registry) {
+  std::vector<fs::path> chain;
+  toml::table root = with_bases(parse_text(toml_text, origin), base_dir, origin, chain);
+  for (const Override& change : overrides) apply_override(root, change);
+  return resolve(std::move(root), origin, base_dir, registry);
+}
+
+std::string digest(std::string_view text) {
+  std::uint64_t hash = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  char buffer[17];
+  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(hash));
+  return buffer;
+}
+
+}  // namespace dedpo

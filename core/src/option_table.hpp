@@ -1,0 +1,25 @@
+#pragma once
+// Internal: validation of a TOML table against an option schema (shared by plugin options and
+// the core's own tables).
+#include <span>
+#include <string>
+
+#include <toml++/toml.h>
+
+#include "dedpo/options.hpp"
+
+namespace dedpo::detail {
+
+// "file:line:column: " for a node that came from a file, "" for one made by an override.
+std::string location(const toml::node& node);
+
+// Checks every key of `table` against `schema` (unknown key: did-you-mean; wrong type: expected
+// type named), fills in defaults and reports missing required options. `skip` names a key that
+// belongs to the core (e.g. "plugin") and is not an option.
+Options validate_table(const toml::table& table, std::span<const OptionSpec> schema,
+                       const std::string& where, std::string_view skip = {});
+
+// The options as a TOML table body ("key = value" lines, schema order).
+std::string options_to_toml(const Options& options);
+
+}  // namespace dedpo::detail
