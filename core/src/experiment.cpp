@@ -43,14 +43,15 @@ toml::table parse_file(const fs::path& file) {
   return parse_text(text.str(), file.string());
 }
 
-// `over` wins; tables merge key by key, everything else (arrays included) is replaced.
-void deep_merge(toml::table& into, const toml::table& over) {
-  for (const auto& [key, node] : over) {
+// `over` wins; tables merge key by key, everything else (arrays included) is replaced. Nodes are
+// moved, not copied: a copy would lose its source position, which error messages need.
+void deep_merge(toml::table& into, toml::table&& over) {
+  for (auto&& [key, node] : over) {
     toml::node* existing = into.get(key.str());
     if (existing && existing->is_table() && node.is_table()) {
-      deep_merge(*existing->as_table(), *node.as_table());
+      deep_merge(*existing->as_table(), std::move(*node.as_table()));
     } else {
-      into.insert_or_assign(key, node);
+      into.insert_or_assign(key, std::move(node));
     }
   }
 }
@@ -91,10 +92,10 @@ toml::table with_bases(toml::table table, const fs::path& base_dir, const std::s
     chain.push_back(file);
     toml::table base = with_bases(parse_file(file), file.parent_path(), file.string(), chain);
     chain.pop_back();
-    deep_merge(merged, base);
+    deep_merge(merged, std::move(base));
   }
   table.erase("base");
-  deep_merge(merged, table);
+  deep_merge(merged, std::move(table));
   return merged;
 }
 
@@ -228,7 +229,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   std::vector<std::string> known(std::begin(kTopLevelKeys), std::end(kTopLevelKeys));
   for (const auto& [key, node] : root) {
     if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
-    std::string message = detail::location(node) + origin + ": unknown table or key '" +
+    std::string message = detail::location(key.source()) + origin + ": unknown table or key '" +
                           std::string(key.str()) + "'";
     std::string suggestion = closest_match(key.str(), known);
     if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";

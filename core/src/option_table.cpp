@@ -7,8 +7,7 @@
 
 namespace dedpo::detail {
 
-std::string location(const toml::node& node) {
-  const toml::source_region& source = node.source();
+std::string location(const toml::source_region& source) {
   if (!source.begin) return {};
   std::string file = source.path ? std::string(*source.path) : std::string("<text>");
   return file + ":" + std::to_string(source.begin.line) + ":" + std::to_string(source.begin.column) +
@@ -17,10 +16,11 @@ std::string location(const toml::node& node) {
 
 namespace {
 
+
 std::string describe_node(const toml::node& node) {
   std::ostringstream out;
   switch (node.type()) {
-    case toml::node_type::string: out << "string " << toml::value<std::string>(*node.as_string()); break;
+    case toml::node_type::string: out << "string \"" << node.as_string()->get() << '"'; break;
     case toml::node_type::integer: out << "integer " << node.as_integer()->get(); break;
     case toml::node_type::floating_point: out << "number " << node.as_floating_point()->get(); break;
     case toml::node_type::boolean: out << "boolean " << (node.as_boolean()->get() ? "true" : "false"); break;
@@ -29,6 +29,10 @@ std::string describe_node(const toml::node& node) {
     default: out << "a date/time"; break;
   }
   return out.str();
+}
+
+std::string with_article(OptionType type) {
+  return (type == OptionType::integer ? "an " : "a ") + std::string(to_string(type));
 }
 
 // Converts a TOML value to the option's declared type; false when the type does not fit.
@@ -69,7 +73,7 @@ Options validate_table(const toml::table& table, std::span<const OptionSpec> sch
       if (key.str() == candidate.name) spec = &candidate;
     }
     if (!spec) {
-      std::string message = location(node) + where + ": unknown option '" + std::string(key.str()) + "'";
+      std::string message = location(key.source()) + where + ": unknown option '" + std::string(key.str()) + "'";
       std::string suggestion = closest_match(key.str(), known);
       if (!suggestion.empty()) {
         message += "; did you mean '" + suggestion + "'?";
@@ -84,8 +88,8 @@ Options validate_table(const toml::table& table, std::span<const OptionSpec> sch
     }
     OptionValue value;
     if (!convert(node, spec->type, value)) {
-      throw Error(location(node) + where + ": option '" + spec->name + "' expects a " +
-                  to_string(spec->type) + ", got " + describe_node(node));
+      throw Error(location(node) + where + ": option '" + spec->name + "' expects " +
+                  with_article(spec->type) + ", got " + describe_node(node));
     }
     options.set(spec->name, std::move(value));
   }

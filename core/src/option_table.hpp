@@ -11,7 +11,8 @@
 namespace dedpo::detail {
 
 // "file:line:column: " for a node that came from a file, "" for one made by an override.
-std::string location(const toml::node& node);
+std::string location(const toml::source_region& source);
+inline std::string location(const toml::node& node) { return location(node.source()); }
 
 // Checks every key of `table` against `schema` (unknown key: did-you-mean; wrong type: expected
 // type named), fills in defaults and reports missing required options. `skip` names a key that

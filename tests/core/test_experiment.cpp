@@ -1,0 +1,161 @@
+// Experiment files: base inheritance, overrides, validation and the messages of every error.
+#include <gtest/gtest.h>
+#include <gmock/gmock.h>
+
+#include "dedpo/experiment.hpp"
+#include "test_support.hpp"
+
+namespace fs = std::filesystem;
+using dedpo::test::TempDir;
+using dedpo::test::write_file;
+using testing::HasSubstr;
+
+namespace {
+
+const char* kMinimal = R"(
+[run]
+name = "fixture"
+[backbone]
+plugin = "fixture_backbone"
+[data]
+plugin = "fixture_data"
+[loss]
+plugin = "fixture_loss"
+scale = 5.0
+)";
+
+class ExperimentTest : public testing::Test {
+ protected:
+  void SetUp() override { registry.load_directory(DEDPO_FIXTURE_GOOD_DIR); }
+
+  dedpo::Experiment load(const std::string& name, std::vector<dedpo::Override> overrides = {}) {
+    return dedpo::load_experiment(dir / name, overrides, registry);
+  }
+  std::string error_of(const std::string& name, std::vector<dedpo::Override> overrides = {}) {
+    try {
+      load(name, overrides);
+    } catch (const dedpo::Error& error) {
+      return error.what();
+    }
+    return "(no error)";
+  }
+  std::string path(const std::string& name) { return fs::weakly_canonical(dir / name).string(); }
+
+  dedpo::PluginRegistry registry;
+  TempDir dir;
+};
+
+}  // namespace
+
+TEST_F(ExperimentTest, DefaultsAreFilledAndPathsResolvedAgainstTheFile) {
+  write_file(dir / "exp.toml", kMinimal);
+  dedpo::Experiment experiment = load("exp.toml");
+  EXPECT_EQ(experiment.name(), "fixture");
+  EXPECT_EQ(experiment.seed(), 0u);
+  EXPECT_EQ(experiment.train.integer("steps"), 1000);
+  EXPECT_EQ(experiment.run.string("output"), path("runs"));
+  ASSERT_TRUE(experiment.loss);
+  EXPECT_DOUBLE_EQ(experiment.loss->options.real("scale"), 5.0);
+  EXPECT_EQ(experiment.loss->options.string("mode"), "sum");
+  EXPECT_FALSE(experiment.annotator);
+  // The resolved config holds every option and loads back to the same thing.
+  EXPECT_THAT(experiment.resolved_toml, HasSubstr("mode = 'sum'"));
+  EXPECT_THAT(experiment.resolved_toml, HasSubstr("steps = 1000"));
+  dedpo::Experiment again = dedpo::load_experiment_text(experiment.resolved_toml, "resolved",
+                                                        dir.path(), {}, registry);
+  EXPECT_EQ(again.resolved_toml, experiment.resolved_toml);
+}
+
+TEST_F(ExperimentTest, BaseIsDeepMergedAndOverridesApplyLast) {
+  write_file(dir / "configs/base.toml", std::string(kMinimal) + "[train]\nsteps = 50\nlr = 0.5\n");
+  write_file(dir / "configs/child.toml",
+             "base = \"base.toml\"\n[train]\nsteps = 70\n[loss]\nmode = \"mean\"\n");
+  dedpo::Experiment experiment = load("configs/child.toml");
+  EXPECT_EQ(experiment.train.integer("steps"), 70);      // child wins
+  EXPECT_DOUBLE_EQ(experiment.train.real("lr"), 0.5);     // kept from base
+  EXPECT_EQ(experiment.loss->plugin, "fixture_loss");     // table merged key by key
+  EXPECT_EQ(experiment.loss->options.string("mode"), "mean");
+  EXPECT_DOUBLE_EQ(experiment.loss->options.real("scale"), 5.0);
+
+  experiment = load("configs/child.toml", {dedpo::parse_override("train.steps=9"),
+                                           dedpo::parse_override("loss.mode = sum"),
+                                           dedpo::parse_override("loss.lambda=0.25")});
+  EXPECT_EQ(experiment.train.integer("steps"), 9);
+  EXPECT_EQ(experiment.loss->options.string("mode"), "sum");  // bare word taken as a string
+  EXPECT_DOUBLE_EQ(experiment.loss->options.real("lambda"), 0.25);
+}
+
+TEST_F(ExperimentTest, TomlSyntaxErrorsNameFileLineAndColumn) {
+  write_file(dir / "bad.toml", "[run]\nname = \"x\"\nseed = = 3\n");
+  EXPECT_THAT(error_of("bad.toml"), HasSubstr(path("bad.toml") + ":3:"));
+  EXPECT_THAT(error_of("bad.toml"), HasSubstr("TOML syntax error"));
+}
+
+TEST_F(ExperimentTest, SchemaErrorsNameFileLineTableAndKey) {
+  write_file(dir / "typo.toml", std::string(kMinimal) + "betta = 1.0\n");
+  EXPECT_EQ(error_of("typo.toml"),
+            path("typo.toml") + ":11:1: " + path("typo.toml") +
+                " [loss] (loss 'fixture_loss'): unknown option 'betta'; known options: scale, mode, count, "
+                "flag, lambda");
+  write_file(dir / "near.toml", std::string(kMinimal) + "scael = 1.0\n");
+  EXPECT_THAT(error_of("near.toml"), HasSubstr(":11:1: " + path("near.toml") +
+                                               " [loss] (loss 'fixture_loss'): unknown option "
+                                               "'scael'; did you mean 'scale'?"));
+
+  write_file(dir / "type.toml", std::string(kMinimal) + "[train]\nsteps = \"many\"\n");
+  EXPECT_EQ(error_of("type.toml"), path("type.toml") + ":12:9: " + path("type.toml") +
+                                       " [train]: option 'steps' expects an integer, got string \"many\"");
+
+  write_file(dir / "table.toml", std::string(kMinimal) + "[trian]\nsteps = 1\n");
+  EXPECT_THAT(error_of("table.toml"), HasSubstr("unknown table or key 'trian'; did you mean 'train'?"));
+
+  write_file(dir / "choice.toml", std::string(kMinimal) + "[train]\noptimizer = \"sgd\"\n");
+  EXPECT_EQ(error_of("choice.toml"), path("choice.toml") +
+                                         " [train]: option 'optimizer': expected one of \"adamw\", "
+                                         "\"adafactor\", got \"sgd\"");
+
+  write_file(dir / "fraction.toml", std::string(kMinimal) + "[train]\nlabelled_fraction = 1.5\n");
+  EXPECT_THAT(error_of("fraction.toml"), HasSubstr("[train]: option 'labelled_fraction': expected a number in (0, 1]"));
+}
+
+TEST_F(ExperimentTest, PluginSlotErrors) {
+  write_file(dir / "noplugin.toml", "[backbone]\nsize = 3\n");
+  EXPECT_THAT(error_of("noplugin.toml"),
+              HasSubstr("[backbone]: expected plugin = \"<name>\" naming a backbone plugin (known: fixture_backbone)"));
+  write_file(dir / "unknown.toml", "[loss]\nplugin = \"fixture_los\"\n");
+  EXPECT_EQ(error_of("unknown.toml"), path("unknown.toml") + ":2:10: " + path("unknown.toml") +
+                                          " [loss]: no loss plugin named 'fixture_los'; did you "
+                                          "mean 'fixture_loss'?");
+  write_file(dir / "missing.toml", "[backbone]\nplugin = \"fixture_backbone\"\n");
+  EXPECT_EQ(error_of("missing.toml"),
+            path("missing.toml") + ": [train] objective = \"preference\" needs a [data] table");
+}
+
+TEST_F(ExperimentTest, BaseErrors) {
+  write_file(dir / "a.toml", "base = \"b.toml\"\n");
+  write_file(dir / "b.toml", "base = \"a.toml\"\n");
+  EXPECT_THAT(error_of("a.toml"), HasSubstr("'base' forms a cycle through " + path("a.toml")));
+  write_file(dir / "orphan.toml", "base = \"nowhere.toml\"\n");
+  EXPECT_THAT(error_of("orphan.toml"), HasSubstr("base file 'nowhere.toml' does not exist"));
+  EXPECT_THAT(error_of("nonexistent.toml"), HasSubstr("experiment file does not exist"));
+}
+
+TEST_F(ExperimentTest, OverrideSyntax) {
+  EXPECT_THROW(dedpo::parse_override("train.steps"), dedpo::Error);
+  EXPECT_THROW(dedpo::parse_override("=3"), dedpo::Error);
+  dedpo::Override change = dedpo::parse_override("a.b = \"x=y\"");
+  EXPECT_EQ(change.key, "a.b");
+  EXPECT_EQ(change.value, "\"x=y\"");
+  write_file(dir / "exp.toml", kMinimal);
+  EXPECT_THAT(error_of("exp.toml", {dedpo::parse_override("loss.plugin.x=1")}),
+              HasSubstr("--set loss.plugin.x: 'plugin' is not a table"));
+}
+
+TEST_F(ExperimentTest, PluginPathsInTheExperimentAreLoaded) {
+  dedpo::PluginRegistry empty;
+  write_file(dir / "exp.toml", std::string("[plugins]\npaths = [\"") + DEDPO_FIXTURE_GOOD_DIR +
+                                   "\"]\n" + kMinimal);
+  dedpo::Experiment experiment = dedpo::load_experiment(dir / "exp.toml", {}, empty);
+  EXPECT_EQ(experiment.loss->plugin, "fixture_loss");
+  ASSERT_EQ(experiment.plugin_paths.size(), 1u);
+}
