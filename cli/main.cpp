@@ -139,6 +139,7 @@ int command_validate(const std::vector<std::string>& args, dedpo::PluginRegistry
                                                        : std::vector<std::string>{});
   dedpo::Experiment experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
   print_problems(registry);
+  dedpo::check_plugins(experiment, registry);
   std::cout << "# " << experiment.file.string() << ": valid\n" << experiment.resolved_toml;
   return 0;
 }

@@ -394,6 +394,16 @@ Experiment load_experiment_text(std::string_view toml_text, std::string origin,
   return resolve(std::move(root), origin, base_dir, registry);
 }
 
+void check_plugins(const Experiment& experiment, const PluginRegistry& registry) {
+  for (const std::optional<PluginSlot>* slot :
+       {&experiment.backbone, &experiment.data, &experiment.annotator, &experiment.loss}) {
+    if (*slot) registry.create_plugin((*slot)->kind, (*slot)->plugin, (*slot)->options);
+  }
+  for (const PluginSlot& slot : experiment.metrics) {
+    registry.create_plugin(slot.kind, slot.plugin, slot.options);
+  }
+}
+
 std::string digest(std::string_view text) {
   std::uint64_t hash = 1469598103934665603ull;
   for (unsigned char c : text) {

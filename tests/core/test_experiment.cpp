@@ -159,3 +159,18 @@ TEST_F(ExperimentTest, PluginPathsInTheExperimentAreLoaded) {
   EXPECT_EQ(experiment.loss->plugin, "fixture_loss");
   ASSERT_EQ(experiment.plugin_paths.size(), 1u);
 }
+
+TEST_F(ExperimentTest, CheckPluginsRunsThePluginsOwnValidation) {
+  write_file(dir / "exp.toml", kMinimal);
+  dedpo::Experiment experiment = load("exp.toml");
+  EXPECT_NO_THROW(dedpo::check_plugins(experiment, registry));
+  experiment = load("exp.toml", {dedpo::parse_override("loss.mode=median")});
+  try {
+    dedpo::check_plugins(experiment, registry);
+    FAIL() << "expected an error";
+  } catch (const dedpo::Error& error) {
+    EXPECT_EQ(std::string(error.what()),
+              path("exp.toml") + " [loss] (loss 'fixture_loss'): option 'mode': expected \"sum\" "
+                                 "or \"mean\", got \"median\"");
+  }
+}

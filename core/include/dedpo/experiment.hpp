@@ -64,6 +64,11 @@ Experiment load_experiment_text(std::string_view toml_text, std::string origin,
                                 const std::filesystem::path& base_dir,
                                 std::span<const Override> overrides, PluginRegistry& registry);
 
+// Constructs (and discards) every plugin the experiment names, so checks a schema cannot express
+// (ranges, keywords) fail now rather than mid-run. Plugin constructors are cheap by contract:
+// heavy work belongs in Backbone::prepare and the other methods.
+void check_plugins(const Experiment& experiment, const PluginRegistry& registry);
+
 // Stable hex digest (FNV-1a 64) of text: run and cache keys.
 std::string digest(std::string_view text);
 

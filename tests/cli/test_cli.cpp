@@ -1,0 +1,122 @@
+// The command-line program, end to end on the toy world.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "test_support.hpp"
+
+namespace fs = std::filesystem;
+using dedpo::test::run_dedpo;
+using dedpo::test::TempDir;
+using dedpo::test::write_file;
+using testing::HasSubstr;
+
+namespace {
+
+// A run of a few steps on the toy world, from random weights: seconds.
+const char* kTinyRun = R"(
+[run]
+name = "tiny"
+output = "runs"
+threads = 1
+[backbone]
+plugin = "toy"
+[data]
+plugin = "toy_pairs"
+n_pairs = 64
+[annotator]
+plugin = "toy_biased"
+[loss]
+plugin = "dedpo"
+[train]
+steps = 6
+batch_size = 16
+labelled_fraction = 0.25
+checkpoint_every = 3
+[[metrics]]
+plugin = "toy_reward"
+)";
+
+}  // namespace
+
+TEST(Cli, UsageAndUnknownCommand) {
+  auto result = run_dedpo("");
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, HasSubstr("usage: dedpo <command>"));
+  result = run_dedpo("frobnicate");
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, HasSubstr("unknown command 'frobnicate'"));
+  result = run_dedpo("run --resume");
+  EXPECT_EQ(result.exit_code, 2);
+}
+
+TEST(Cli, PluginsAreListedByKindAndShownWithTheirOptions) {
+  auto result = run_dedpo("plugins");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  for (const char* expected : {"backbone:", "annotator:", "loss:", "dataset:", "metric:", "  dpo ",
+                               "  dedpo ", "  sft ", "  naive_ssl_dpo ", "  toy ", "  toy_biased ",
+                               "  self_train ", "  toy_pairs ", "  toy_reward "}) {
+    EXPECT_THAT(result.output, HasSubstr(expected));
+  }
+  EXPECT_THAT(result.output, testing::Not(HasSubstr("warning:")));
+  EXPECT_THAT(result.output, testing::Not(HasSubstr("fixture")));  // test fixtures stay apart
+
+  result = run_dedpo("plugins show dedpo");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("loss 'dedpo'"));
+  EXPECT_THAT(result.output, HasSubstr("lambda"));
+  EXPECT_THAT(result.output, HasSubstr("beta"));
+
+  result = run_dedpo("plugins show train");
+  EXPECT_THAT(result.output, HasSubstr("[train] (core table)"));
+  EXPECT_THAT(result.output, HasSubstr("labelled_fraction"));
+
+  result = run_dedpo("plugins show dedp");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("error: no plugin named 'dedp'; did you mean 'dedpo'?"));
+}
+
+TEST(Cli, ValidateChecksEverythingAndRunsNothing) {
+  TempDir dir;
+  write_file(dir / "exp.toml", kTinyRun);
+  auto result = run_dedpo("validate " + (dir / "exp.toml").string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr(": valid"));
+  EXPECT_THAT(result.output, HasSubstr("plugin = 'dedpo'"));
+  EXPECT_FALSE(fs::exists(dir / "runs"));
+
+  result = run_dedpo("validate " + (dir / "exp.toml").string() + " --set loss.lambda=1.5");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo'): option 'lambda'"));
+
+  result = run_dedpo("validate " + (dir / "exp.toml").string() + " --set train.stepz=3");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("[train]: unknown option 'stepz'; did you mean 'steps'?"));
+
+  result = run_dedpo("validate " + (dir / "exp.toml").string() + " --set train.steps");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("--set expects KEY=VALUE"));
+}
+
+TEST(Cli, EveryRunGetsItsOwnFolder) {
+  TempDir dir;
+  write_file(dir / "exp.toml", kTinyRun);
+  for (int i = 0; i < 2; ++i) {
+    auto result = run_dedpo("run " + (dir / "exp.toml").string() + " --no-progress");
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    EXPECT_THAT(result.output, HasSubstr("steps: 6"));
+    EXPECT_THAT(result.output, HasSubstr("reward:"));
+  }
+  std::vector<fs::path> runs;
+  for (const auto& entry : fs::directory_iterator(dir / "runs")) {
+    if (entry.path().filename().string().starts_with("tiny-")) runs.push_back(entry.path());
+  }
+  ASSERT_EQ(runs.size(), 2u);
+  for (const fs::path& run : runs) {
+    for (const char* file : {"config.toml", "metrics.jsonl", "results.json", "log.txt"}) {
+      EXPECT_TRUE(fs::exists(run / file)) << run / file;
+    }
+  }
+  auto result = run_dedpo("run --resume " + (dir / "nowhere").string());
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("nowhere"));
+}
