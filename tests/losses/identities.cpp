@@ -1,0 +1,299 @@
+// Exact identities between the preference losses and their written-out formulas.
+#include <cmath>
+#include <random>
+
+#include "dedpo/error.hpp"
+#include "loss_helpers.hpp"
+
+using namespace loss_test;
+using dedpo::PairPool;
+
+namespace {
+
+double log1pexp(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+
+// Per-pair DPO logit of the world at its theta, in plain double arithmetic.
+std::vector<double> logits(const World& w, double beta = kBeta) {
+  std::vector<double> h;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    double d = 0;
+    for (std::int64_t k = 0; k < w.d; ++k) d += (w.xa[i * w.d + k] - w.xb[i * w.d + k]) * w.theta[k];
+    h.push_back(-0.5 * beta * d);
+  }
+  return h;
+}
+
+void expect_same(const Eval& a, const Eval& b, double tol = 1e-10) {
+  EXPECT_NEAR(a.loss, b.loss, tol * (1 + std::abs(b.loss)));
+  ASSERT_EQ(a.grad.size(), b.grad.size());
+  for (std::size_t k = 0; k < a.grad.size(); ++k) {
+    EXPECT_NEAR(a.grad[k], b.grad[k], tol * (1 + std::abs(b.grad[k]))) << "component " << k;
+  }
+}
+
+}  // namespace
+
+TEST(LossIdentities, DpoEqualsDiffusionDpoFormula) {
+  WorldSpec spec;
+  spec.tie_fraction = 0;
+  World w = make_world(spec);
+  auto dpo = make_loss("dpo", "beta = 5000.0");
+  Eval e = evaluate(*dpo, w, w.theta, range(w.n), all_labelled(w), PairPool::labelled);
+
+  // Diffusion-DPO: model_diff = e_theta(w) - e_theta(l), ref_diff = e_ref(w) - e_ref(l),
+  // loss = -logsigmoid(-0.5 * beta * (model_diff - ref_diff)).
+  double sum = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    double ma = w.ref_a[i], mb = w.ref_b[i];
+    for (std::int64_t k = 0; k < w.d; ++k) {
+      ma += w.xa[i * w.d + k] * w.theta[k];
+      mb += w.xb[i * w.d + k] * w.theta[k];
+    }
+    const bool a_wins = w.z[i] == 1.0;
+    double model_diff = a_wins ? ma - mb : mb - ma;
+    double ref_diff = a_wins ? w.ref_a[i] - w.ref_b[i] : w.ref_b[i] - w.ref_a[i];
+    double inside = -0.5 * kBeta * (model_diff - ref_diff);
+    sum += log1pexp(-inside);  // -logsigmoid(inside)
+  }
+  EXPECT_NEAR(e.loss, sum / static_cast<double>(w.n), 1e-12 * sum);
+  EXPECT_GT(e.loss, 0.1);  // a non-trivial value
+}
+
+TEST(LossIdentities, DedpoWithExactAnnotatorEqualsFullyLabelledDpo) {
+  World w = make_world({});
+  w.g = w.z;  // the annotator gives the true label on every pair (ties as 0.5)
+  std::mt19937_64 rng(7);
+  std::vector<bool> labelled = random_labelled(w.n, 30, rng);
+  auto dedpo = make_loss("dedpo", "lambda = 1.0\nties = \"soft\"");
+  auto dpo = make_loss("dpo", "ties = \"soft\"");
+  // Dataset level: all pairs in one pooled batch vs DPO with every label known.
+  expect_same(evaluate(*dedpo, w, w.theta, range(w.n), labelled, PairPool::all),
+              evaluate(*dpo, w, w.theta, range(w.n), all_labelled(w), PairPool::labelled));
+  // And batch by batch.
+  for (int rep = 0; rep < 3; ++rep) {
+    auto batch = random_batch(w.n, 16, rng);
+    expect_same(evaluate(*dedpo, w, w.theta, batch, labelled, PairPool::all),
+                evaluate(*dpo, w, w.theta, batch, all_labelled(w), PairPool::labelled));
+  }
+}
+
+TEST(LossIdentities, DedpoWithEveryPairLabelledEqualsDpo) {
+  World w = make_world({});  // biased annotator
+  std::mt19937_64 rng(8);
+  auto dpo = make_loss("dpo");
+  for (const char* lambda : {"1.0", "0.3", "\"auto\""}) {
+    auto dedpo = make_loss("dedpo", std::string("lambda = ") + lambda + "\nlambda_warmup = 1");
+    for (int rep = 0; rep < 3; ++rep) {
+      auto batch = random_batch(w.n, 16, rng);
+      expect_same(evaluate(*dedpo, w, w.theta, batch, all_labelled(w), PairPool::all),
+                  evaluate(*dpo, w, w.theta, batch, all_labelled(w), PairPool::labelled));
+    }
+  }
+}
+
+TEST(LossIdentities, DedpoLambdaZeroEqualsLabelledOnlyDpo) {
+  World w = make_world({});
+  std::mt19937_64 rng(9);
+  std::vector<bool> labelled = random_labelled(w.n, 30, rng);
+  auto dedpo = make_loss("dedpo", "lambda = 0.0");
+  auto dpo = make_loss("dpo");
+  // Dataset level: DeDPO over all pairs with lambda = 0 is DPO over the labelled pairs only.
+  expect_same(evaluate(*dedpo, w, w.theta, range(w.n), labelled, PairPool::all),
+              evaluate(*dpo, w, w.theta, labelled_indices(labelled), labelled, PairPool::labelled));
+  // Pooled batch: both reweight the labelled pairs of the batch by N / n_l.
+  for (int rep = 0; rep < 3; ++rep) {
+    auto batch = random_batch(w.n, 20, rng);
+    expect_same(evaluate(*dedpo, w, w.theta, batch, labelled, PairPool::all),
+                evaluate(*dpo, w, w.theta, batch, labelled, PairPool::all));
+  }
+  // lambda = 0 needs no unlabelled pair, so a batch of the labelled pool is fine too.
+  auto lab = labelled_indices(labelled);
+  std::vector<std::int64_t> batch(lab.begin(), lab.begin() + 10);
+  expect_same(evaluate(*dedpo, w, w.theta, batch, labelled, PairPool::labelled),
+              evaluate(*dpo, w, w.theta, batch, labelled, PairPool::labelled));
+}
+
+TEST(LossIdentities, DedpoRefusesLabelledPoolWhenUnlabelledPairsExist) {
+  World w = make_world({});
+  std::mt19937_64 rng(10);
+  std::vector<bool> labelled = random_labelled(w.n, 30, rng);
+  auto dedpo = make_loss("dedpo");
+  EXPECT_EQ(dedpo->pool(), PairPool::all);
+  EXPECT_TRUE(dedpo->needs_annotator());
+  auto lab = labelled_indices(labelled);
+  try {
+    evaluate(*dedpo, w, w.theta, lab, labelled, PairPool::labelled);
+    FAIL() << "expected an error";
+  } catch (const dedpo::Error& error) {
+    EXPECT_NE(std::string(error.what()).find("PairPool::all"), std::string::npos) << error.what();
+  }
+}
+
+TEST(LossIdentities, PoolsAndNeeds) {
+  for (const char* name : {"dpo", "sft", "cdpo", "rdpo", "ipo", "hinge"}) {
+    auto loss = make_loss(name);
+    EXPECT_EQ(loss->pool(), PairPool::labelled) << name;
+    EXPECT_FALSE(loss->needs_annotator()) << name;
+    EXPECT_EQ(loss->needs_reference(), std::string(name) != "sft") << name;
+  }
+  for (const char* name : {"dedpo", "naive_ssl_dpo"}) {
+    auto loss = make_loss(name);
+    EXPECT_EQ(loss->pool(), PairPool::all) << name;
+    EXPECT_TRUE(loss->needs_annotator()) << name;
+  }
+}
+
+TEST(LossIdentities, CdpoWithZeroEpsilonIsDpoAndOtherwiseLabelSmoothing) {
+  World w = make_world({});
+  auto dpo = make_loss("dpo");
+  expect_same(evaluate(*make_loss("cdpo", "epsilon = 0.0"), w, w.theta, range(w.n), all_labelled(w),
+                       PairPool::labelled),
+              evaluate(*dpo, w, w.theta, range(w.n), all_labelled(w), PairPool::labelled));
+  const double eps = 0.2;
+  Eval e = evaluate(*make_loss("cdpo", "epsilon = 0.2"), w, w.theta, range(w.n), all_labelled(w),
+                    PairPool::labelled);
+  std::vector<double> h = logits(w);
+  double sum = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    if (w.z[i] == 0.5) continue;  // ties dropped by default
+    double s = w.z[i] == 1.0 ? h[i] : -h[i];
+    sum += (1 - eps) * log1pexp(-s) + eps * log1pexp(s);
+  }
+  EXPECT_NEAR(e.loss, sum / static_cast<double>(w.n), 1e-12);
+}
+
+TEST(LossIdentities, RdpoIpoHingeSftFormulas) {
+  World w = make_world({});
+  std::vector<double> h = logits(w);
+  const double n = static_cast<double>(w.n);
+  auto run = [&](const char* name, const char* options) {
+    return evaluate(*make_loss(name, options), w, w.theta, range(w.n), all_labelled(w),
+                    PairPool::labelled)
+        .loss;
+  };
+  double rdpo = 0, ipo = 0, hinge = 0, sft = 0;
+  const double eps = 0.15, tau = 0.25, margin = 2.0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    double ma = w.ref_a[i], mb = w.ref_b[i];
+    for (std::int64_t k = 0; k < w.d; ++k) {
+      ma += w.xa[i * w.d + k] * w.theta[k];
+      mb += w.xb[i * w.d + k] * w.theta[k];
+    }
+    if (w.z[i] == 0.5) continue;
+    double s = w.z[i] == 1.0 ? h[i] : -h[i];  // logit of the observed winner
+    rdpo += ((1 - eps) * log1pexp(-s) - eps * log1pexp(s)) / (1 - 2 * eps);
+    ipo += (s - 1 / (2 * tau)) * (s - 1 / (2 * tau));
+    hinge += std::max(0.0, margin - s);
+    sft += w.z[i] == 1.0 ? ma : mb;
+  }
+  EXPECT_NEAR(run("rdpo", "epsilon = 0.15"), rdpo / n, 1e-12);
+  EXPECT_NEAR(run("ipo", "tau = 0.25"), ipo / n, 1e-10);
+  EXPECT_NEAR(run("hinge", "margin = 2.0"), hinge / n, 1e-12);
+  EXPECT_NEAR(run("sft", ""), sft / n, 1e-14);
+  EXPECT_GT(hinge, 0.0);
+}
+
+TEST(LossIdentities, TiesSoftVersusDrop) {
+  World w = make_world({});
+  std::vector<double> h = logits(w);
+  double decided = 0, ties = 0;
+  int n_ties = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    if (w.z[i] == 0.5) {
+      ties += 0.5 * log1pexp(-h[i]) + 0.5 * log1pexp(h[i]);
+      ++n_ties;
+    } else {
+      decided += log1pexp(w.z[i] == 1.0 ? -h[i] : h[i]);
+    }
+  }
+  ASSERT_GT(n_ties, 3);
+  const double n = static_cast<double>(w.n);
+  Eval drop = evaluate(*make_loss("dpo", "ties = \"drop\""), w, w.theta, range(w.n),
+                       all_labelled(w), PairPool::labelled);
+  Eval soft = evaluate(*make_loss("dpo", "ties = \"soft\""), w, w.theta, range(w.n),
+                       all_labelled(w), PairPool::labelled);
+  EXPECT_NEAR(drop.loss, decided / n, 1e-12);
+  EXPECT_NEAR(soft.loss, (decided + ties) / n, 1e-12);
+  EXPECT_EQ(diagnostic(soft.result, "tie_pairs"), n_ties);
+
+  // sft: a dropped tie contributes nothing, a soft one half of each side's error.
+  double sft_drop = 0, sft_soft = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    double ma = w.ref_a[i], mb = w.ref_b[i];
+    for (std::int64_t k = 0; k < w.d; ++k) {
+      ma += w.xa[i * w.d + k] * w.theta[k];
+      mb += w.xb[i * w.d + k] * w.theta[k];
+    }
+    double v = w.z[i] * ma + (1 - w.z[i]) * mb;
+    sft_soft += v;
+    if (w.z[i] != 0.5) sft_drop += v;
+  }
+  EXPECT_NEAR(evaluate(*make_loss("sft", "ties = \"drop\""), w, w.theta, range(w.n),
+                       all_labelled(w), PairPool::labelled).loss,
+              sft_drop / n, 1e-14);
+  EXPECT_NEAR(evaluate(*make_loss("sft", "ties = \"soft\""), w, w.theta, range(w.n),
+                       all_labelled(w), PairPool::labelled).loss,
+              sft_soft / n, 1e-14);
+}
+
+TEST(LossIdentities, NaiveSslDpoTargets) {
+  World w = make_world({});
+  std::mt19937_64 rng(11);
+  std::vector<bool> labelled = random_labelled(w.n, 40, rng);
+  std::vector<double> h = logits(w);
+  const double n = static_cast<double>(w.n);
+  double soft = 0, hard = 0, confident = 0;
+  int kept = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    auto bce = [&](double p) { return p * log1pexp(-h[i]) + (1 - p) * log1pexp(h[i]); };
+    if (labelled[i]) {
+      if (w.z[i] == 0.5) continue;
+      soft += bce(w.z[i]);
+      hard += bce(w.z[i]);
+      confident += bce(w.z[i]);
+    } else {
+      soft += bce(w.g[i]);
+      hard += bce(w.g[i] > 0.5 ? 1.0 : 0.0);
+      if (std::max(w.g[i], 1 - w.g[i]) >= 0.8) confident += bce(w.g[i]), ++kept;
+    }
+  }
+  ASSERT_GT(kept, 5);
+  ASSERT_LT(kept, 75);
+  auto run = [&](const char* options) {
+    return evaluate(*make_loss("naive_ssl_dpo", options), w, w.theta, range(w.n), labelled,
+                    PairPool::all);
+  };
+  EXPECT_NEAR(run("").loss, soft / n, 1e-12);
+  EXPECT_NEAR(run("pseudo_labels = \"hard\"").loss, hard / n, 1e-12);
+  Eval c = run("confidence_threshold = 0.8");
+  EXPECT_NEAR(c.loss, confident / n, 1e-12);
+  EXPECT_EQ(diagnostic(c.result, "pseudo_labelled_pairs"), kept);
+}
+
+TEST(LossIdentities, Diagnostics) {
+  World w = make_world({});
+  std::mt19937_64 rng(12);
+  std::vector<bool> labelled = random_labelled(w.n, 40, rng);
+  std::vector<double> h = logits(w);
+  int agree = 0, decided = 0;
+  double hsum = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    hsum += h[i];
+    if (!labelled[i] || w.z[i] == 0.5) continue;
+    ++decided;
+    if ((w.z[i] == 1.0) == (h[i] > 0)) ++agree;
+  }
+  auto dedpo = make_loss("dedpo", "lambda = 0.7");
+  Eval e = evaluate(*dedpo, w, w.theta, range(w.n), labelled, PairPool::all);
+  EXPECT_NEAR(diagnostic(e.result, "implicit_accuracy"), double(agree) / decided, 1e-15);
+  EXPECT_NEAR(diagnostic(e.result, "logit_mean"), hsum / w.n, 1e-9);
+  EXPECT_EQ(diagnostic(e.result, "labelled_pairs"), 40);
+  EXPECT_EQ(diagnostic(e.result, "unlabelled_pairs"), w.n - 40);
+  EXPECT_EQ(diagnostic(e.result, "lambda"), 0.7);
+  // loss = lambda * pseudo_loss + correction
+  EXPECT_NEAR(e.loss,
+              0.7 * diagnostic(e.result, "pseudo_loss") + diagnostic(e.result, "correction"),
+              1e-12);
+  EXPECT_NEAR(diagnostic(e.result, "reward_margin_mean"),
+              2 * diagnostic(e.result, "logit_mean") / kBeta, 1e-12);
+}
