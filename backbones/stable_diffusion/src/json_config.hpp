@@ -1,0 +1,80 @@
+#pragma once
+// Reading diffusers / transformers config.json values with errors that name the file and key.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dedpo/error.hpp"
+
+namespace dedpo::sd::detail {
+
+class Config {
+ public:
+  Config(nlohmann::json json, std::string origin) : json_(std::move(json)), origin_(std::move(origin)) {
+    if (!json_.is_object()) throw Error(fmt::format("config {}: not a JSON object", origin_));
+  }
+  static Config parse(const std::string& text, const std::string& origin) {
+    try {
+      return Config(nlohmann::json::parse(text), origin);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(fmt::format("config {}: malformed JSON: {}", origin, e.what()));
+    }
+  }
+  static std::string read_text(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) throw Error(fmt::format("config '{}': cannot open", path.string()));
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    return buffer.str();
+  }
+  static Config file(const std::filesystem::path& path) {
+    return parse(read_text(path), "'" + path.string() + "'");
+  }
+
+  bool present(const std::string& key) const { return json_.contains(key); }  // possibly null
+  bool has(const std::string& key) const { return json_.contains(key) && !json_[key].is_null(); }
+
+  template <typename T>
+  T get(const std::string& key) const {
+    if (!has(key)) throw Error(fmt::format("config {}: missing key '{}'", origin_, key));
+    return convert<T>(key, json_[key]);
+  }
+  template <typename T>
+  T get(const std::string& key, T fallback) const {
+    return has(key) ? convert<T>(key, json_[key]) : fallback;
+  }
+  // An int or a list of ints; an int is repeated `count` times.
+  std::vector<int64_t> int_or_list(const std::string& key, std::size_t count) const {
+    const auto& v = json_.at(key);
+    if (v.is_number_integer()) return std::vector<int64_t>(count, v.get<int64_t>());
+    auto list = convert<std::vector<int64_t>>(key, v);
+    if (list.size() != count) {
+      throw Error(fmt::format("config {}: '{}' has {} entries, expected {}", origin_, key, list.size(), count));
+    }
+    return list;
+  }
+  [[noreturn]] void fail(const std::string& key, const std::string& why) const {
+    throw Error(fmt::format("config {}: '{}' {}", origin_, key, why));
+  }
+  const std::string& origin() const { return origin_; }
+
+ private:
+  template <typename T>
+  T convert(const std::string& key, const nlohmann::json& value) const {
+    try {
+      return value.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw Error(fmt::format("config {}: '{}' has the wrong type ({})", origin_, key, value.dump()));
+    }
+  }
+  nlohmann::json json_;
+  std::string origin_;
+};
+
+}  // namespace dedpo::sd::detail
