@@ -31,10 +31,12 @@ inline CommandResult run_shell(const std::string& command) {
   return result;
 }
 
+#ifdef DEDPO_EXECUTABLE
 // Runs the dedpo program of this build with the given arguments.
 inline CommandResult run_dedpo(const std::string& arguments) {
   return run_shell(std::string("'") + DEDPO_EXECUTABLE + "' " + arguments);
 }
+#endif
 
 // A fresh folder under the system temporary folder, removed when the object goes away.
 class TempDir {

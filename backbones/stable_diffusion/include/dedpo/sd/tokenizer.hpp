@@ -1,0 +1,124 @@
+#pragma once
+// The CLIP byte-level BPE tokenizer, as transformers' CLIPTokenizer (the slow, Python one) does it
+// when ftfy is not used: SD1.5's `tokenizer/` and SDXL's `tokenizer/` + `tokenizer_2/`.
+//
+//   auto tok = dedpo::sd::ClipTokenizer::from_folder("sd15/tokenizer");
+//   auto batch = tok.encode_batch({"a photo of a cat", "a dog"});  // input_ids: int64 [2, 77]
+//
+// Pipeline, step by step as in transformers:
+//  1. The raw text is split on the special tokens (bos, eos, unk, pad; exact, case-sensitive, leftmost
+//     longest), as PreTrainedTokenizer.tokenize does with its added-tokens trie. A special token
+//     becomes its own id; so SDXL's tokenizer_2, whose pad token is "!", maps every "!" to id 0.
+//  2. Each other piece is cleaned: runs of whitespace become one space, the ends are stripped, then
+//     it is lower-cased (whitespace_clean(text).lower()).
+//  3. Pre-tokenisation with CLIP's pattern
+//       <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
+//     on decoded code points (a hand-written scanner, not std::regex).
+//  4. Each pre-token's UTF-8 bytes go through GPT-2's bytes_to_unicode table, "</w>" is appended to
+//     the last symbol, and merges.txt's merges are applied lowest rank first (cached per pre-token).
+//  5. Symbols map to ids through vocab.json (unknown symbols -> unk id); encode() adds BOS ... EOS,
+//     truncates to max_length keeping EOS last, pads with the pad token, and returns the mask.
+//
+// Limits (documented differences from transformers):
+//  - No ftfy.fix_text, no HTML unescaping and no NFC normalisation: give pre-composed (NFC) text.
+//    A decomposed accent (e + U+0301) is a separate punctuation pre-token, as the pattern says.
+//  - Unicode categories come from a table, not the full database. Letters (\p{L}): Latin (Basic,
+//    Latin-1, Extended-A/B/C, IPA, Extended Additional, fullwidth), Greek (+ Extended), Cyrillic,
+//    Armenian, Hebrew, Arabic letters, Devanagari, Thai, Hangul, Hiragana, Katakana, CJK ideographs
+//    (+ extensions A-F, compatibility). Numbers (\p{N}): ASCII, superscripts / subscripts, vulgar
+//    fractions, Arabic-Indic, Devanagari, Thai, fullwidth digits, Roman numerals, circled numbers.
+//    Whitespace: Python's str.isspace set. A letter outside these tables is treated as punctuation
+//    (its bytes still encode losslessly through byte fallback, only the pre-token split may differ).
+//  - Lower-casing covers ASCII, Latin-1, Latin Extended-A, Latin Extended Additional, Greek (final
+//    sigma: Σ -> ς when after a letter and not before one), Cyrillic, Armenian, fullwidth Latin,
+//    Roman numerals and circled letters; İ -> "i̇" as Python does. Other scripts are kept as they are.
+//  - transformers without ftfy installed uses a BasicTokenizer that also puts spaces around CJK
+//    ideographs (so "猫犬" is two pre-tokens there, one with ftfy and in the fast tokenizer);
+//    TokenizerConfig::split_cjk_ideographs = true reproduces that part only.
+//  - Like transformers, at most the first 48894 merges of merges.txt are used.
+//  - Text must be valid UTF-8 (dedpo::Error otherwise).
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dedpo::sd {
+
+// The settings of a diffusers `tokenizer/` folder's tokenizer_config.json / special_tokens_map.json
+// that encoding uses. Defaults are SD1.5's (CLIPTokenizer's defaults, model_max_length 77).
+struct TokenizerConfig {
+  int64_t max_length = 77;                 // model_max_length: BOS + up to 75 tokens + EOS
+  std::string bos_token = "<|startoftext|>";
+  std::string eos_token = "<|endoftext|>";
+  std::string unk_token = "<|endoftext|>";
+  std::string pad_token = "<|endoftext|>";  // SDXL's tokenizer_2: "!" (id 0)
+  bool split_cjk_ideographs = false;       // see the limits above
+
+  // Reads `folder`/tokenizer_config.json (model_max_length, *_token) and then
+  // `folder`/special_tokens_map.json (*_token, which take precedence, as in transformers), each when
+  // present; a token is a string or an object with "content". Missing keys keep the defaults.
+  static TokenizerConfig from_folder(const std::filesystem::path& folder);
+};
+
+// One encoded text: exactly max_length entries.
+struct TokenizerOutput {
+  std::vector<int64_t> input_ids;       // BOS, tokens..., EOS, pad...
+  std::vector<int64_t> attention_mask;  // 1 for BOS, tokens and EOS; 0 for padding
+};
+
+struct TokenizerBatch {
+  at::Tensor input_ids;       // int64 [N, max_length]
+  at::Tensor attention_mask;  // int64 [N, max_length]
+};
+
+class ClipTokenizer {
+ public:
+  // Throws dedpo::Error naming the file (and line or key) for a missing or malformed vocab.json or
+  // merges.txt, a merge whose result is not in the vocabulary, or a special token missing from it.
+  ClipTokenizer(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt,
+                TokenizerConfig config = {});
+  // `folder`/vocab.json, `folder`/merges.txt and TokenizerConfig::from_folder(folder).
+  static ClipTokenizer from_folder(const std::filesystem::path& folder);
+
+  // BPE symbols of the text, without BOS / EOS (e.g. "a</w>", "c", "at</w>").
+  std::vector<std::string> tokenize(const std::string& text) const;
+  // Ids of tokenize(text): no BOS / EOS, no truncation, no padding.
+  std::vector<int64_t> encode_ids(const std::string& text) const;
+  // BOS + ids (truncated to max_length - 2) + EOS, padded to max_length.
+  TokenizerOutput encode(const std::string& text) const;
+  TokenizerBatch encode_batch(const std::vector<std::string>& texts) const;
+
+  // For debugging: byte-level reverse of the ids, "</w>" -> " ", ends stripped. Special tokens are
+  // left out when skip_special_tokens, else written as they are, separated by spaces. Invalid UTF-8
+  // becomes U+FFFD. Throws dedpo::Error for an id not in the vocabulary.
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const;
+
+  // The id of a vocabulary entry; dedpo::Error when it is not there.
+  int64_t token_to_id(const std::string& token) const;
+  int64_t bos_id() const;
+  int64_t eos_id() const;
+  int64_t unk_id() const;
+  int64_t pad_id() const;
+  int64_t vocab_size() const;
+  const TokenizerConfig& config() const;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;  // immutable tables + a mutex-guarded BPE cache; copies share it
+};
+
+// The building blocks, exposed for tests.
+namespace tokenizer_detail {
+// GPT-2's bytes_to_unicode: the UTF-8 string of the code point standing for each byte.
+const std::vector<std::string>& bytes_to_unicode();
+// whitespace_clean(text).lower() (with split_cjk_ideographs: spaces around CJK ideographs first).
+std::string clean_text(const std::string& text, bool split_cjk_ideographs = false);
+// CLIP's pre-tokenisation pattern applied to cleaned text.
+std::vector<std::string> pre_tokenize(const std::string& cleaned);
+}  // namespace tokenizer_detail
+
+}  // namespace dedpo::sd
