@@ -213,8 +213,10 @@ int main(int argc, char** argv) {
   }
   const std::string command = args[0];
   args.erase(args.begin());
+  // Declared outside the try: an exception thrown by plugin code must be caught and printed
+  // while the plugin libraries are still loaded.
+  dedpo::PluginRegistry registry;
   try {
-    dedpo::PluginRegistry registry;
     registry.load_default_locations();
     if (command == "plugins") return command_plugins(args, registry);
     if (command == "validate") return command_validate(args, registry);

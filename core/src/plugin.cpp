@@ -22,6 +22,8 @@ const char* to_string(PluginKind kind) {
 
 Plugin::~Plugin() = default;
 
+Error::~Error() = default;
+
 void Loss::load_state(const std::vector<double>& state) {
   if (!state.empty()) {
     throw Error("this loss keeps no running state, but the checkpoint holds " +

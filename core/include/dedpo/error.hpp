@@ -9,6 +9,9 @@ namespace dedpo {
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  // Defined in the core library (key function): the type information of an Error thrown by
+  // plugin code lives in the core, not in a library that may be unloaded before it is caught.
+  ~Error() override;
 };
 
 }  // namespace dedpo

@@ -1,0 +1,64 @@
+#pragma once
+// Internal helpers shared by the trainer and the grid runner: atomic file writes and reads.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+
+#include "dedpo/error.hpp"
+
+namespace dedpo::detail {
+
+// A temporary name beside `file`, unique per process.
+inline std::filesystem::path temp_path_for(const std::filesystem::path& file) {
+  return file.parent_path() /
+         ("." + file.filename().string() + ".tmp." + std::to_string(::getpid()));
+}
+
+// Flushes a written file to disk so that a rename after it cannot expose a partial file.
+inline void sync_file(const std::filesystem::path& file) {
+  int fd = ::open(file.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// Moves `temp` over `file` atomically (same folder), after flushing it.
+inline void commit_file(const std::filesystem::path& temp, const std::filesystem::path& file) {
+  sync_file(temp);
+  std::error_code error;
+  std::filesystem::rename(temp, file, error);
+  if (error) {
+    std::filesystem::remove(temp, error);
+    throw Error(file.string() + ": cannot write: rename failed");
+  }
+}
+
+// Writes `text` to `file` atomically: readers see the old file or the whole new one.
+inline void write_file_atomic(const std::filesystem::path& file, std::string_view text) {
+  std::filesystem::path temp = temp_path_for(file);
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(temp.string() + ": cannot open for writing");
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    out.flush();
+    if (!out) throw Error(temp.string() + ": write failed");
+  }
+  commit_file(temp, file);
+}
+
+inline std::string read_file(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace dedpo::detail

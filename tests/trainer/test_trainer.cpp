@@ -1,0 +1,314 @@
+// Trainer tests on the test-only fixture plugins (tests/trainer_fixture): determinism, resume,
+// NaN guard, checkpoints, run folders, annotation cache, [init], schedules and Adafactor.
+#include <cmath>
+#include <fstream>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+
+#include "dedpo/experiment.hpp"
+#include "dedpo/registry.hpp"
+#include "dedpo/runner.hpp"
+#include "dedpo/trainer.hpp"
+#include "test_support.hpp"
+#include "trainer_test_util.hpp"
+
+namespace fs = std::filesystem;
+using namespace dedpo;
+using namespace dedpo::trainer_test;
+
+// ---------------------------------------------------------------------------------------------
+// Unit: schedule and Adafactor
+
+TEST(Schedule, WarmupThenDecay) {
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "constant", 0), 0.25);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "constant", 3), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "constant", 13), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "linear", 4), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "linear", 9), 0.5);
+  EXPECT_NEAR(scheduled_lr(1.0, 0, 10, "cosine", 5), 0.5, 1e-12);
+  EXPECT_NEAR(scheduled_lr(2.0, 0, 10, "cosine", 0), 2.0, 1e-12);
+  EXPECT_NEAR(scheduled_lr(1.0, 0, 10, "linear", 10), 0.0, 1e-12);
+  EXPECT_THROW(scheduled_lr(1.0, 0, 10, "exponential", 1), Error);
+}
+
+TEST(Adafactor, FactoredAndFullUpdatesMatchTheFormulas) {
+  at::Tensor w = at::tensor({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}, at::kFloat).reshape({2, 3});
+  at::Tensor b = at::tensor({0.5, -0.5}, at::kFloat);
+  w.set_requires_grad(true);
+  b.set_requires_grad(true);
+  at::Tensor gw = at::tensor({0.1, -0.2, 0.3, 0.4, 0.0, -0.6}, at::kFloat).reshape({2, 3});
+  at::Tensor gb = at::tensor({1.0, -2.0}, at::kFloat);
+  w.mutable_grad() = gw.clone();
+  b.mutable_grad() = gb.clone();
+  at::Tensor w0 = w.detach().clone(), b0 = b.detach().clone();
+
+  Adafactor::Options options;
+  options.weight_decay = 0.1;
+  Adafactor optimizer({w, b}, options);
+  const double lr = 0.01;
+  optimizer.step(lr);
+
+  // Step 1: β̂₂ = 1 − 1^−0.8 = 0, so the moments are exactly the squared gradient (+ε₁).
+  at::Tensor sq = gw * gw + 1e-30;
+  at::Tensor row = sq.mean(1), col = sq.mean(0);
+  at::Tensor v_hat = at::outer(row, col) / row.mean();
+  at::Tensor u = gw / v_hat.sqrt();
+  u = u / std::max(1.0, u.pow(2).mean().sqrt().item<double>());
+  at::Tensor expected_w = w0 * (1 - 0.1 * lr) - lr * u;
+  EXPECT_TRUE(at::allclose(w.detach(), expected_w, 1e-6, 1e-7));
+
+  at::Tensor ub = gb / (gb * gb + 1e-30).sqrt();  // = sign(g): RMS 1, no clipping
+  at::Tensor expected_b = b0 * (1 - 0.1 * lr) - lr * ub;
+  EXPECT_TRUE(at::allclose(b.detach(), expected_b, 1e-6, 1e-7));
+
+  // State round trip.
+  auto state = optimizer.state();
+  ASSERT_EQ(state.size(), 3u);  // row, col of w; full of b
+  EXPECT_TRUE(at::allclose(state[0], row));
+  EXPECT_TRUE(at::allclose(state[1], col));
+  Adafactor other({w.detach().clone().requires_grad_(true), b.detach().clone().requires_grad_(true)},
+                  options);
+  other.set_state(optimizer.steps(), state);
+  EXPECT_EQ(other.steps(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+TEST(Trainer, SameSeedGivesBitIdenticalWeights) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path());
+  RunResult a = run_experiment(e, registry, quiet(temp / "a"));
+  RunResult b = run_experiment(e, registry, quiet(temp / "b"));
+  ASSERT_TRUE(a.finished);
+  ASSERT_TRUE(b.finished);
+  EXPECT_EQ(a.steps_done, 12);
+  expect_same_weights(temp / "a", temp / "b");
+  EXPECT_EQ(a.metrics, b.metrics);
+
+  Experiment other = experiment(registry, temp.path(), {{"run.seed", "4"}});
+  run_experiment(other, registry, quiet(temp / "c"));
+  EXPECT_FALSE(same_weights(temp / "a", temp / "c"));
+}
+
+TEST(Trainer, RunFolderHoldsEveryFile) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path());
+  RunControl control;
+  control.progress_bar = false;
+  RunResult first = run_experiment(e, registry, control);
+  RunResult second = run_experiment(e, registry, control);
+  EXPECT_EQ(first.run_dir.filename(), "t-1");
+  EXPECT_EQ(second.run_dir.filename(), "t-2");
+  for (const char* file : {kConfigFile, kLogFile, kMetricsFile, kWeightsFile, kResultsFile}) {
+    EXPECT_TRUE(fs::exists(first.run_dir / file)) << file;
+  }
+  EXPECT_EQ(test::read_text(first.run_dir / kConfigFile), e.resolved_toml);
+  nlohmann::json results = nlohmann::json::parse(test::read_text(first.run_dir / kResultsFile));
+  EXPECT_EQ(results["steps"], 12);
+  EXPECT_EQ(results["skipped_steps"], 0);
+  EXPECT_TRUE(results["metrics"].contains("test_error"));
+  EXPECT_TRUE(results.contains("wall_time_s"));
+  // log_every = 2: steps 2, 4, ..., 12, then the final evaluation line.
+  auto lines = jsonl(first.run_dir / kMetricsFile);
+  ASSERT_EQ(lines.size(), 7u);
+  EXPECT_EQ(lines[0]["step"], 2);
+  for (const char* key : {"loss", "lr", "grad_norm", "skipped", "mean_logit"}) {
+    EXPECT_TRUE(lines[0].contains(key)) << key;
+  }
+  EXPECT_TRUE(lines.back().contains("eval/test_error"));
+}
+
+TEST(Trainer, ResumeEqualsUninterruptedRun) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path());
+  run_experiment(e, registry, quiet(temp / "full"));
+
+  RunControl stop = quiet(temp / "cut");
+  stop.stop_after_steps = 7;  // checkpoint at 4: steps 5..7 are lost, as if killed
+  RunResult cut = run_experiment(e, registry, stop);
+  EXPECT_FALSE(cut.finished);
+  EXPECT_EQ(cut.steps_done, 7);
+  EXPECT_FALSE(fs::exists(temp / "cut" / kResultsFile));
+  RunResult resumed = resume_run(temp / "cut", registry, quiet({}));
+  EXPECT_TRUE(resumed.finished);
+  EXPECT_EQ(resumed.steps_done, 12);
+  expect_same_weights(temp / "full", temp / "cut");
+  // metrics.jsonl holds each logged step once.
+  auto lines = jsonl(temp / "cut" / kMetricsFile);
+  EXPECT_EQ(lines.size(), jsonl(temp / "full" / kMetricsFile).size());
+}
+
+TEST(Trainer, ResumeEqualsUninterruptedWithAdafactorEmaAccumulationAndAnnotator) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  std::vector<Override> overrides = {
+      {"train.optimizer", "\"adafactor\""},  {"train.ema_decay", "0.9"},
+      {"train.grad_accum", "2"},            {"train.schedule", "\"cosine\""},
+      {"train.warmup_steps", "3"},          {"train.max_grad_norm", "0.5"},
+      {"train.labelled_fraction", "0.5"},   {"loss.use_annotator", "true"},
+      {"loss.pool", "\"all\""},             {"annotator.plugin", "\"test_annotator\""},
+      {"train.checkpoint_every", "5"}};
+  Experiment e = experiment(registry, temp.path(), overrides);
+  run_experiment(e, registry, quiet(temp / "full"));
+  for (std::int64_t stop_at : {3, 6}) {
+    fs::path dir = temp / fmt::format("cut{}", stop_at);
+    RunControl stop = quiet(dir);
+    stop.stop_after_steps = stop_at;
+    EXPECT_FALSE(run_experiment(e, registry, stop).finished);
+    // Interrupted twice: resume, stop again, resume to the end.
+    RunControl stop_again = quiet({});
+    stop_again.stop_after_steps = 4;
+    resume_run(dir, registry, stop_again);
+    EXPECT_TRUE(resume_run(dir, registry, quiet({})).finished);
+    expect_same_weights(temp / "full", dir);
+  }
+  // AdamW as well.
+  overrides[0] = {"train.optimizer", "\"adamw\""};
+  Experiment adamw = experiment(registry, temp.path(), overrides);
+  run_experiment(adamw, registry, quiet(temp / "adamw-full"));
+  RunControl stop = quiet(temp / "adamw-cut");
+  stop.stop_after_steps = 8;
+  run_experiment(adamw, registry, stop);
+  resume_run(temp / "adamw-cut", registry, quiet({}));
+  expect_same_weights(temp / "adamw-full", temp / "adamw-cut");
+  EXPECT_FALSE(same_weights(temp / "full", temp / "adamw-full"));
+}
+
+TEST(Trainer, NonFiniteLossSkipsTheStepAndCountsIt) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path(), {{"loss.nan_every", "3"}});
+  RunResult result = run_experiment(e, registry, quiet(temp / "nan"));
+  ASSERT_TRUE(result.finished);
+  EXPECT_EQ(result.skipped_steps, 4);  // steps 3, 6, 9, 12
+  nlohmann::json results = nlohmann::json::parse(test::read_text(temp / "nan" / kResultsFile));
+  EXPECT_EQ(results["skipped_steps"], 4);
+  int skipped_lines = 0;
+  for (const auto& line : jsonl(temp / "nan" / kMetricsFile)) {
+    if (line.value("skipped_step", false)) ++skipped_lines;
+  }
+  EXPECT_EQ(skipped_lines, 4);
+  std::vector<at::Tensor> weights;
+  torch::load(weights, (temp / "nan" / kWeightsFile).string());
+  for (const auto& w : weights) EXPECT_TRUE(at::isfinite(w).all().item<bool>());
+  // A skipped step changes nothing: with every step NaN the weights stay the initial ones.
+  std::vector<at::Tensor> initial = {at::randn({4, 4}), at::randn({4, 2}), at::randn({4}),
+                                     at::randn({4})};
+  torch::save(initial, (temp / "initial.pt").string());
+  Experiment all_nan = experiment(
+      registry, temp.path(),
+      {{"loss.nan_every", "1"}, {"init.weights", "\"" + (temp / "initial.pt").string() + "\""}});
+  EXPECT_EQ(run_experiment(all_nan, registry, quiet(temp / "all")).skipped_steps, 12);
+  auto after = trainer_test::weights(temp / "all");
+  ASSERT_EQ(after.size(), initial.size());
+  for (std::size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(at::equal(after[i], initial[i]));
+}
+
+TEST(Trainer, CheckpointsAreWholeFilesBehindAnAtomicPointer) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path(), {{"train.checkpoint_every", "2"}});
+  RunControl stop = quiet(temp / "run");
+  stop.stop_after_steps = 5;
+  run_experiment(e, registry, stop);
+  fs::path folder = temp / "run" / kCheckpointDir;
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(folder)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  // Two newest checkpoints kept, the pointer, nothing temporary.
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step-00000002.pt", "step-00000004.pt"}));
+  EXPECT_EQ(test::read_text(folder / "latest"), "step-00000004.pt\n");
+  // A temporary file left by a crash during a checkpoint write does not disturb resuming.
+  { std::ofstream(folder / ".step-00000006.pt.tmp.999") << "partial"; }
+  RunResult resumed = resume_run(temp / "run", registry, quiet({}));
+  EXPECT_TRUE(resumed.finished);
+  run_experiment(e, registry, quiet(temp / "full"));
+  expect_same_weights(temp / "full", temp / "run");
+  for (const auto& entry : fs::directory_iterator(temp / "full" / kCheckpointDir)) {
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos);
+  }
+}
+
+TEST(Trainer, AnnotationsAreCachedAcrossRuns) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  std::vector<Override> overrides = {{"loss.use_annotator", "true"},
+                                     {"loss.pool", "\"all\""},
+                                     {"annotator.plugin", "\"test_annotator\""},
+                                     {"annotator.train_steps", "3"}};
+  Experiment e = experiment(registry, temp.path(), overrides);
+  run_experiment(e, registry, quiet(temp / "a"));
+  fs::path cache = temp / "runs" / ".cache" / "annotations";
+  ASSERT_TRUE(fs::is_directory(cache));
+  EXPECT_EQ(std::distance(fs::directory_iterator(cache), fs::directory_iterator()), 1);
+  run_experiment(e, registry, quiet(temp / "b"));
+  EXPECT_NE(test::read_text(temp / "b" / kLogFile).find("annotations: cached"), std::string::npos);
+  expect_same_weights(temp / "a", temp / "b");
+  // A labels-dependent annotator is keyed by the labelled set as well.
+  overrides.push_back({"annotator.uses_labels", "true"});
+  run_experiment(experiment(registry, temp.path(), overrides), registry, quiet(temp / "c"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(cache), fs::directory_iterator()), 2);
+
+  // A loss that needs an annotator without an [annotator] table is an error.
+  Experiment missing = experiment(registry, temp.path(), {{"loss.use_annotator", "true"}});
+  EXPECT_THROW(run_experiment(missing, registry, quiet(temp / "d")), Error);
+}
+
+TEST(Trainer, InitExperimentRunsOnceAndInitialisesTheBackbone) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  fs::path reference = temp / "reference.toml";
+  {
+    std::ofstream out(reference);
+    out << kReferenceToml;
+  }
+  std::vector<Override> overrides = {{"init.experiment", "\"" + reference.string() + "\""}};
+  Experiment e = experiment(registry, temp.path(), overrides);
+  run_experiment(e, registry, quiet(temp / "a"));
+  fs::path init_root = temp / "runs" / ".cache" / "init";
+  std::vector<fs::path> runs;
+  for (const auto& entry : fs::directory_iterator(init_root)) {
+    if (entry.is_directory()) runs.push_back(entry.path());
+  }
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_TRUE(fs::exists(runs[0] / kResultsFile));
+  EXPECT_TRUE(fs::exists(runs[0] / kWeightsFile));
+  auto trained = fs::last_write_time(runs[0] / kResultsFile);
+  run_experiment(e, registry, quiet(temp / "b"));
+  EXPECT_EQ(fs::last_write_time(runs[0] / kResultsFile), trained);  // not trained twice
+  expect_same_weights(temp / "a", temp / "b");
+  // [init] weights = the same file gives the same run.
+  Experiment direct = experiment(
+      registry, temp.path(), {{"init.weights", "\"" + (runs[0] / kWeightsFile).string() + "\""}});
+  run_experiment(direct, registry, quiet(temp / "c"));
+  expect_same_weights(temp / "a", temp / "c");
+  run_experiment(experiment(registry, temp.path()), registry, quiet(temp / "d"));
+  EXPECT_FALSE(same_weights(temp / "a", temp / "d"));
+}
+
+TEST(Trainer, Bf16AutocastRunsAndIsDeterministic) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path(), {{"train.precision", "\"bf16\""}});
+  EXPECT_TRUE(run_experiment(e, registry, quiet(temp / "a")).finished);
+  run_experiment(e, registry, quiet(temp / "b"));
+  expect_same_weights(temp / "a", temp / "b");
+}
+
+TEST(Trainer, DenoisingObjectiveTrainsOnSamples) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path(), {{"train.objective", "\"denoising\""}});
+  RunResult result = run_experiment(e, registry, quiet(temp / "a"));
+  EXPECT_TRUE(result.finished);
+  EXPECT_EQ(result.skipped_steps, 0);
+}
