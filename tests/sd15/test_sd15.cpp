@@ -1,0 +1,297 @@
+// The `sd15` backbone end to end on a tiny random-weight diffusers folder (dedpo_make_tiny_sd),
+// loaded through the plugin registry as a run loads it.
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/module.h>
+#include <torch/optim/adamw.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "dedpo/backbone.hpp"
+#include "dedpo/loss.hpp"
+#include "dedpo/registry.hpp"
+#include "dedpo/safetensors.hpp"
+#include "test_support.hpp"
+
+namespace {
+namespace fs = std::filesystem;
+using dedpo::Backbone;
+
+// One scratch folder per test process, removed when the process ends.
+fs::path scratch() {
+  static const dedpo::test::TempDir dir;
+  return dir.path();
+}
+
+fs::path make_folder(const std::string& name, const std::string& flags = "") {
+  const fs::path folder = scratch() / name;
+  if (!fs::exists(folder / "model_index.json")) {
+    const std::string command = std::string("\"") + DEDPO_MAKE_TINY_SD + "\" \"" + folder.string() + "\" " + flags + " > /dev/null";
+    if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
+  }
+  return folder;
+}
+
+fs::path tiny() { return make_folder("tiny"); }
+
+dedpo::PluginRegistry& registry() {
+  static dedpo::PluginRegistry* r = [] {
+    auto* reg = new dedpo::PluginRegistry();
+    reg->load_default_locations();
+    return reg;
+  }();
+  return *r;
+}
+
+std::shared_ptr<Backbone> make(const std::string& extra = "", const fs::path& folder = tiny(),
+                               const fs::path& initial_weights = {}) {
+  auto b = registry().create<Backbone>(
+      "sd15", "path = \"" + folder.string() + "\"\nresolution = 16\nsample_steps = 3\n" + extra);
+  dedpo::BackboneContext context;
+  context.cache_dir = scratch() / "cache";
+  context.initial_weights = initial_weights;
+  context.seed = 3;
+  b->prepare(context);
+  return b;
+}
+
+at::Generator gen(std::uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+dedpo::PairBatch batch(Backbone& b) {
+  at::Generator g = gen(11);
+  dedpo::PairBatch out;
+  out.a = at::randn({2, 4, 8, 8}, g, at::kFloat);
+  out.b = at::randn({2, 4, 8, 8}, g, at::kFloat);
+  out.condition = b.encode_prompts({"a photo of a cat", "a red dog"});
+  return out;
+}
+
+dedpo::DenoisingErrors errors(Backbone& b, std::uint64_t seed = 7, bool with_reference = true) {
+  at::Generator g = gen(seed);
+  return b.denoising_errors(batch(b), g, with_reference);
+}
+
+void expect_close(const at::Tensor& x, const at::Tensor& y, double tol = 1e-6) {
+  ASSERT_EQ(x.sizes(), y.sizes());
+  EXPECT_TRUE(at::allclose(x, y, tol, tol)) << x << "\n" << y;
+}
+
+std::map<std::string, at::Tensor> snapshot(torch::nn::Module& m) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& item : m.named_parameters()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
+bool changed(torch::nn::Module& m, const std::map<std::string, at::Tensor>& before) {
+  for (const auto& item : m.named_parameters()) {
+    if (!at::equal(item.value().detach(), before.at(item.key()))) return true;
+  }
+  return false;
+}
+
+// A few Diffusion-DPO steps with the `dpo` loss plugin and AdamW.
+void dpo_steps(Backbone& b, int steps) {
+  auto loss = registry().create<dedpo::Loss>("dpo", "");
+  std::vector<at::Tensor> params;
+  for (const at::Tensor& p : b.model().parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  ASSERT_FALSE(params.empty());
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(1e-3));
+  for (int step = 0; step < steps; ++step) {
+    at::Generator g = gen(100 + step);
+    dedpo::DenoisingErrors e = b.denoising_errors(batch(b), g, true);
+    dedpo::PairTerms terms;
+    terms.model_err_a = e.model_a;
+    terms.model_err_b = e.model_b;
+    terms.ref_err_a = e.ref_a;
+    terms.ref_err_b = e.ref_b;
+    terms.human_label = at::ones({2}, at::kFloat);
+    terms.is_labelled = at::ones({2}, at::kBool);
+    terms.n_labelled = 2;
+    dedpo::LossResult result = loss->compute(terms);
+    ASSERT_TRUE(std::isfinite(result.loss.item<double>()));
+    optimizer.zero_grad();
+    result.loss.backward();
+    optimizer.step();
+  }
+}
+
+std::pair<int, int> png_size(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  unsigned char header[24] = {};
+  in.read(reinterpret_cast<char*>(header), sizeof header);
+  auto be32 = [&](int at) { return (header[at] << 24) | (header[at + 1] << 16) | (header[at + 2] << 8) | header[at + 3]; };
+  return {be32(16), be32(20)};  // IHDR width, height
+}
+
+TEST(Sd15, RegisteredWithOptions) {
+  const dedpo::PluginEntry& entry = registry().find(dedpo::PluginKind::backbone, "sd15");
+  EXPECT_STREQ(entry.descriptor->name, "sd15");
+  EXPECT_THROW(registry().create<Backbone>("sd15", "path = \"x\"\nsampler = \"plms\""), dedpo::Error);
+  EXPECT_THROW(registry().create<Backbone>("sd15", "path = \"x\"\ndtype = \"float16\""), dedpo::Error);
+}
+
+TEST(Sd15, PromptsAndErrorsAtStepZero) {
+  auto b = make();
+  const at::Tensor c = b->encode_prompts({"a photo of a cat", "a red dog", "a photo of a cat"});
+  ASSERT_EQ(c.sizes(), (at::IntArrayRef{3, 77, 32}));
+  EXPECT_TRUE(at::equal(c[0], c[2]));
+  EXPECT_FALSE(at::equal(c[0], c[1]));
+  const dedpo::DenoisingErrors e = errors(*b);
+  ASSERT_EQ(e.model_a.sizes(), (at::IntArrayRef{2}));
+  EXPECT_TRUE(at::isfinite(e.model_a).all().item<bool>());
+  EXPECT_TRUE(at::isfinite(e.model_b).all().item<bool>());
+  expect_close(e.ref_a, e.model_a);
+  expect_close(e.ref_b, e.model_b);
+  EXPECT_FALSE(e.ref_a.requires_grad());
+  EXPECT_TRUE(e.model_a.requires_grad());
+  // Same generator state, same draws.
+  expect_close(errors(*b).model_a, e.model_a);
+  at::Generator g = gen(5);
+  const at::Tensor loss = b->denoising_loss(batch(*b).a, batch(*b).condition, g);
+  ASSERT_EQ(loss.sizes(), (at::IntArrayRef{2}));
+  EXPECT_TRUE(at::isfinite(loss).all().item<bool>());
+}
+
+TEST(Sd15, ClipSkipChangesConditioning) {
+  auto a = make();
+  auto b = make("clip_skip = 1");
+  EXPECT_FALSE(at::allclose(a->encode_prompts({"a dog"}), b->encode_prompts({"a dog"})));
+}
+
+TEST(Sd15, DpoStepsMoveModelNotReferenceAndSaveReloads) {
+  auto b = make();
+  const dedpo::DenoisingErrors before = errors(*b);
+  const auto params = snapshot(b->model());
+  dpo_steps(*b, 3);
+  EXPECT_TRUE(changed(b->model(), params));
+  const dedpo::DenoisingErrors after = errors(*b);
+  expect_close(after.ref_a, before.ref_a);
+  expect_close(after.ref_b, before.ref_b);
+  EXPECT_FALSE(at::allclose(after.model_a, before.model_a, 1e-6, 1e-6));
+
+  const fs::path file = scratch() / "full" / "diffusion_pytorch_model.safetensors";
+  b->save_weights(file);
+  ASSERT_TRUE(fs::exists(file));
+  EXPECT_TRUE(dedpo::safetensors::File(file).contains("conv_in.weight"));
+  auto reloaded = make("", tiny(), file);
+  const dedpo::DenoisingErrors again = errors(*reloaded);
+  expect_close(again.model_a, after.model_a);
+  expect_close(again.model_b, after.model_b);
+  expect_close(again.ref_a, after.model_a);  // the initial weights are the new reference
+}
+
+TEST(Sd15, SampleAndWritePng) {
+  for (const std::string sampler : {"ddim", "euler"}) {
+    auto b = make("sampler = \"" + sampler + "\"\nguidance_scale = 3.0");
+    const at::Tensor cond = b->encode_prompts({"a photo of a cat", "a red dog"});
+    at::Generator g1 = gen(21), g2 = gen(21);
+    const at::Tensor x = b->sample(cond, g1, false);
+    const at::Tensor r = b->sample(cond, g2, true);
+    ASSERT_EQ(x.sizes(), (at::IntArrayRef{2, 4, 8, 8})) << sampler;
+    EXPECT_TRUE(at::isfinite(x).all().item<bool>()) << sampler;
+    expect_close(x, r);
+
+    const dedpo::PluginEntry& entry = registry().find(dedpo::PluginKind::backbone, "sd15");
+    void* handle = ::dlopen(entry.library.c_str(), RTLD_NOW);
+    ASSERT_NE(handle, nullptr) << ::dlerror();
+    using WritePng = void(Backbone&, const at::Tensor&, const std::string&, const std::string&);
+    auto* entry_point = static_cast<WritePng**>(::dlsym(handle, "dedpo_sd15_write_png"));
+    ASSERT_NE(entry_point, nullptr);
+    const fs::path out = scratch() / ("png_" + sampler);
+    (**entry_point)(*b, x, out.string(), "img");
+    for (const char* name : {"img_000.png", "img_001.png"}) {
+      ASSERT_TRUE(fs::exists(out / name)) << (out / name);
+      EXPECT_EQ(png_size(out / name), std::make_pair(16, 16));
+    }
+    ::dlclose(handle);
+  }
+}
+
+TEST(Sd15, LoraReferenceIsBaseAndAdaptersStartAtZero) {
+  auto full = make();
+  auto lora = make("lora_rank = 2\nlora_alpha = 4.0");
+  std::size_t n_trainable = 0;
+  for (const auto& item : lora->model().named_parameters()) {
+    EXPECT_TRUE(item.value().requires_grad()) << item.key();
+    EXPECT_NE(item.key().find(".lora_"), std::string::npos) << item.key();
+    ++n_trainable;
+  }
+  // Tiny UNet: 4 transformer blocks (down 1, mid 1, up 2) × 2 attentions × 4 targets × (A, B).
+  EXPECT_EQ(n_trainable, 4u * 2 * 4 * 2);
+  const dedpo::DenoisingErrors base = errors(*full);
+  const dedpo::DenoisingErrors e = errors(*lora);
+  expect_close(e.ref_a, base.model_a);
+  expect_close(e.ref_b, base.model_b);
+  expect_close(e.model_a, base.model_a);
+  expect_close(e.model_b, base.model_b);
+
+  dpo_steps(*lora, 3);
+  const dedpo::DenoisingErrors after = errors(*lora);
+  expect_close(after.ref_a, base.model_a);
+  EXPECT_FALSE(at::allclose(after.model_a, base.model_a, 1e-6, 1e-6));
+
+  const fs::path file = scratch() / "lora" / "diffusion_pytorch_model.safetensors";
+  lora->save_weights(file);
+  const fs::path adapters = scratch() / "lora" / "diffusion_pytorch_model_lora.safetensors";
+  ASSERT_TRUE(fs::exists(adapters));
+  dedpo::safetensors::File lf(adapters);
+  EXPECT_EQ(lf.keys().size(), n_trainable);
+  EXPECT_TRUE(lf.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.lora.up.weight"));
+  auto merged = make("", tiny(), file);
+  expect_close(errors(*merged).model_a, after.model_a, 1e-5);
+}
+
+TEST(Sd15, VPredictionAndBfloat16Run) {
+  auto v = make("prediction_type = \"v_prediction\"");
+  auto eps = make();
+  const dedpo::DenoisingErrors ev = errors(*v), ee = errors(*eps);
+  EXPECT_TRUE(at::isfinite(ev.model_a).all().item<bool>());
+  EXPECT_FALSE(at::allclose(ev.model_a, ee.model_a));
+#if TORCH_VERSION_MAJOR < 2
+  EXPECT_THROW(make("dtype = \"bfloat16\""), dedpo::Error);
+#else
+  auto bf = make("dtype = \"bfloat16\"");
+  const dedpo::DenoisingErrors eb = errors(*bf);
+  EXPECT_TRUE(at::isfinite(eb.model_a).all().item<bool>());
+  expect_close(eb.model_a, ee.model_a, 0.1);
+#endif
+}
+
+TEST(Sd15, CorruptedFolderNamesMissingAndUnexpectedKeys) {
+  const fs::path folder = scratch() / "corrupt";
+  fs::remove_all(folder);
+  fs::copy(tiny(), folder, fs::copy_options::recursive);
+  const fs::path unet = folder / "unet" / "diffusion_pytorch_model.safetensors";
+  auto tensors = dedpo::safetensors::load(unet);
+  tensors.erase("conv_in.weight");
+  tensors["bogus.weight"] = at::zeros({2});
+  dedpo::safetensors::save(unet, tensors);
+  try {
+    make("", folder);
+    FAIL() << "expected dedpo::Error";
+  } catch (const dedpo::Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("UNet"), std::string::npos) << message;
+    EXPECT_NE(message.find("missing"), std::string::npos) << message;
+    EXPECT_NE(message.find("conv_in.weight"), std::string::npos) << message;
+    EXPECT_NE(message.find("unexpected"), std::string::npos) << message;
+    EXPECT_NE(message.find("bogus.weight"), std::string::npos) << message;
+  }
+  fs::remove(folder / "model_index.json");
+  EXPECT_THROW(make("", folder), dedpo::Error);
+}
+
+}  // namespace
