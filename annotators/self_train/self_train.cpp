@@ -1,0 +1,101 @@
+// `self_train`: a backbone-agnostic synthetic annotator. It trains a fresh copy of the backbone
+// with a preference loss (DPO by default) on the human-labelled pairs only, then labels every
+// pair with that model's own implicit preference:
+//
+//   h(y) = -(beta/2) [ (e_theta(A) - e_ref(A)) - (e_theta(B) - e_ref(B)) ],   g(y) = sigmoid(h/T)
+//
+// averaged over n_draws timestep/noise draws (one draw shared by A and B, as in training).
+#include <string>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include "dedpo/annotator.hpp"
+#include "dedpo/plugin.hpp"
+
+namespace dedpo {
+namespace {
+
+using T = OptionType;
+
+const OptionSpec kSelfTrainOptions[] = {
+    {"loss", T::string, "\"dpo\"", "Loss plugin that trains the annotator's model."},
+    {"loss_options", T::string, "\"\"",
+     "Options table body for that loss; empty = \"beta = <beta>\"."},
+    {"beta", T::real, "5000.0",
+     "beta of the implicit-reward logit h; match the loss's beta (it is passed to the loss when "
+     "loss_options is empty)."},
+    {"steps", T::integer, "300", "Optimiser steps on the labelled pairs ([train] settings)."},
+    {"n_draws", T::integer, "16", "Timestep/noise draws averaged per pair for h."},
+    {"batch_size", T::integer, "2048", "Pairs per scoring batch."},
+    {"temperature", T::real, "1.0", "g = sigmoid(h / temperature): > 1 softens, < 1 sharpens."},
+};
+
+std::string format_real(double value) {
+  std::string text = std::to_string(value);  // always has a decimal point: a TOML float
+  return text;
+}
+
+class SelfTrainAnnotator : public Annotator {
+ public:
+  explicit SelfTrainAnnotator(const Options& options) : options_(options) {
+    if (options.integer("steps") < 0) options.fail("steps", "must be non-negative");
+    if (options.integer("n_draws") < 1) options.fail("n_draws", "must be at least 1");
+    if (options.integer("batch_size") < 1) options.fail("batch_size", "must be at least 1");
+    if (!(options.real("temperature") > 0)) options.fail("temperature", "must be positive");
+  }
+
+  bool uses_labels() const override { return true; }
+
+  at::Tensor annotate(AnnotatorContext& context) override {
+    const PairDataset& data = context.data;
+    const std::int64_t n = data.size();
+    const std::int64_t n_labelled = context.is_labelled.sum().item<std::int64_t>();
+    if (n_labelled == 0) {
+      throw Error("annotator 'self_train' needs human-labelled pairs to train on, but none are "
+                  "labelled (raise [train] labelled_fraction)");
+    }
+    const double beta = options_.real("beta");
+    std::string loss_options = options_.string("loss_options");
+    if (loss_options.empty()) loss_options = "beta = " + format_real(beta);
+
+    std::shared_ptr<Backbone> backbone = context.services.fresh_backbone();
+    std::shared_ptr<Loss> loss = context.services.make_loss(options_.string("loss"), loss_options);
+    context.services.train(*backbone, *loss, data, context.is_labelled, at::Tensor(),
+                           options_.integer("steps"), context.seed);
+
+    at::NoGradGuard no_grad;
+    at::Tensor prompts = backbone->encode_prompts(data.prompts);
+    at::Tensor condition = prompts.index_select(0, data.prompt_index.to(prompts.device()));
+    at::Generator gen = at::detail::createCPUGenerator(context.seed ^ 0x5E1F7A11ull);
+    const std::int64_t batch = options_.integer("batch_size");
+    const std::int64_t draws = options_.integer("n_draws");
+    at::Tensor h = at::zeros({n}, at::TensorOptions().dtype(at::kDouble));
+    for (std::int64_t draw = 0; draw < draws; ++draw) {
+      for (std::int64_t start = 0; start < n; start += batch) {
+        const std::int64_t end = std::min(n, start + batch);
+        PairBatch pairs{data.a.slice(0, start, end), data.b.slice(0, start, end),
+                        condition.slice(0, start, end)};
+        DenoisingErrors e = backbone->denoising_errors(pairs, gen, /*with_reference=*/true);
+        at::Tensor logit =
+            -(beta / 2) * ((e.model_a - e.ref_a) - (e.model_b - e.ref_b));
+        h.slice(0, start, end) += logit.detach().to(at::kCPU, at::kDouble);
+      }
+    }
+    h /= static_cast<double>(draws);
+    return at::sigmoid(h / options_.real("temperature")).to(at::kFloat);
+  }
+
+ private:
+  Options options_;
+};
+
+}  // namespace
+}  // namespace dedpo
+
+DEDPO_PLUGIN_LIBRARY(dedpo::describe<dedpo::SelfTrainAnnotator>(
+    "self_train", "1.0.0",
+    "Backbone-agnostic annotator: a model trained with DPO on the labelled pairs labels every "
+    "pair with its implicit preference sigmoid(h).",
+    dedpo::kSelfTrainOptions))
