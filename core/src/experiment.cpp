@@ -76,9 +76,32 @@ std::vector<std::string> base_files(const toml::table& table, const std::string&
   return bases;
 }
 
+// A relative path means relative to the file that wrote it, also when that file is a base.
+void resolve_paths(toml::table& table, const fs::path& base_dir) {
+  auto resolve = [&](toml::node* node) {
+    if (node && node->is_string()) {
+      fs::path path = node->as_string()->get();
+      if (!path.empty() && path.is_relative()) {
+        *node->as_string() = fs::weakly_canonical(base_dir / path).string();
+      }
+    }
+  };
+  if (auto* run = table["run"].as_table()) resolve(run->get("output"));
+  if (auto* init = table["init"].as_table()) {
+    resolve(init->get("experiment"));
+    resolve(init->get("weights"));
+  }
+  if (auto* plugins = table["plugins"].as_table()) {
+    if (auto* paths = plugins->get_as<toml::array>("paths")) {
+      for (toml::node& item : *paths) resolve(&item);
+    }
+  }
+}
+
 // Resolves the `base` chain: bases first (in order), then this table on top.
 toml::table with_bases(toml::table table, const fs::path& base_dir, const std::string& origin,
                        std::vector<fs::path>& chain) {
+  resolve_paths(table, base_dir);
   toml::table merged;
   for (const std::string& name : base_files(table, origin)) {
     fs::path file = fs::weakly_canonical(base_dir / name);
@@ -129,6 +152,33 @@ void apply_override(toml::table& root, const Override& change) {
     parsed.insert("v", change.value);
   }
   table->insert_or_assign(parts.back(), *parsed.get("v"));
+}
+
+// `slot.plugin=NAME` overrides go first; one that switches a slot to another plugin drops the
+// slot's options from the files (they belonged to the other plugin). Then the rest, in order.
+void apply_overrides(toml::table& root, std::span<const Override> overrides) {
+  auto is_plugin_switch = [](const Override& change) {
+    return change.key.ends_with(".plugin") &&
+           change.key.find('.') == change.key.size() - std::string_view(".plugin").size();
+  };
+  for (const Override& change : overrides) {
+    if (!is_plugin_switch(change)) continue;
+    std::string slot = change.key.substr(0, change.key.find('.'));
+    if (toml::table* table = root[slot].as_table()) {
+      const toml::node* current = table->get("plugin");
+      Override probe{"v", change.value};
+      toml::table parsed;
+      apply_override(parsed, probe);
+      const toml::node* wanted = parsed.get("v");
+      bool same = current && current->is_string() && wanted->is_string() &&
+                  current->as_string()->get() == wanted->as_string()->get();
+      if (!same) table->clear();
+    }
+    apply_override(root, change);
+  }
+  for (const Override& change : overrides) {
+    if (!is_plugin_switch(change)) apply_override(root, change);
+  }
 }
 
 const toml::table* optional_table(const toml::table& root, const char* key,
@@ -379,7 +429,7 @@ Experiment load_experiment(const fs::path& file, std::span<const Override> overr
   std::vector<fs::path> chain{absolute};
   toml::table root =
       with_bases(parse_file(absolute), absolute.parent_path(), absolute.string(), chain);
-  for (const Override& change : overrides) apply_override(root, change);
+  apply_overrides(root, overrides);
   Experiment experiment = resolve(std::move(root), absolute.string(), absolute.parent_path(), registry);
   experiment.file = absolute;
   return experiment;
@@ -390,7 +440,7 @@ Experiment load_experiment_text(std::string_view toml_text, std::string origin,
                                 PluginRegistry& registry) {
   std::vector<fs::path> chain;
   toml::table root = with_bases(parse_text(toml_text, origin), base_dir, origin, chain);
-  for (const Override& change : overrides) apply_override(root, change);
+  apply_overrides(root, overrides);
   return resolve(std::move(root), origin, base_dir, registry);
 }
 

@@ -174,3 +174,37 @@ TEST_F(ExperimentTest, CheckPluginsRunsThePluginsOwnValidation) {
                                  "or \"mean\", got \"median\"");
   }
 }
+
+TEST_F(ExperimentTest, RelativePathsAreRelativeToTheFileThatWritesThem) {
+  std::string base = kMinimal;
+  base.replace(base.find("name = \"fixture\""), 16, "name = \"fixture\"\noutput = \"base-runs\"");
+  write_file(dir / "shared/base.toml", base);
+  write_file(dir / "shared/init.pt", "weights");
+  write_file(dir / "shared/more.toml", "base = \"base.toml\"\n[init]\nweights = \"init.pt\"\n");
+  write_file(dir / "child.toml", "base = \"shared/more.toml\"\n");
+  dedpo::Experiment experiment = load("child.toml");
+  EXPECT_EQ(experiment.run.string("output"), path("shared/base-runs"));
+  EXPECT_EQ(experiment.init.string("weights"), path("shared/init.pt"));
+}
+
+TEST_F(ExperimentTest, SwitchingAPluginDropsTheOtherPluginsOptions) {
+  write_file(dir / "exp.toml", kMinimal);
+  // `scale` belongs to fixture_loss; switching [loss] to the same plugin keeps it, and options
+  // given with the switch still apply whatever their order.
+  dedpo::Experiment experiment = load("exp.toml", {dedpo::parse_override("loss.mode=mean"),
+                                                   dedpo::parse_override("loss.plugin=fixture_loss")});
+  EXPECT_DOUBLE_EQ(experiment.loss->options.real("scale"), 5.0);
+  EXPECT_EQ(experiment.loss->options.string("mode"), "mean");
+
+  write_file(dir / "other.toml", std::string(kMinimal) + "unknown_to_fixture = 1\n");
+  EXPECT_THAT(error_of("other.toml"), HasSubstr("unknown option 'unknown_to_fixture'"));
+  // The options of the file's plugin go away with it when another plugin takes the slot.
+  std::string text = std::string(kMinimal) + "unknown_to_fixture = 1\n";
+  const std::string loss_line = "plugin = \"fixture_loss\"";
+  text.replace(text.find(loss_line), loss_line.size(), "plugin = \"previous_loss\"");
+  write_file(dir / "switch.toml", text);
+  experiment = load("switch.toml", {dedpo::parse_override("loss.count=4"),
+                                    dedpo::parse_override("loss.plugin=fixture_loss")});
+  EXPECT_DOUBLE_EQ(experiment.loss->options.real("scale"), 2.0);  // the default, not the file's
+  EXPECT_EQ(experiment.loss->options.integer("count"), 4);
+}
