@@ -551,6 +551,8 @@ std::string write_report(const fs::path& grid_dir) {
       row.fraction = config["train"]["labelled_fraction"].value_or(NAN);
       row.seed = config["run"]["seed"].value_or(std::int64_t{0});
       json results = json::parse(detail::read_file(dir / kResultsFile));
+      // A configured annotator that the loss did not use (dpo, sft) is not part of the method.
+      if (results.contains("annotator")) row.annotator = results["annotator"].get<std::string>();
       for (auto& [name, value] : results.at("metrics").items()) {
         row.metrics[name] = value.is_number() ? value.get<double>() : NAN;
         if (std::find(metric_names.begin(), metric_names.end(), name) == metric_names.end()) {

@@ -1124,6 +1124,10 @@ RunResult execute(const Experiment& experiment, PluginRegistry& registry,
                     {"steps", trainer.step_index()},
                     {"skipped_steps", trainer.skipped()},
                     {"wall_time_s", wall},
+                    // The annotator the loss actually used ("" when none): reports name it.
+                    {"annotator", loss && loss->needs_annotator() && experiment.annotator
+                                      ? experiment.annotator->plugin
+                                      : std::string()},
                     {"finished", true}};
     detail::write_file_atomic(run_dir / kResultsFile, results.dump(2) + "\n");
     result.finished = true;
