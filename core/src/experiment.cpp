@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -154,9 +155,17 @@ void apply_override(toml::table& root, const Override& change) {
   table->insert_or_assign(parts.back(), *parsed.get("v"));
 }
 
-// `slot.plugin=NAME` overrides go first; one that switches a slot to another plugin drops the
-// slot's options from the files (they belonged to the other plugin). Then the rest, in order.
-void apply_overrides(toml::table& root, std::span<const Override> overrides) {
+// What the overrides changed about the plugin slots, for resolve().
+struct OverrideEffects {
+  std::set<std::string> switched_slots;  // slots whose plugin an override replaced
+  std::set<std::string> set_keys;        // "slot.key" given by an override
+};
+
+// `slot.plugin=NAME` overrides go first, then the rest in order. A switch to another plugin
+// keeps the slot's options from the files that the new plugin also declares (beta stays beta
+// from dpo to dedpo); resolve() drops the others.
+OverrideEffects apply_overrides(toml::table& root, std::span<const Override> overrides) {
+  OverrideEffects effects;
   auto is_plugin_switch = [](const Override& change) {
     return change.key.ends_with(".plugin") &&
            change.key.find('.') == change.key.size() - std::string_view(".plugin").size();
@@ -164,21 +173,15 @@ void apply_overrides(toml::table& root, std::span<const Override> overrides) {
   for (const Override& change : overrides) {
     if (!is_plugin_switch(change)) continue;
     std::string slot = change.key.substr(0, change.key.find('.'));
-    if (toml::table* table = root[slot].as_table()) {
-      const toml::node* current = table->get("plugin");
-      Override probe{"v", change.value};
-      toml::table parsed;
-      apply_override(parsed, probe);
-      const toml::node* wanted = parsed.get("v");
-      bool same = current && current->is_string() && wanted->is_string() &&
-                  current->as_string()->get() == wanted->as_string()->get();
-      if (!same) table->clear();
-    }
+    std::optional<std::string> before = root[slot]["plugin"].value<std::string>();
     apply_override(root, change);
+    if (before != root[slot]["plugin"].value<std::string>()) effects.switched_slots.insert(slot);
   }
   for (const Override& change : overrides) {
+    effects.set_keys.insert(change.key);
     if (!is_plugin_switch(change)) apply_override(root, change);
   }
+  return effects;
 }
 
 const toml::table* optional_table(const toml::table& root, const char* key,
@@ -274,8 +277,29 @@ fs::path absolute_from(const fs::path& base_dir, const std::string& path) {
   return fs::weakly_canonical(base_dir / path);
 }
 
+// After a plugin switch, drops the slot's options from the files that the new plugin does not
+// declare; options given by overrides stay, so a typo there is still reported.
+void drop_foreign_options(toml::table& table, const std::string& slot, PluginKind kind,
+                          const OverrideEffects& effects, const PluginRegistry& registry) {
+  if (!effects.switched_slots.contains(slot)) return;
+  std::optional<std::string> name = table["plugin"].value<std::string>();
+  const PluginEntry* entry = name ? registry.try_find(kind, *name) : nullptr;
+  if (!entry) return;  // resolve_slot reports it
+  std::vector<std::string> foreign;
+  for (const auto& [key, node] : table) {
+    std::string option(key.str());
+    if (option == "plugin" || effects.set_keys.contains(slot + "." + option)) continue;
+    bool declared = false;
+    for (std::size_t i = 0; i < entry->descriptor->option_count; ++i) {
+      declared = declared || option == entry->descriptor->options[i].name;
+    }
+    if (!declared) foreign.push_back(option);
+  }
+  for (const std::string& option : foreign) table.erase(option);
+}
+
 Experiment resolve(toml::table root, std::string origin, const fs::path& base_dir,
-                   PluginRegistry& registry) {
+                   const OverrideEffects& effects, PluginRegistry& registry) {
   std::vector<std::string> known(std::begin(kTopLevelKeys), std::end(kTopLevelKeys));
   for (const auto& [key, node] : root) {
     if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
@@ -338,6 +362,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
 
   for (const SlotSpec& slot : kSlots) {
     if (const toml::table* table = optional_table(root, slot.table, origin)) {
+      drop_foreign_options(*root[slot.table].as_table(), slot.table, slot.kind, effects, registry);
       PluginSlot resolved = resolve_slot(*table, slot.table, slot.kind, origin, registry);
       std::optional<PluginSlot>& target =
           slot.kind == PluginKind::backbone   ? experiment.backbone
@@ -429,8 +454,9 @@ Experiment load_experiment(const fs::path& file, std::span<const Override> overr
   std::vector<fs::path> chain{absolute};
   toml::table root =
       with_bases(parse_file(absolute), absolute.parent_path(), absolute.string(), chain);
-  apply_overrides(root, overrides);
-  Experiment experiment = resolve(std::move(root), absolute.string(), absolute.parent_path(), registry);
+  OverrideEffects effects = apply_overrides(root, overrides);
+  Experiment experiment =
+      resolve(std::move(root), absolute.string(), absolute.parent_path(), effects, registry);
   experiment.file = absolute;
   return experiment;
 }
@@ -440,8 +466,8 @@ Experiment load_experiment_text(std::string_view toml_text, std::string origin,
                                 PluginRegistry& registry) {
   std::vector<fs::path> chain;
   toml::table root = with_bases(parse_text(toml_text, origin), base_dir, origin, chain);
-  apply_overrides(root, overrides);
-  return resolve(std::move(root), origin, base_dir, registry);
+  OverrideEffects effects = apply_overrides(root, overrides);
+  return resolve(std::move(root), origin, base_dir, effects, registry);
 }
 
 void check_plugins(const Experiment& experiment, const PluginRegistry& registry) {

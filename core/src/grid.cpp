@@ -447,9 +447,23 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
   };
   std::deque<Job> queue;
   std::size_t skipped = 0;
+  int stale = 0;
   for (const GridRun& run : runs) {
     fs::path dir = grid_dir / run.name;
     std::error_code error;
+    // A run made from another configuration (the file was edited since) is never reused.
+    if (fs::exists(dir / kConfigFile, error)) {
+      std::vector<Override> all(overrides.begin(), overrides.end());
+      all.insert(all.end(), run.overrides.begin(), run.overrides.end());
+      if (detail::read_file(dir / kConfigFile) != load_experiment(file, all, registry).resolved_toml) {
+        std::cerr << fmt::format(
+            "stale run {}: its config.toml differs from what the experiment now resolves to; "
+            "remove the folder (or change run.name) to run it again\n",
+            dir.string());
+        ++stale;
+        continue;
+      }
+    }
     if (fs::exists(dir / kResultsFile, error)) {
       ++skipped;
       continue;
@@ -473,7 +487,7 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
                            std::max(1, control.jobs));
 
   std::map<pid_t, std::pair<Job, std::chrono::steady_clock::time_point>> running;
-  int failures = 0;
+  int failures = stale;
   std::size_t done = 0, total = queue.size();
   while (!queue.empty() || !running.empty()) {
     while (!queue.empty() && static_cast<int>(running.size()) < std::max(1, control.jobs)) {

@@ -187,7 +187,7 @@ TEST_F(ExperimentTest, RelativePathsAreRelativeToTheFileThatWritesThem) {
   EXPECT_EQ(experiment.init.string("weights"), path("shared/init.pt"));
 }
 
-TEST_F(ExperimentTest, SwitchingAPluginDropsTheOtherPluginsOptions) {
+TEST_F(ExperimentTest, SwitchingAPluginKeepsOnlyTheOptionsTheNewPluginDeclares) {
   write_file(dir / "exp.toml", kMinimal);
   // `scale` belongs to fixture_loss; switching [loss] to the same plugin keeps it, and options
   // given with the switch still apply whatever their order.
@@ -198,13 +198,18 @@ TEST_F(ExperimentTest, SwitchingAPluginDropsTheOtherPluginsOptions) {
 
   write_file(dir / "other.toml", std::string(kMinimal) + "unknown_to_fixture = 1\n");
   EXPECT_THAT(error_of("other.toml"), HasSubstr("unknown option 'unknown_to_fixture'"));
-  // The options of the file's plugin go away with it when another plugin takes the slot.
+  // Options of the file's plugin that the new plugin does not declare go away with the switch;
+  // shared ones (like beta across the DPO family) stay.
   std::string text = std::string(kMinimal) + "unknown_to_fixture = 1\n";
   const std::string loss_line = "plugin = \"fixture_loss\"";
   text.replace(text.find(loss_line), loss_line.size(), "plugin = \"previous_loss\"");
   write_file(dir / "switch.toml", text);
   experiment = load("switch.toml", {dedpo::parse_override("loss.count=4"),
                                     dedpo::parse_override("loss.plugin=fixture_loss")});
-  EXPECT_DOUBLE_EQ(experiment.loss->options.real("scale"), 2.0);  // the default, not the file's
+  EXPECT_DOUBLE_EQ(experiment.loss->options.real("scale"), 5.0);  // declared by both: kept
   EXPECT_EQ(experiment.loss->options.integer("count"), 4);
+  // An unknown option given with the switch is still an error.
+  EXPECT_THAT(error_of("switch.toml", {dedpo::parse_override("loss.plugin=fixture_loss"),
+                                       dedpo::parse_override("loss.scael=1")}),
+              HasSubstr("unknown option 'scael'; did you mean 'scale'?"));
 }

@@ -89,6 +89,19 @@ TEST(Grid, FailingCaseDoesNotStopTheOthersAndRerunSkipsFinishedRuns) {
             finished_at);
   EXPECT_TRUE(fs::exists(ok / kResultsFile)) << test::read_text(ok / "stdout.txt");
   EXPECT_NE(test::read_text(ok / kLogFile).find("resuming"), std::string::npos);
+
+  // Edited experiment: the existing runs no longer match it and are reported, not reused.
+  {
+    std::ofstream out(file, std::ios::app);
+    out << "\n[eval]\nseed = 99\n";
+  }
+  testing::internal::CaptureStderr();
+  failures = run_grid(file, {}, control, registry);
+  log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(failures, 8) << log;
+  EXPECT_NE(log.find("stale run " + ok.string() + ": its config.toml differs"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("0 already finished, 0 to run"), std::string::npos) << log;
 }
 
 TEST(Report, MeanAndConfidenceIntervalOverSeeds) {
