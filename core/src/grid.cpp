@@ -64,6 +64,7 @@ std::string sanitise(std::string_view text) {
 
 std::string display_value(const toml::node& node) {
   if (const auto* s = node.as_string()) return s->get();
+  if (const auto* d = node.as_floating_point()) return fmt::format("{}", d->get());  // 0.05, not 0.05000000000000000277
   return literal(node);
 }
 

@@ -78,14 +78,14 @@ TEST(Grid, FailingCaseDoesNotStopTheOthersAndRerunSkipsFinishedRuns) {
   EXPECT_NE(test::read_text(grid / "test_error.svg").find("<polyline"), std::string::npos);
 
   // Rerun: finished runs are skipped; a run that lost its results (killed at the end) resumes.
-  auto finished_at = fs::last_write_time(grid / "ok__run.seed=1__train.labelled_fraction=1.0" / kResultsFile);
+  auto finished_at = fs::last_write_time(grid / "ok__run.seed=1__train.labelled_fraction=1" / kResultsFile);
   fs::remove(ok / kResultsFile);
   testing::internal::CaptureStderr();
   failures = run_grid(file, {}, control, registry);
   log = testing::internal::GetCapturedStderr();
   EXPECT_EQ(failures, 4);
   EXPECT_NE(log.find("3 already finished"), std::string::npos) << log;
-  EXPECT_EQ(fs::last_write_time(grid / "ok__run.seed=1__train.labelled_fraction=1.0" / kResultsFile),
+  EXPECT_EQ(fs::last_write_time(grid / "ok__run.seed=1__train.labelled_fraction=1" / kResultsFile),
             finished_at);
   EXPECT_TRUE(fs::exists(ok / kResultsFile)) << test::read_text(ok / "stdout.txt");
   EXPECT_NE(test::read_text(ok / kLogFile).find("resuming"), std::string::npos);
