@@ -1,18 +1,30 @@
 // dedpo: the command-line program. Each command is a thin layer over the core library.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include "dedpo/backbone.hpp"
 #include "dedpo/experiment.hpp"
+#include "dedpo/files.hpp"
 #include "dedpo/registry.hpp"
 #include "dedpo/runner.hpp"
+#include "dedpo/trainer.hpp"
 
 namespace fs = std::filesystem;
 namespace po = boost::program_options;
@@ -32,6 +44,13 @@ commands:
   grid EXP.toml [--jobs N] [--set K=V]...
                                run every case of the experiment's [grid]
   report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+  sample (EXP.toml | --run RUN_DIR) [--set K=V]... --prompt TEXT [--prompt TEXT]...
+         [--prompts-file FILE] [--n N] [--seed S] [--reference] --out DIR
+                               draw N samples per prompt from the experiment's base weights
+                               (EXP.toml: [backbone], [init] weights) or a finished run's
+                               trained weights (--run; --reference: the run's initial weights)
+                               and write them as <out>/<prompt index>-<n>.png; the sampler,
+                               steps and guidance are backbone options (--set backbone.K=V)
 
 Plugins are loaded from the program's plugin folder, then DEDPO_PLUGIN_PATH (colon-separated),
 then the folders an experiment names in [plugins] paths.
@@ -203,6 +222,113 @@ int command_report(const std::vector<std::string>& args) {
   return 0;
 }
 
+// One prompt per non-empty line.
+std::vector<std::string> read_prompts(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw dedpo::Error("--prompts-file: cannot read '" + file.string() + "'");
+  std::vector<std::string> prompts;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") != std::string::npos) prompts.push_back(line);
+  }
+  return prompts;
+}
+
+int command_sample(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
+  po::options_description options("sample");
+  options.add_options()("file", po::value<std::string>(), "experiment file")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE")(
+      "run", po::value<std::string>(), "a finished run folder")(
+      "prompt", po::value<std::vector<std::string>>()->composing(), "a prompt")(
+      "prompts-file", po::value<std::string>(), "prompts, one per line")(
+      "n", po::value<std::int64_t>()->default_value(1), "samples per prompt")(
+      "seed", po::value<std::uint64_t>()->default_value(0), "seed of the sampling noise")(
+      "reference", "sample the reference model")(
+      "out", po::value<std::string>(), "output folder");
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  po::variables_map values = parse(args, options, positional);
+
+  if (values.count("file") && values.count("run")) {
+    throw UsageError("give either EXP.toml or --run RUN_DIR, not both");
+  }
+  if (!values.count("file") && !values.count("run")) {
+    throw UsageError("expected an experiment file EXP.toml or --run RUN_DIR");
+  }
+  if (!values.count("out")) throw UsageError("missing --out DIR (the folder for the samples)");
+  const std::int64_t n = values["n"].as<std::int64_t>();
+  if (n < 1) throw UsageError("--n expects a positive number");
+  std::vector<std::string> prompts;
+  if (values.count("prompt")) prompts = values["prompt"].as<std::vector<std::string>>();
+  if (values.count("prompts-file")) {
+    for (std::string& p : read_prompts(values["prompts-file"].as<std::string>())) prompts.push_back(std::move(p));
+  }
+  if (prompts.empty()) throw UsageError("no prompt: give --prompt TEXT or --prompts-file FILE");
+  const bool reference = values.count("reference") > 0;
+  auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
+                                                       : std::vector<std::string>{});
+
+  dedpo::Experiment experiment;
+  dedpo::BackboneContext context;
+  if (values.count("run")) {
+    const fs::path dir = fs::absolute(values["run"].as<std::string>());
+    const fs::path config = dir / dedpo::kConfigFile;
+    if (!fs::exists(config)) {
+      throw dedpo::Error(dir.string() + ": not a run folder (no " + dedpo::kConfigFile + ")");
+    }
+    experiment = dedpo::load_experiment_text(dedpo::read_file(config), config.string(), dir, overrides, registry);
+    if (reference) {
+      // The run's reference: the weights it started from.
+      if (!experiment.init.string("experiment").empty()) {
+        throw dedpo::Error("--reference: run " + dir.string() + " started from the trained weights of [init] experiment '" +
+                           experiment.init.string("experiment") + "'; sample that experiment's run with --run instead");
+      }
+      context.initial_weights = experiment.init.string("weights");
+    } else {
+      const fs::path weights = dir / dedpo::kWeightsFile;
+      if (!fs::exists(weights)) {
+        throw dedpo::Error(dir.string() + ": no " + dedpo::kWeightsFile +
+                           " (the run has not finished; `dedpo run --resume " + dir.string() + "` completes it)");
+      }
+      context.initial_weights = weights;
+    }
+  } else {
+    experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
+    if (!experiment.init.string("experiment").empty()) {
+      throw dedpo::Error("[init] experiment = '" + experiment.init.string("experiment") +
+                         "': sample does not train it; run it (dedpo run) and sample its trained weights with "
+                         "`dedpo sample --run RUN_DIR`");
+    }
+    context.initial_weights = experiment.init.string("weights");
+  }
+  print_problems(registry);
+  if (!experiment.backbone) throw dedpo::Error("the experiment has no [backbone] table");
+  const std::int64_t threads = experiment.run.integer("threads");
+  at::set_num_threads(threads > 0 ? static_cast<int>(threads)
+                                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  context.cache_dir = fs::path(experiment.run.string("output")) / ".cache" / "backbone";
+  context.seed = experiment.seed();
+
+  std::shared_ptr<dedpo::Backbone> backbone =
+      registry.create<dedpo::Backbone>(experiment.backbone->plugin, experiment.backbone->options);
+  backbone->prepare(context);
+
+  at::NoGradGuard no_grad;
+  const fs::path out = values["out"].as<std::string>();
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(values["seed"].as<std::uint64_t>());
+  // One batch of N per prompt: the generator runs on, so the files depend on the prompt order.
+  for (std::size_t p = 0; p < prompts.size(); ++p) {
+    const at::Tensor condition = backbone->encode_prompts(std::vector<std::string>(static_cast<std::size_t>(n), prompts[p]));
+    const at::Tensor samples = backbone->sample(condition, generator, reference);
+    std::vector<fs::path> files;
+    for (std::int64_t i = 0; i < n; ++i) files.push_back(out / fmt::format("{}-{}.png", p, i));
+    backbone->write_samples(samples, files);
+    for (const fs::path& file : files) std::cout << file.string() << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -223,6 +349,7 @@ int main(int argc, char** argv) {
     if (command == "run") return command_run(args, registry);
     if (command == "grid") return command_grid(args, registry);
     if (command == "report") return command_report(args);
+    if (command == "sample") return command_sample(args, registry);
     throw UsageError("unknown command '" + command + "'");
   } catch (const UsageError& error) {
     std::cerr << "dedpo " << command << ": " << error.what() << "\n\n" << kUsage;

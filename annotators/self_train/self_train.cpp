@@ -77,6 +77,8 @@ class SelfTrainAnnotator : public Annotator {
         const std::int64_t end = std::min(n, start + batch);
         PairBatch pairs{data.a.slice(0, start, end), data.b.slice(0, start, end),
                         condition.slice(0, start, end)};
+        if (data.a_info.defined()) pairs.a_info = data.a_info.slice(0, start, end);
+        if (data.b_info.defined()) pairs.b_info = data.b_info.slice(0, start, end);
         DenoisingErrors e = backbone->denoising_errors(pairs, gen, /*with_reference=*/true);
         at::Tensor logit =
             -(beta / 2) * ((e.model_a - e.ref_a) - (e.model_b - e.ref_b));

@@ -14,11 +14,9 @@
 #include <torch/version.h>
 
 #include "dedpo/compat.hpp"
+#include "dedpo/experiment.hpp"
+#include "dedpo/files.hpp"
 #include "dedpo/safetensors.hpp"
-
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_STATIC
-#include <stb/stb_image_write.h>
 
 namespace dedpo::sd15 {
 namespace fs = std::filesystem;
@@ -223,7 +221,35 @@ void Sd15Backbone::prepare(const BackboneContext& context) {
     freeze(*reference_);
     unet_->train();
   }
+  encoder_fingerprint_ = compute_encoder_fingerprint();
   prepared_ = true;
+}
+
+std::string Sd15Backbone::compute_encoder_fingerprint() const {
+  // Weights by value (a fine-tuned VAE with the same architecture gets another key), plus every
+  // option that changes what encode_images() / encode_prompts() return.
+  std::string key = "sd15-encoders\nresolution=" + std::to_string(resolution_) +
+                    "\nclip_skip=" + std::to_string(clip_skip_) + "\ndtype=" + dtype_ + "\n";
+  for (const torch::nn::Module* module :
+       {static_cast<const torch::nn::Module*>(vae_.get()),
+        static_cast<const torch::nn::Module*>(text_encoder_.get())}) {
+    for (const auto& item : module->named_parameters()) {
+      const at::Tensor value = item.value().detach().cpu().contiguous();
+      key += item.key() + "=" +
+             digest(std::string_view(static_cast<const char*>(value.data_ptr()),
+                                     value.numel() * value.element_size())) +
+             "\n";
+    }
+  }
+  std::vector<fs::path> tokenizer_files;
+  for (const auto& entry : fs::directory_iterator(path_ / "tokenizer")) {
+    if (entry.is_regular_file()) tokenizer_files.push_back(entry.path());
+  }
+  std::sort(tokenizer_files.begin(), tokenizer_files.end());
+  for (const fs::path& file : tokenizer_files) {
+    key += "tokenizer/" + file.filename().string() + "=" + digest(read_file(file)) + "\n";
+  }
+  return "sd15-" + digest(key);
 }
 
 void Sd15Backbone::setup_lora(std::uint64_t seed) {
@@ -452,41 +478,42 @@ fs::path Sd15Backbone::lora_weights_path(const fs::path& weights_file) {
   return weights_file.parent_path() / (weights_file.stem().string() + "_lora.safetensors");
 }
 
-at::Tensor Sd15Backbone::decode_images(const at::Tensor& latents) {
-  require_prepared("decode_images()");
+int64_t Sd15Backbone::image_resolution() const { return resolution_; }
+
+at::Tensor Sd15Backbone::encode_images(const at::Tensor& images) {
+  require_prepared("encode_images()");
+  if (images.dim() != 4 || images.scalar_type() != at::kByte || images.size(1) != resolution_ ||
+      images.size(2) != resolution_ || images.size(3) != 3) {
+    throw Error("sd15: encode_images() expects uint8 RGB images [N, " + std::to_string(resolution_) +
+                ", " + std::to_string(resolution_) + ", 3] (option 'resolution'); got " +
+                std::string(images.toString()) + " " + std::string(c10::str(images.sizes())));
+  }
   at::NoGradGuard no_grad;
   compat::CpuAutocast autocast(dtype_ == "bfloat16", at::kBFloat16);
-  const at::Tensor x = vae_->decode(latents.to(at::kFloat) / vae_->config().scaling_factor).to(at::kFloat);
+  // uint8 [0, 255] -> [-1, 1], channels first. The posterior mean, not a draw: cached latents
+  // stay deterministic (the draw's noise is ~1e-2 of the latent scale for SD VAEs).
+  const at::Tensor x = images.permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0;
+  return (vae_->encode(x).mean * vae_->config().scaling_factor).to(at::kFloat);
+}
+
+at::Tensor Sd15Backbone::decode_samples(const at::Tensor& samples) const {
+  require_prepared("decode_samples()");
+  if (samples.dim() != 4 || samples.size(1) != vae_->config().latent_channels) {
+    throw Error("sd15: decode_samples() expects latents [N, " +
+                std::to_string(vae_->config().latent_channels) + ", h, w]; got " +
+                std::string(c10::str(samples.sizes())));
+  }
+  at::NoGradGuard no_grad;
+  compat::CpuAutocast autocast(dtype_ == "bfloat16", at::kBFloat16);
+  sd::AutoencoderKL vae = vae_;  // the holder's forward is not const
+  const at::Tensor x = vae->decode(samples.to(at::kFloat) / vae->config().scaling_factor).to(at::kFloat);
   // [-1, 1] -> uint8 [N, H, W, C]
   return ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();
 }
 
-std::vector<fs::path> Sd15Backbone::write_png(const at::Tensor& latents, const fs::path& folder,
-                                              const std::string& stem) {
-  const at::Tensor images = decode_images(latents);
-  fs::create_directories(folder);
-  std::vector<fs::path> paths;
-  const int h = static_cast<int>(images.size(1)), w = static_cast<int>(images.size(2));
-  const int c = static_cast<int>(images.size(3));
-  for (int64_t i = 0; i < images.size(0); ++i) {
-    char index[16];
-    std::snprintf(index, sizeof index, "_%03lld", static_cast<long long>(i));
-    fs::path path = folder / (stem + index + ".png");
-    const at::Tensor image = images[i].contiguous();
-    if (!stbi_write_png(path.c_str(), w, h, c, image.data_ptr<uint8_t>(), w * c)) {
-      throw Error("sd15: cannot write '" + path.string() + "'");
-    }
-    paths.push_back(std::move(path));
-  }
-  return paths;
-}
-
-// For callers outside this library (tools, tests): Sd15Backbone::write_png through a symbol.
-void write_png_entry(Backbone& backbone, const at::Tensor& latents, const std::string& folder,
-                     const std::string& stem) {
-  auto* sd = dynamic_cast<Sd15Backbone*>(&backbone);
-  if (!sd) throw Error("dedpo_sd15_write_png: the backbone is not an sd15 backbone");
-  sd->write_png(latents, folder, stem);
+std::string Sd15Backbone::encoder_fingerprint() const {
+  require_prepared("encoder_fingerprint()");
+  return encoder_fingerprint_;
 }
 
 }  // namespace dedpo::sd15
@@ -496,5 +523,3 @@ DEDPO_PLUGIN_LIBRARY(dedpo::describe<dedpo::sd15::Sd15Backbone>(
     "Stable Diffusion 1.x/2.x from a diffusers folder; full fine-tuning or LoRA.",
     dedpo::sd15::kOptions))
 
-// void(dedpo::Backbone&, const at::Tensor& latents, const std::string& folder, const std::string& stem)
-BOOST_DLL_ALIAS(dedpo::sd15::write_png_entry, dedpo_sd15_write_png)

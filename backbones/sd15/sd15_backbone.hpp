@@ -54,14 +54,13 @@ class Sd15Backbone : public Backbone {
   // Full fine-tuning: the UNet as diffusers' diffusion_pytorch_model.safetensors. LoRA: the UNet
   // with the adapters merged into `file`, and the adapters alone beside it (lora_weights_path).
   void save_weights(const std::filesystem::path& file) const override;
+  // Images <-> latents through the VAE (the posterior mean, times vae.scaling_factor).
+  int64_t image_resolution() const override;
+  at::Tensor encode_images(const at::Tensor& images) override;
+  at::Tensor decode_samples(const at::Tensor& samples) const override;
+  std::string encoder_fingerprint() const override;
 
   // Not part of the Backbone interface.
-  // Latents [N, 4, h, w] (scaled) -> images uint8 [N, H, W, 3] on the CPU.
-  at::Tensor decode_images(const at::Tensor& latents);
-  // Decodes and writes folder/<stem>_<i>.png (i = 0..N-1, three digits); returns the paths.
-  std::vector<std::filesystem::path> write_png(const at::Tensor& latents,
-                                               const std::filesystem::path& folder,
-                                               const std::string& stem = "sample");
   // The adapters file written beside `weights_file`: <stem>_lora.safetensors, keys in diffusers'
   // format ("unet.<module>.lora.down.weight" / ".lora.up.weight", the scale folded into `up`).
   static std::filesystem::path lora_weights_path(const std::filesystem::path& weights_file);
@@ -79,6 +78,7 @@ class Sd15Backbone : public Backbone {
                       bool reference);
   at::Tensor target(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t) const;
   void setup_lora(std::uint64_t seed);
+  std::string compute_encoder_fingerprint() const;
 
   // Options.
   std::filesystem::path path_;
@@ -104,6 +104,7 @@ class Sd15Backbone : public Backbone {
   std::shared_ptr<torch::nn::Module> lora_root_;  // model() with LoRA
   std::vector<LoraLayer> lora_;
   std::map<std::string, at::Tensor> prompt_cache_;  // prompt -> [S, C]
+  std::string encoder_fingerprint_;
 };
 
 }  // namespace dedpo::sd15

@@ -21,7 +21,7 @@
 
 #include "dedpo/runner.hpp"
 #include "dedpo/trainer.hpp"
-#include "runner_util.hpp"
+#include "dedpo/files.hpp"
 
 extern char** environ;
 
@@ -456,7 +456,7 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
     if (fs::exists(dir / kConfigFile, error)) {
       std::vector<Override> all(overrides.begin(), overrides.end());
       all.insert(all.end(), run.overrides.begin(), run.overrides.end());
-      if (detail::read_file(dir / kConfigFile) != load_experiment(file, all, registry).resolved_toml) {
+      if (read_file(dir / kConfigFile) != load_experiment(file, all, registry).resolved_toml) {
         std::cerr << fmt::format(
             "stale run {}: its config.toml differs from what the experiment now resolves to; "
             "remove the folder (or change run.name) to run it again\n",
@@ -565,7 +565,7 @@ std::string write_report(const fs::path& grid_dir) {
       row.annotator = config["annotator"]["plugin"].value_or(std::string());
       row.fraction = config["train"]["labelled_fraction"].value_or(NAN);
       row.seed = config["run"]["seed"].value_or(std::int64_t{0});
-      json results = json::parse(detail::read_file(dir / kResultsFile));
+      json results = json::parse(read_file(dir / kResultsFile));
       // A configured annotator that the loss did not use (dpo, sft) is not part of the method.
       if (results.contains("annotator")) row.annotator = results["annotator"].get<std::string>();
       for (auto& [name, value] : results.at("metrics").items()) {
@@ -596,7 +596,7 @@ std::string write_report(const fs::path& grid_dir) {
     }
     csv += "\n";
   }
-  detail::write_file_atomic(grid_dir / "results.csv", csv);
+  write_file_atomic(grid_dir / "results.csv", csv);
 
   // summary.md: one row per method (the run without its seed), mean ± 95% CI over seeds.
   std::vector<std::string> methods;
@@ -646,7 +646,7 @@ std::string write_report(const fs::path& grid_dir) {
     std::string svg = svg_plot(name, rows);
     if (svg.empty()) continue;
     std::string file = sanitise(name) + ".svg";
-    detail::write_file_atomic(grid_dir / file, svg);
+    write_file_atomic(grid_dir / file, svg);
     plots.push_back(file);
   }
   if (!plots.empty()) {
@@ -654,7 +654,7 @@ std::string write_report(const fs::path& grid_dir) {
     for (const auto& p : plots) summary += " " + p;
     summary += "\n";
   }
-  detail::write_file_atomic(grid_dir / "summary.md", summary);
+  write_file_atomic(grid_dir / "summary.md", summary);
   return summary;
 }
 

@@ -36,7 +36,7 @@
 #include "dedpo/metric.hpp"
 #include "dedpo/runner.hpp"
 #include "dedpo/services.hpp"
-#include "runner_util.hpp"
+#include "dedpo/files.hpp"
 
 namespace dedpo {
 namespace fs = std::filesystem;
@@ -596,6 +596,8 @@ class Trainer {
     batch.a = pairs_->a.index_select(0, index);
     batch.b = pairs_->b.index_select(0, index);
     batch.condition = condition_.index_select(0, pairs_->prompt_index.index_select(0, index));
+    if (pairs_->a_info.defined()) batch.a_info = pairs_->a_info.index_select(0, index);
+    if (pairs_->b_info.defined()) batch.b_info = pairs_->b_info.index_select(0, index);
     DenoisingErrors errors = backbone_.denoising_errors(batch, noise_, loss_->needs_reference());
     PairTerms terms;
     terms.model_err_a = errors.model_a;
@@ -664,7 +666,7 @@ fs::path latest_checkpoint(const fs::path& run_dir) {
   fs::path pointer = run_dir / kCheckpointDir / "latest";
   std::error_code error;
   if (!fs::exists(pointer, error)) return {};
-  std::string name = detail::read_file(pointer);
+  std::string name = read_file(pointer);
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   fs::path file = run_dir / kCheckpointDir / name;
   if (name.empty() || !fs::exists(file, error)) {
@@ -678,14 +680,14 @@ void save_checkpoint(const fs::path& run_dir, const Trainer& trainer) {
   fs::create_directories(folder);
   std::string name = fmt::format("step-{:08d}.pt", trainer.step_index());
   fs::path file = folder / name;
-  fs::path temp = detail::temp_path_for(file);
+  fs::path temp = temp_path_for(file);
   {
     torch::serialize::OutputArchive archive;
     trainer.save(archive);
     archive.save_to(temp.string());
   }
-  detail::commit_file(temp, file);
-  detail::write_file_atomic(folder / "latest", name + "\n");
+  commit_file(temp, file);
+  write_file_atomic(folder / "latest", name + "\n");
   // Keep the newest two checkpoints.
   std::vector<fs::path> old;
   for (const auto& entry : fs::directory_iterator(folder)) {
@@ -713,26 +715,6 @@ std::shared_ptr<Backbone> create_backbone(const Experiment& experiment,
   return registry.create<Backbone>(experiment.backbone->plugin, experiment.backbone->options);
 }
 
-class InitLock {
- public:
-  explicit InitLock(const fs::path& file) {
-    fd_ = ::open(file.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw Error(file.string() + ": cannot open lock file");
-    while (::flock(fd_, LOCK_EX) != 0) {
-      if (errno != EINTR) throw Error(file.string() + ": cannot lock");
-    }
-  }
-  ~InitLock() {
-    ::flock(fd_, LOCK_UN);
-    ::close(fd_);
-  }
-  InitLock(const InitLock&) = delete;
-  InitLock& operator=(const InitLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
 struct InitInfo {
   fs::path weights;
   std::string key;  // identifies the initial weights in cache keys
@@ -759,7 +741,7 @@ InitInfo resolve_init(const Experiment& experiment, PluginRegistry& registry, Ru
   fs::path dir = root / key;
   info.weights = dir / kWeightsFile;
   info.key = "experiment:" + key;
-  InitLock lock(root / (key + ".lock"));
+  FileLock lock(root / (key + ".lock"));
   if (!fs::exists(dir / kResultsFile)) {
     log.line("training the [init] experiment " + init_experiment + " into " + dir.string());
     RunControl control;
@@ -869,9 +851,9 @@ at::Tensor annotate_cached(const Experiment& experiment, PluginRegistry& registr
                 std::to_string(data.size()) + "]");
   }
   fs::create_directories(folder);
-  fs::path temp = detail::temp_path_for(file);
+  fs::path temp = temp_path_for(file);
   torch::save(prob, temp.string());
-  detail::commit_file(temp, file);
+  commit_file(temp, file);
   return prob;
 }
 
@@ -914,7 +896,7 @@ void truncate_metrics(const fs::path& file, std::int64_t step) {
     }
     kept += line + "\n";
   }
-  detail::write_file_atomic(file, kept);
+  write_file_atomic(file, kept);
 }
 
 class ProgressBar {
@@ -963,7 +945,7 @@ Metrics evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone
 }
 
 RunResult read_result(const fs::path& run_dir) {
-  json results = json::parse(detail::read_file(run_dir / kResultsFile));
+  json results = json::parse(read_file(run_dir / kResultsFile));
   RunResult result;
   result.run_dir = run_dir;
   for (auto& [name, value] : results.at("metrics").items()) {
@@ -995,7 +977,7 @@ RunResult execute(const Experiment& experiment, PluginRegistry& registry,
     fs::remove_all(run_dir / kCheckpointDir, error);
     fs::remove(run_dir / kMetricsFile, error);
     fs::remove(run_dir / kResultsFile, error);
-    detail::write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
+    write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
   }
   RunLog log(run_dir / kLogFile);
   try {
@@ -1129,7 +1111,7 @@ RunResult execute(const Experiment& experiment, PluginRegistry& registry,
                                       ? experiment.annotator->plugin
                                       : std::string()},
                     {"finished", true}};
-    detail::write_file_atomic(run_dir / kResultsFile, results.dump(2) + "\n");
+    write_file_atomic(run_dir / kResultsFile, results.dump(2) + "\n");
     result.finished = true;
     std::string summary = fmt::format("finished: {} steps, {} skipped (non-finite), {:.1f} s",
                                       trainer.step_index(), trainer.skipped(), wall);
@@ -1160,7 +1142,7 @@ RunResult resume_run(const fs::path& run_dir, PluginRegistry& registry, const Ru
     throw Error(dir.string() + ": not a run folder (no " + kConfigFile + ")");
   }
   Experiment experiment =
-      load_experiment_text(detail::read_file(config), config.string(), dir, {}, registry);
+      load_experiment_text(read_file(config), config.string(), dir, {}, registry);
   RunControl resumed = control;
   resumed.run_dir = dir;
   return execute(experiment, registry, resumed, /*resume=*/true);

@@ -120,3 +120,18 @@ TEST(Cli, EveryRunGetsItsOwnFolder) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("nowhere"));
 }
+
+TEST(Cli, SampleNeedsABackboneThatWritesFiles) {
+  TempDir dir;
+  write_file(dir / "exp.toml", kTinyRun);
+  const std::string out = " --out " + (dir / "samples").string();
+  auto result = run_dedpo("sample " + (dir / "exp.toml").string() + " --prompt 'prompt 0'" + out);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("this backbone does not work on images: its samples have no image form"));
+  EXPECT_FALSE(fs::exists(dir / "samples" / "0-0.png"));
+
+  result = run_dedpo("sample " + (dir / "exp.toml").string() + out);
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, HasSubstr("no prompt"));
+  EXPECT_THAT(result.output, HasSubstr("usage: dedpo"));
+}

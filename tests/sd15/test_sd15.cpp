@@ -1,6 +1,6 @@
 // The `sd15` backbone end to end on a tiny random-weight diffusers folder (dedpo_make_tiny_sd),
 // loaded through the plugin registry as a run loads it.
-#include <dlfcn.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -204,20 +204,118 @@ TEST(Sd15, SampleAndWritePng) {
     EXPECT_TRUE(at::isfinite(x).all().item<bool>()) << sampler;
     expect_close(x, r);
 
-    const dedpo::PluginEntry& entry = registry().find(dedpo::PluginKind::backbone, "sd15");
-    void* handle = ::dlopen(entry.library.c_str(), RTLD_NOW);
-    ASSERT_NE(handle, nullptr) << ::dlerror();
-    using WritePng = void(Backbone&, const at::Tensor&, const std::string&, const std::string&);
-    auto* entry_point = static_cast<WritePng**>(::dlsym(handle, "dedpo_sd15_write_png"));
-    ASSERT_NE(entry_point, nullptr);
     const fs::path out = scratch() / ("png_" + sampler);
-    (**entry_point)(*b, x, out.string(), "img");
+    b->write_samples(x, {out / "img_000.png", out / "img_001.png"});
     for (const char* name : {"img_000.png", "img_001.png"}) {
       ASSERT_TRUE(fs::exists(out / name)) << (out / name);
       EXPECT_EQ(png_size(out / name), std::make_pair(16, 16));
     }
-    ::dlclose(handle);
+    EXPECT_THROW(b->write_samples(x, {out / "only_one.png"}), dedpo::Error);
   }
+}
+
+// `dedpo sample` end to end: an experiment naming the tiny folder, and a run folder.
+class Sd15Sample : public testing::Test {
+ protected:
+  static fs::path dir() { return scratch() / "cli"; }
+  static fs::path experiment() {
+    const fs::path file = dir() / "exp.toml";
+    if (!fs::exists(file)) {
+      dedpo::test::write_file(file, "[run]\nname = \"s\"\noutput = \"runs\"\nthreads = 1\n"
+                                    "[backbone]\nplugin = \"sd15\"\npath = \"" + tiny().string() +
+                                    "\"\nresolution = 16\nsample_steps = 2\nguidance_scale = 2.0\n"
+                                    "[data]\nplugin = \"toy_samples\"\n"
+                                    "[train]\nobjective = \"denoising\"\n");
+    }
+    return file;
+  }
+  static dedpo::test::CommandResult sample(const std::string& arguments) {
+    return dedpo::test::run_dedpo("sample " + arguments);
+  }
+  static std::string quoted(const fs::path& path) { return "'" + path.string() + "'"; }
+};
+
+TEST_F(Sd15Sample, WritesNPngsPerPromptReproducibly) {
+  const std::string common = quoted(experiment()) + " --prompt 'a photo of a cat' --prompt 'a red dog' --n 2 ";
+  const fs::path a = dir() / "a", b = dir() / "b", c = dir() / "c";
+  auto result = sample(common + "--seed 5 --out " + quoted(a));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  for (const char* name : {"0-0.png", "0-1.png", "1-0.png", "1-1.png"}) {
+    ASSERT_TRUE(fs::exists(a / name)) << name << "\n" << result.output;
+    EXPECT_EQ(png_size(a / name), std::make_pair(16, 16)) << name;
+    EXPECT_THAT(result.output, testing::HasSubstr((a / name).string()));
+  }
+  EXPECT_FALSE(fs::exists(a / "2-0.png"));
+  EXPECT_FALSE(fs::exists(a / "0-2.png"));
+  result = sample(common + "--seed 5 --out " + quoted(b));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  result = sample(common + "--seed 6 --out " + quoted(c));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  for (const char* name : {"0-0.png", "0-1.png", "1-0.png", "1-1.png"}) {
+    EXPECT_EQ(dedpo::test::read_file(a / name), dedpo::test::read_file(b / name)) << name;
+    EXPECT_NE(dedpo::test::read_file(a / name), dedpo::test::read_file(c / name)) << name;
+  }
+  EXPECT_NE(dedpo::test::read_file(a / "0-0.png"), dedpo::test::read_file(a / "0-1.png"));
+
+  // Sampler options through --set, prompts from a file.
+  const fs::path prompts = dir() / "prompts.txt";
+  dedpo::test::write_file(prompts, "a photo of a cat\n\na red dog\n");
+  const fs::path d = dir() / "d";
+  result = sample(quoted(experiment()) + " --set backbone.sampler=euler --set backbone.resolution=8 --prompts-file " +
+                  quoted(prompts) + " --out " + quoted(d));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_EQ(png_size(d / "1-0.png"), std::make_pair(8, 8));
+  EXPECT_FALSE(fs::exists(d / "2-0.png"));
+}
+
+TEST_F(Sd15Sample, RunFolderSamplesTrainedWeightsAndItsReference) {
+  const fs::path run = dir() / "run-1";
+  fs::create_directories(run);
+  fs::copy_file(experiment(), run / "config.toml", fs::copy_options::overwrite_existing);
+  const std::string args = " --prompt 'a red dog' --seed 3 --out ";
+  auto result = sample("--run " + quoted(run) + args + quoted(dir() / "x"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_THAT(result.output, testing::HasSubstr("weights.pt"));
+
+  auto b = make();
+  dpo_steps(*b, 3);
+  b->save_weights(run / "weights.pt");
+  const fs::path base = dir() / "base", trained = dir() / "trained", ref = dir() / "ref";
+  result = sample(quoted(experiment()) + args + quoted(base));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  result = sample("--run " + quoted(run) + args + quoted(trained));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  result = sample("--run " + quoted(run) + " --reference" + args + quoted(ref));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(dedpo::test::read_file(base / "0-0.png"), dedpo::test::read_file(trained / "0-0.png"));
+  EXPECT_EQ(dedpo::test::read_file(base / "0-0.png"), dedpo::test::read_file(ref / "0-0.png"));
+}
+
+TEST_F(Sd15Sample, UsageErrors) {
+  const std::string exp = quoted(experiment());
+  const std::string out = " --out " + quoted(dir() / "never");
+  auto result = sample(exp + out);
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, testing::HasSubstr("no prompt"));
+  result = sample(exp + " --run " + quoted(dir()) + " --prompt cat" + out);
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, testing::HasSubstr("not both"));
+  result = sample(exp + " --prompt cat");
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, testing::HasSubstr("missing --out"));
+  result = sample("--prompt cat" + out);
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, testing::HasSubstr("EXP.toml or --run"));
+  result = sample(exp + " --prompt cat --n 0" + out);
+  EXPECT_EQ(result.exit_code, 2);
+  result = sample("--run " + quoted(dir() / "nothing") + " --prompt cat" + out);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, testing::HasSubstr("not a run folder"));
+  // [init] experiment: trained weights come from a run folder.
+  result = sample(exp + " --set init.experiment=" + quoted(experiment()) + " --prompt cat" + out);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, testing::HasSubstr("--run RUN_DIR"));
+  EXPECT_FALSE(fs::exists(dir() / "never"));
 }
 
 TEST(Sd15, LoraReferenceIsBaseAndAdaptersStartAtZero) {

@@ -24,6 +24,8 @@ struct PairBatch {
   at::Tensor a;          // [B, ...] backbone space
   at::Tensor b;          // [B, ...]
   at::Tensor condition;  // [B, ...] rows of encode_prompts()
+  at::Tensor a_info;     // [B, K] rows of PairDataset::a_info; undefined when the data has none
+  at::Tensor b_info;     // [B, K]
 };
 
 struct DenoisingErrors {
@@ -61,6 +63,23 @@ class Backbone : public Plugin {
 
   // Weights of the trainable model, in the backbone's native format.
   virtual void save_weights(const std::filesystem::path& file) const = 0;
+
+  // Image backbones. The defaults throw dedpo::Error (the backbone has no image form).
+  //
+  // Side length of the square images encode_images() takes (0: not an image backbone).
+  virtual std::int64_t image_resolution() const;
+  // uint8 [N, R, R, 3] RGB images, R = image_resolution() -> backbone space [N, ...].
+  virtual at::Tensor encode_images(const at::Tensor& images);
+  // Backbone-space samples [N, ...] -> uint8 [N, H, W, 3] RGB images on the CPU.
+  virtual at::Tensor decode_samples(const at::Tensor& samples) const;
+  // Identifies what encode_images() and encode_prompts() compute (encoder weights, resolution,
+  // options), so disk caches of their outputs are keyed by model. Empty: not cacheable.
+  virtual std::string encoder_fingerprint() const;
+
+  // Writes samples ([N, ...], as sample() returns them) as files, row i to files[i];
+  // files.size() == N; missing folders are created. The default writes decode_samples() as PNGs.
+  virtual void write_samples(const at::Tensor& samples,
+                             const std::vector<std::filesystem::path>& files) const;
 };
 
 }  // namespace dedpo

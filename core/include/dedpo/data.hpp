@@ -2,6 +2,7 @@
 // Data in backbone space (toy: points; Stable Diffusion: VAE latents) with named sides: never a
 // winner/loser order hidden in tensor layout.
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,13 @@ struct PairDataset {
   at::Tensor b;                      // [N, ...] second candidate
   at::Tensor human_label;            // [N] float z (1 = A preferred, 0 = B, 0.5 = tie); NaN = none
   std::string fingerprint;           // identifies the content; keys annotation caches
+
+  // Optional per-sample side information the backbone defines, [N, K] float; passed on in
+  // PairBatch. Image data: original height, width, crop top, crop left (SDXL micro-conditioning).
+  at::Tensor a_info, b_info;
+  // Optional source files of A and B (data read from images): annotators and metrics that judge
+  // pixels read these rather than decoding backbone space. Empty, or N entries each.
+  std::vector<std::filesystem::path> a_files, b_files;
 
   std::int64_t size() const { return a.defined() ? a.size(0) : 0; }
 };

@@ -1,8 +1,11 @@
 #pragma once
-// Internal helpers shared by the trainer and the grid runner: atomic file writes and reads.
+// Atomic file writes (readers see the old file or the whole new one) and whole-file reads, for
+// the core and for plugins.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,7 +15,7 @@
 
 #include "dedpo/error.hpp"
 
-namespace dedpo::detail {
+namespace dedpo {
 
 // A temporary name beside `file`, unique per process.
 inline std::filesystem::path temp_path_for(const std::filesystem::path& file) {
@@ -61,4 +64,29 @@ inline std::string read_file(const std::filesystem::path& file) {
   return text.str();
 }
 
-}  // namespace dedpo::detail
+// An exclusive advisory lock (flock) on `file`, created when missing, held for the object's
+// lifetime: serialises processes that fill the same cache entry (runs of a grid).
+class FileLock {
+ public:
+  explicit FileLock(const std::filesystem::path& file) {
+    fd_ = ::open(file.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw Error(file.string() + ": cannot open lock file");
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno != EINTR) {
+        ::close(fd_);
+        throw Error(file.string() + ": cannot lock");
+      }
+    }
+  }
+  ~FileLock() {
+    ::flock(fd_, LOCK_UN);
+    ::close(fd_);
+  }
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace dedpo
