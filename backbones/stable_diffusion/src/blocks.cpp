@@ -4,20 +4,20 @@
 
 #include <cmath>
 
+#include "dedpo/compat.hpp"
+
 namespace dedpo::sd {
 
 using torch::nn::Conv2dOptions;
 using torch::nn::GroupNormOptions;
 using torch::nn::LinearOptions;
 
-at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
-                                double scale) {
+at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
   const int64_t b = q.size(0), sq = q.size(1), sk = k.size(1), c = q.size(2), d = c / heads;
   const at::Tensor qh = q.reshape({b, sq, heads, d}).transpose(1, 2);  // [B, H, Sq, D]
   const at::Tensor kh = k.reshape({b, sk, heads, d}).transpose(1, 2);  // [B, H, Sk, D]
   const at::Tensor vh = v.reshape({b, sk, heads, d}).transpose(1, 2);  // [B, H, Sk, D]
-  const at::Tensor probs = at::softmax(at::matmul(qh, kh.transpose(-1, -2)) * scale, -1);  // [B, H, Sq, Sk]
-  return at::matmul(probs, vh).transpose(1, 2).reshape({b, sq, c});
+  return compat::attention(qh, kh, vh).transpose(1, 2).reshape({b, sq, c});
 }
 
 at::Tensor timestep_embedding(const at::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos, double freq_shift) {
@@ -93,9 +93,7 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   const at::Tensor& ctx = context.defined() ? context : x;
-  const double scale = std::pow(static_cast<double>(options_.dim_head()), -0.5);
-  at::Tensor out = multi_head_attention(to_q->forward(x), to_k->forward(ctx), to_v->forward(ctx), options_.heads(), scale);
-  return to_out0->forward(out);
+  return to_out0->forward(multi_head_attention(to_q->forward(x), to_k->forward(ctx), to_v->forward(ctx), options_.heads()));
 }
 
 at::Tensor AttentionImpl::forward_spatial(const at::Tensor& x) {

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "dedpo/sd/checkpoint.hpp"
 #include "json_config.hpp"
 
 namespace dedpo::sd {
@@ -274,29 +275,48 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     emb = emb + aug;
   }
 
+  // Runs one block as fn(inputs), checkpointed when gradient checkpointing is on.
+  auto run_block = [&](const torch::nn::Module& block, const CheckpointedFn& fn, const std::vector<at::Tensor>& inputs) {
+    return gradient_checkpointing_ ? checkpoint(fn, inputs, block.parameters()) : fn(inputs);
+  };
+
   at::Tensor x = c.center_input_sample ? 2.0 * sample - 1.0 : sample;
   x = conv_in->forward(x);
   record("conv_in", x);
   std::vector<at::Tensor> skips{x};
   for (std::size_t i = 0; i < down_blocks.size(); ++i) {
-    auto [h, states] = down_blocks[i]->forward(x, emb, context);
-    x = h;
+    const auto block = down_blocks[i].ptr();
+    // The block's skip states; the last one is its output.
+    const std::vector<at::Tensor> states = run_block(
+        *block, [block](const std::vector<at::Tensor>& in) { return block->forward(in[0], in[1], in[2]).second; },
+        {x, emb, context});
+    x = states.back();
     skips.insert(skips.end(), states.begin(), states.end());
     record("down_blocks." + std::to_string(i), x);
   }
   if (mid_block) {
-    x = mid_block->forward(x, emb, context);
+    const auto block = mid_block.ptr();
+    x = run_block(
+        *block, [block](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{block->forward(in[0], in[1], in[2])}; },
+        {x, emb, context})[0];
     record("mid_block", x);
   }
   for (std::size_t i = 0; i < up_blocks.size(); ++i) {
-    const std::size_t take = up_blocks[i]->resnets.size();
-    std::vector<at::Tensor> mine(skips.end() - static_cast<std::ptrdiff_t>(take), skips.end());
+    const auto block = up_blocks[i].ptr();
+    const std::size_t take = block->resnets.size();
+    std::vector<at::Tensor> inputs{x, emb, context};  // then this block's skip states
+    inputs.insert(inputs.end(), skips.end() - static_cast<std::ptrdiff_t>(take), skips.end());
     skips.resize(skips.size() - take);
     std::optional<std::vector<int64_t>> upsample_size;
     if (i + 1 < up_blocks.size() && forward_upsample_size) {
       upsample_size = std::vector<int64_t>{skips.back().size(2), skips.back().size(3)};
     }
-    x = up_blocks[i]->forward(x, mine, emb, context, upsample_size);
+    x = run_block(
+        *block,
+        [block, upsample_size](const std::vector<at::Tensor>& in) {
+          return std::vector<at::Tensor>{block->forward(in[0], {in.begin() + 3, in.end()}, in[1], in[2], upsample_size)};
+        },
+        inputs)[0];
     record("up_blocks." + std::to_string(i), x);
   }
   x = conv_out->forward(at::silu(conv_norm_out->forward(x)));

@@ -14,9 +14,9 @@
 
 namespace dedpo::sd {
 
-// softmax(q·kᵀ·scale)·v over `heads` heads. q: [B, Sq, H·D], k / v: [B, Sk, H·D] -> [B, Sq, H·D].
-at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
-                                double scale);
+// softmax(q·kᵀ/√D)·v over `heads` heads of D = C / heads (compat::attention: fused where the
+// LibTorch version has it). q: [B, Sq, C], k / v: [B, Sk, C] -> [B, Sq, C].
+at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
 
 // diffusers get_timestep_embedding (max_period 10000). timesteps: [B] -> [B, dim] float32.
 at::Tensor timestep_embedding(const at::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos, double freq_shift);

@@ -109,6 +109,11 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
                      const std::optional<UNetAddedCond>& added = std::nullopt,
                      std::map<std::string, at::Tensor>* trace = nullptr);
   const UNet2DConditionConfig& config() const { return config_; }
+  // diffusers' gradient checkpointing: with grad enabled, each down / mid / up block keeps only its
+  // inputs and recomputes its activations in backward (about one more forward per step, for much
+  // less activation memory). Gradients are those of the plain forward.
+  void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
 
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   TimestepEmbedding time_embedding{nullptr}, add_embedding{nullptr};
@@ -119,6 +124,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
  private:
   UNet2DConditionConfig config_;
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE(UNet2DConditionModel);
 
