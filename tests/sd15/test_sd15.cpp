@@ -22,6 +22,7 @@
 #include "dedpo/loss.hpp"
 #include "dedpo/registry.hpp"
 #include "dedpo/safetensors.hpp"
+#include "dedpo/sd/diffusion_backbone.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -186,6 +187,9 @@ TEST(Sd15, DpoStepsMoveModelNotReferenceAndSaveReloads) {
   b->save_weights(file);
   ASSERT_TRUE(fs::exists(file));
   EXPECT_TRUE(dedpo::safetensors::File(file).contains("conv_in.weight"));
+  // The UNet's config.json beside the weights: the folder is a diffusers UNet folder.
+  EXPECT_EQ(dedpo::test::read_file(file.parent_path() / "config.json"),
+            dedpo::test::read_file(tiny() / "unet" / "config.json"));
   auto reloaded = make("", tiny(), file);
   const dedpo::DenoisingErrors again = errors(*reloaded);
   expect_close(again.model_a, after.model_a);
@@ -350,6 +354,22 @@ TEST(Sd15, LoraReferenceIsBaseAndAdaptersStartAtZero) {
   EXPECT_TRUE(lf.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.lora.up.weight"));
   auto merged = make("", tiny(), file);
   expect_close(errors(*merged).model_a, after.model_a, 1e-5);
+}
+
+TEST(Sd15, GradientCheckpointingGivesTheSameGradients) {
+  std::map<std::string, at::Tensor> grads;
+  for (const char* option : {"gradient_checkpointing = false", "gradient_checkpointing = true"}) {
+    auto b = make(option);
+    EXPECT_EQ(dynamic_cast<dedpo::sd::DiffusionBackbone&>(*b).unet()->gradient_checkpointing(),
+              std::string(option).find("true") != std::string::npos);
+    const dedpo::DenoisingErrors e = errors(*b);
+    (e.model_a.sum() - e.model_b.sum()).backward();
+    for (const auto& item : b->model().named_parameters()) {
+      ASSERT_TRUE(item.value().grad().defined()) << option << " " << item.key();
+      auto [it, fresh] = grads.emplace(item.key(), item.value().grad().clone());
+      if (!fresh) EXPECT_TRUE(at::allclose(it->second, item.value().grad(), 1e-5, 1e-6)) << item.key();
+    }
+  }
 }
 
 TEST(Sd15, VPredictionAndBfloat16Run) {
