@@ -24,6 +24,13 @@ const OptionSpec kTrainOptions[] = {
     {"grad_accum", T::integer, "1", "Micro-batches accumulated per optimiser step."},
     {"labelled_fraction", T::real, "1.0",
      "Fraction of the data's human labels training may use; the rest are unlabelled."},
+    {"split", T::string, "\"random\"",
+     "How the labelled subset is drawn: \"random\" (uniform over labelled pairs) or "
+     "\"by_prompt\" (stratified: each prompt gets its share of labels, rounded). Written to the "
+     "run folder's split.csv."},
+    {"ties", T::string, "\"keep\"",
+     "Pairs whose human label is a tie (0.5): \"keep\" them as 0.5 or \"drop\" them from the "
+     "data before the split; the count is logged and in results.json."},
     {"optimizer", T::string, "\"adamw\"", "\"adamw\" or \"adafactor\"."},
     {"lr", T::real, "1e-4", "Peak learning rate."},
     {"weight_decay", T::real, "0.0", "Decoupled weight decay."},

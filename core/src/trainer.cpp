@@ -35,6 +35,7 @@
 #include "dedpo/loss.hpp"
 #include "dedpo/metric.hpp"
 #include "dedpo/runner.hpp"
+#include "dedpo/safetensors.hpp"
 #include "dedpo/services.hpp"
 #include "dedpo/files.hpp"
 
@@ -206,6 +207,7 @@ struct TrainSettings {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, max_grad_norm = 0.0, ema_decay = 0.0;
   std::string optimizer, schedule;
   bool bf16 = false;
+  bool split_by_prompt = false, drop_ties = false;
 
   explicit TrainSettings(const Options& o) {
     objective = o.string("objective");
@@ -222,6 +224,16 @@ struct TrainSettings {
     if (!(labelled_fraction >= 0.0 && labelled_fraction <= 1.0)) {
       o.fail("labelled_fraction", "must lie in [0, 1]");
     }
+    const std::string& split = o.string("split");
+    if (split != "random" && split != "by_prompt") {
+      o.fail("split", "expected \"random\" or \"by_prompt\", got \"" + split + "\"");
+    }
+    split_by_prompt = split == "by_prompt";
+    const std::string& ties = o.string("ties");
+    if (ties != "keep" && ties != "drop") {
+      o.fail("ties", "expected \"keep\" or \"drop\", got \"" + ties + "\"");
+    }
+    drop_ties = ties == "drop";
     optimizer = o.string("optimizer");
     if (optimizer != "adamw" && optimizer != "adafactor") {
       o.fail("optimizer", "expected \"adamw\" or \"adafactor\", got \"" + optimizer + "\"");
@@ -380,6 +392,58 @@ class Sampler {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Prompt conditioning, cached on disk per prompt and encoder
+
+// [P, ...] rows of backbone.encode_prompts(prompts). When `folder` is given and the backbone names
+// its encoders (encoder_fingerprint()), each row is read from or written to
+// <folder>/<encoder digest>/<prompt digest>.safetensors: text encoding is paid once per prompt
+// across the runs of a grid. Writers hold the folder's lock, so parallel runs encode once.
+at::Tensor encode_prompts_cached(Backbone& backbone, const std::vector<std::string>& prompts,
+                                 const fs::path& folder) {
+  at::NoGradGuard no_grad;
+  const std::string encoder = folder.empty() ? std::string() : backbone.encoder_fingerprint();
+  if (encoder.empty()) return backbone.encode_prompts(prompts);
+  const fs::path dir = folder / digest(encoder);
+  auto file_of = [&](const std::string& prompt) {
+    return dir / (digest("prompt\n" + prompt) + ".safetensors");
+  };
+  std::vector<at::Tensor> rows(prompts.size());
+  auto read_cached = [&](std::vector<std::size_t> wanted) {
+    std::vector<std::size_t> missing;
+    for (std::size_t i : wanted) {
+      std::error_code error;
+      fs::path file = file_of(prompts[i]);
+      if (fs::exists(file, error)) {
+        rows[i] = safetensors::File(file).get("condition");
+      } else {
+        missing.push_back(i);
+      }
+    }
+    return missing;
+  };
+  std::vector<std::size_t> all(prompts.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::vector<std::size_t> missing = read_cached(all);
+  if (!missing.empty()) {
+    fs::create_directories(dir);
+    FileLock lock(dir / ".lock");
+    missing = read_cached(missing);  // another run may have written them meanwhile
+    std::vector<std::string> texts;
+    for (std::size_t i : missing) texts.push_back(prompts[i]);
+    if (!texts.empty()) {
+      at::Tensor encoded = backbone.encode_prompts(texts).to(at::kCPU);
+      for (std::size_t k = 0; k < missing.size(); ++k) {
+        at::Tensor row = encoded[static_cast<std::int64_t>(k)].contiguous();
+        safetensors::save(file_of(texts[k]), std::map<std::string, at::Tensor>{{"condition", row}},
+                          {{"prompt", texts[k]}});
+        rows[missing[k]] = row;
+      }
+    }
+  }
+  return at::stack(rows);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The training loop, one optimiser step at a time
 
 struct StepReport {
@@ -425,10 +489,7 @@ class Trainer {
     n_unlabelled_ = data.size() - n_labelled_;
     at::Tensor label = data.human_label.to(at::kFloat);
     visible_label_ = at::where(is_labelled_, label, at::full_like(label, NAN));
-    {
-      at::NoGradGuard no_grad;
-      condition_ = backbone_.encode_prompts(data.prompts);
-    }
+    condition_ = encode_prompts_cached(backbone_, data.prompts, prompt_cache_);
     at::Tensor pool = loss.pool() == PairPool::labelled
                           ? at::nonzero(is_labelled_).flatten()
                           : at::arange(data.size(), at::kLong);
@@ -444,12 +505,12 @@ class Trainer {
   void set_denoising(const SampleDataset& data) {
     samples_ = &data;
     if (data.size() == 0) throw Error("the dataset has no samples");
-    {
-      at::NoGradGuard no_grad;
-      condition_ = backbone_.encode_prompts(data.prompts);
-    }
+    condition_ = encode_prompts_cached(backbone_, data.prompts, prompt_cache_);
     sampler_ = Sampler(at::arange(data.size(), at::kLong), data_seed_);
   }
+
+  // Caches prompt conditioning in this folder (set before set_preference / set_denoising).
+  void set_prompt_cache(fs::path folder) { prompt_cache_ = std::move(folder); }
 
   std::int64_t step_index() const { return step_; }
   std::int64_t skipped() const { return skipped_; }
@@ -649,6 +710,7 @@ class Trainer {
   std::vector<at::Tensor> ema_;
   Sampler sampler_;
 
+  fs::path prompt_cache_;
   Loss* loss_ = nullptr;
   const PairDataset* pairs_ = nullptr;
   const SampleDataset* samples_ = nullptr;
@@ -763,20 +825,86 @@ InitInfo resolve_init(const Experiment& experiment, PluginRegistry& registry, Ru
   return info;
 }
 
-at::Tensor choose_labelled(const PairDataset& data, double fraction, std::uint64_t seed) {
+// The labelled subset: round(fraction · available) of the pairs that carry a human label, drawn
+// uniformly, or stratified by prompt: candidates shuffled, grouped by prompt (prompts in random
+// order), and every (1/fraction)-th taken (systematic sampling), so each prompt gets
+// ⌊fraction · n_p⌋ or ⌈fraction · n_p⌉ labels.
+at::Tensor choose_labelled(const PairDataset& data, double fraction, std::uint64_t seed,
+                           bool by_prompt) {
   at::Tensor has_label = at::logical_not(at::isnan(data.human_label.to(at::kFloat)));
   at::Tensor candidates = at::nonzero(has_label).flatten();
   std::int64_t available = candidates.size(0);
   auto count = static_cast<std::int64_t>(std::llround(fraction * static_cast<double>(available)));
   at::Generator generator = make_generator(derive_seed(seed, kLabelSplit));
-  at::Tensor permutation;
-  {
-    permutation = at::randperm(available, generator, at::kLong);
+  at::Tensor permutation = at::randperm(available, generator, at::kLong);
+  at::Tensor chosen;
+  if (by_prompt) {
+    at::Tensor shuffled = candidates.index_select(0, permutation);
+    auto n_prompts = static_cast<std::int64_t>(data.prompts.size());
+    at::Tensor prompt_rank = at::randperm(n_prompts, generator, at::kLong)
+                                 .index_select(0, data.prompt_index.index_select(0, shuffled));
+    at::Tensor grouped =
+        shuffled.index_select(0, std::get<1>(at::sort(prompt_rank, c10::optional<bool>(true), 0)));
+    at::Tensor k = at::arange(available, at::kDouble);
+    at::Tensor taken = at::floor((k + 1) * fraction + 0.5) > at::floor(k * fraction + 0.5);
+    chosen = grouped.masked_select(taken);
+  } else {
+    chosen = candidates.index_select(0, permutation.slice(0, 0, count));
   }
-  at::Tensor chosen = candidates.index_select(0, permutation.slice(0, 0, count));
   at::Tensor mask = at::zeros({data.size()}, at::kBool);
   mask.index_fill_(0, chosen, true);
   return mask;
+}
+
+// Removes the pairs whose human label is a tie (0.5) from every per-pair field.
+void drop_tied_pairs(PairDataset& data) {
+  at::Tensor keep = data.human_label.to(at::kFloat) != 0.5f;  // NaN (no label) is kept
+  if (keep.all().item<bool>()) return;
+  at::Tensor index = at::nonzero(keep).flatten();
+  data.prompt_index = data.prompt_index.index_select(0, index);
+  data.a = data.a.index_select(0, index);
+  data.b = data.b.index_select(0, index);
+  data.human_label = data.human_label.index_select(0, index);
+  if (data.a_info.defined()) data.a_info = data.a_info.index_select(0, index);
+  if (data.b_info.defined()) data.b_info = data.b_info.index_select(0, index);
+  auto select = [&](auto& items) {
+    if (items.empty()) return;
+    std::remove_reference_t<decltype(items)> kept;
+    const std::int64_t* rows = index.data_ptr<std::int64_t>();
+    for (std::int64_t i = 0; i < index.size(0); ++i) {
+      kept.push_back(items[static_cast<std::size_t>(rows[i])]);
+    }
+    items = std::move(kept);
+  };
+  select(data.a_files);
+  select(data.b_files);
+  select(data.ids);
+  data.fingerprint += "|ties=drop";
+}
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\n\r") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+// split.csv: one row per pair (its index in the data, id, prompt, whether it is labelled for this
+// run, and the human label training may see: empty for unlabelled pairs), so every run of a
+// grid can be audited.
+void write_split_file(const fs::path& file, const PairDataset& data, const at::Tensor& is_labelled) {
+  std::string text = "pair,id,prompt,labelled,label\n";
+  at::Tensor labelled = is_labelled.to(at::kBool).contiguous();
+  at::Tensor label = data.human_label.to(at::kFloat).contiguous();
+  at::Tensor prompt = data.prompt_index.to(at::kLong).contiguous();
+  for (std::int64_t i = 0; i < data.size(); ++i) {
+    const bool is = labelled.data_ptr<bool>()[i];
+    const auto prompt_row = static_cast<std::size_t>(prompt.data_ptr<std::int64_t>()[i]);
+    const std::string id = data.ids.empty() ? std::string() : data.ids[static_cast<std::size_t>(i)];
+    text += fmt::format("{},{},{},{},{}\n", i, csv_field(id), csv_field(data.prompts.at(prompt_row)),
+                        is ? 1 : 0, is ? fmt::format("{:g}", label.data_ptr<float>()[i]) : "");
+  }
+  write_file_atomic(file, text);
 }
 
 // The experiment's services for annotators: fresh backbones, losses, training without files.
@@ -806,6 +934,7 @@ class RunServices final : public ExperimentServices {
     }
     TrainSettings settings(experiment_.train);
     Trainer trainer(backbone, settings, seed, steps);
+    trainer.set_prompt_cache(cache_dir(experiment_) / "prompts");
     trainer.set_preference(loss, data, is_labelled, annotator_prob);
     while (trainer.step_index() < steps) trainer.step();
   }
@@ -815,6 +944,17 @@ class RunServices final : public ExperimentServices {
   PluginRegistry& registry_;
   BackboneContext context_;
 };
+
+at::Tensor checked_annotations(const at::Tensor& annotations, const PluginSlot& slot,
+                               const PairDataset& data) {
+  at::Tensor prob = annotations.detach().to(at::kFloat).contiguous();
+  if (prob.dim() != 1 || prob.size(0) != data.size()) {
+    throw Error("annotator '" + slot.plugin + "' returned a tensor of shape " +
+                fmt::format("{}", fmt::join(prob.sizes(), "x")) + ", expected [" +
+                std::to_string(data.size()) + "]");
+  }
+  return prob;
+}
 
 at::Tensor annotate_cached(const Experiment& experiment, PluginRegistry& registry,
                            const PairDataset& data, const at::Tensor& is_labelled,
@@ -826,6 +966,14 @@ at::Tensor annotate_cached(const Experiment& experiment, PluginRegistry& registr
   }
   const PluginSlot& slot = *experiment.annotator;
   std::shared_ptr<Annotator> annotator = registry.create<Annotator>(slot.plugin, slot.options);
+  fs::path annotator_cache = cache_dir(experiment) / "annotator";
+  fs::create_directories(annotator_cache);
+  AnnotatorContext context{data, is_labelled, backbone, services, experiment.seed(),
+                           annotator_cache};
+  if (!annotator->cacheable()) {
+    log.line("annotations: running annotator '" + slot.plugin + "' (not cached)");
+    return checked_annotations(annotator->annotate(context), slot, data);
+  }
   std::string key = fmt::format(
       "annotator={}\n{}\ndata={}\nbackbone={}\n{}\ninit={}\nseed={}\n", slot.plugin,
       slot.options_toml, data.fingerprint, experiment.backbone->plugin,
@@ -843,13 +991,7 @@ at::Tensor annotate_cached(const Experiment& experiment, PluginRegistry& registr
     }
   }
   log.line("annotations: running annotator '" + slot.plugin + "'");
-  AnnotatorContext context{data, is_labelled, backbone, services, experiment.seed()};
-  at::Tensor prob = annotator->annotate(context).detach().to(at::kFloat).contiguous();
-  if (prob.dim() != 1 || prob.size(0) != data.size()) {
-    throw Error("annotator '" + slot.plugin + "' returned a tensor of shape " +
-                fmt::format("{}", fmt::join(prob.sizes(), "x")) + ", expected [" +
-                std::to_string(data.size()) + "]");
-  }
+  at::Tensor prob = checked_annotations(annotator->annotate(context), slot, data);
   fs::create_directories(folder);
   fs::path temp = temp_path_for(file);
   torch::save(prob, temp.string());
@@ -944,6 +1086,30 @@ Metrics evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone
   return out;
 }
 
+// What loading the data did (pairs, labelled, ties, the dataset's own counts such as skipped
+// lines) goes to the log, into `report` (results.json "data"), and to stderr when input was
+// skipped or dropped, so nothing is dropped silently.
+void log_data_report(const PairDataset& pairs, const at::Tensor& is_labelled, std::int64_t ties,
+                     const TrainSettings& settings, RunLog& log, json& report) {
+  const std::int64_t labelled = is_labelled.sum().item<std::int64_t>();
+  report = {{"pairs", pairs.size()},
+            {"labelled", labelled},
+            {settings.drop_ties ? "ties_dropped" : "ties_kept", ties}};
+  std::string counts;
+  bool skipped = settings.drop_ties && ties > 0;
+  for (const auto& [name, count] : pairs.counts) {
+    report[name] = count;
+    counts += fmt::format(", {} {}", name, count);
+    skipped = skipped || (name.starts_with("skipped_") && count > 0);
+  }
+  std::string summary = fmt::format("data: {} pairs, {} labelled ({} split), {} ties {}{}",
+                                    pairs.size(), labelled,
+                                    settings.split_by_prompt ? "by_prompt" : "random", ties,
+                                    settings.drop_ties ? "dropped" : "kept as 0.5", counts);
+  log.line(summary);
+  if (skipped) std::cerr << summary << "\n";
+}
+
 RunResult read_result(const fs::path& run_dir) {
   json results = json::parse(read_file(run_dir / kResultsFile));
   RunResult result;
@@ -1003,21 +1169,26 @@ RunResult execute(const Experiment& experiment, PluginRegistry& registry,
     }
 
     Trainer trainer(*backbone, settings, experiment.seed(), settings.steps);
+    trainer.set_prompt_cache(cache_dir(experiment) / "prompts");
     std::optional<PairDataset> pairs;
+    json data_report = json::object();
     std::optional<SampleDataset> samples;
     std::shared_ptr<Loss> loss;
     if (settings.objective == "preference") {
       if (!experiment.loss) throw Error("the preference objective needs a [loss] table");
       loss = registry.create<Loss>(experiment.loss->plugin, experiment.loss->options);
       pairs = dataset->pairs(data_context);
-      at::Tensor is_labelled = choose_labelled(*pairs, settings.labelled_fraction, experiment.seed());
+      std::int64_t ties = (pairs->human_label.to(at::kFloat) == 0.5f).sum().item<std::int64_t>();
+      if (settings.drop_ties) drop_tied_pairs(*pairs);
+      at::Tensor is_labelled = choose_labelled(*pairs, settings.labelled_fraction,
+                                               experiment.seed(), settings.split_by_prompt);
+      write_split_file(run_dir / kSplitFile, *pairs, is_labelled);
+      log_data_report(*pairs, is_labelled, ties, settings, log, data_report);
       at::Tensor annotator_prob;
       if (loss->needs_annotator()) {
         annotator_prob = annotate_cached(experiment, registry, *pairs, is_labelled, *backbone,
                                          services, init, log);
       }
-      log.line(fmt::format("{} pairs, {} labelled", pairs->size(),
-                           is_labelled.sum().item<std::int64_t>()));
       trainer.set_preference(*loss, *pairs, is_labelled, annotator_prob);
     } else {
       samples = dataset->samples(data_context);
@@ -1106,6 +1277,7 @@ RunResult execute(const Experiment& experiment, PluginRegistry& registry,
                     {"steps", trainer.step_index()},
                     {"skipped_steps", trainer.skipped()},
                     {"wall_time_s", wall},
+                    {"data", data_report},
                     // The annotator the loss actually used ("" when none): reports name it.
                     {"annotator", loss && loss->needs_annotator() && experiment.annotator
                                       ? experiment.annotator->plugin
@@ -1146,6 +1318,74 @@ RunResult resume_run(const fs::path& run_dir, PluginRegistry& registry, const Ru
   RunControl resumed = control;
   resumed.run_dir = dir;
   return execute(experiment, registry, resumed, /*resume=*/true);
+}
+
+std::vector<std::pair<std::string, double>> evaluate_run(const fs::path& run_dir,
+                                                         std::span<const Override> overrides,
+                                                         PluginRegistry& registry) {
+  const fs::path dir = fs::absolute(run_dir);
+  std::error_code error;
+  const fs::path config = dir / kConfigFile;
+  if (!fs::exists(config, error)) throw Error(dir.string() + ": not a run folder (no " + kConfigFile + ")");
+  if (!fs::exists(dir / kWeightsFile, error) || !fs::exists(dir / kResultsFile, error)) {
+    throw Error(dir.string() + ": the run has not finished (no " + kWeightsFile + " / " + kResultsFile +
+                "); `dedpo run --resume " + dir.string() + "` completes it");
+  }
+  Experiment experiment = load_experiment_text(read_file(config), config.string(), dir,
+                                               std::vector<Override>(overrides.begin(), overrides.end()),
+                                               registry);
+  if (experiment.metrics.empty()) throw Error(dir.string() + ": the experiment has no [[metrics]]");
+  RunLog log(dir / kLogFile);
+  log.line("eval: evaluating " + std::string(kWeightsFile));
+
+  // The backbone as the run had it (reference = the run's initial weights), with the trained
+  // weights copied into its model from a second backbone that loaded them.
+  InitInfo init = resolve_init(experiment, registry, log);
+  BackboneContext context;
+  context.cache_dir = cache_dir(experiment) / "backbone";
+  context.initial_weights = init.weights;
+  context.seed = experiment.seed();
+  std::shared_ptr<Backbone> backbone = create_backbone(experiment, registry);
+  backbone->prepare(context);
+  {
+    std::shared_ptr<Backbone> trained = create_backbone(experiment, registry);
+    BackboneContext trained_context = context;
+    trained_context.initial_weights = dir / kWeightsFile;
+    trained->prepare(trained_context);
+    auto targets = backbone->model().named_parameters();
+    at::NoGradGuard no_grad;
+    for (const auto& item : trained->model().named_parameters()) {
+      at::Tensor* target = targets.find(item.key());
+      if (!target || target->sizes() != item.value().sizes()) {
+        throw Error(dir.string() + ": trained weights do not fit the backbone at '" + item.key() + "'");
+      }
+      target->copy_(item.value());
+    }
+  }
+
+  std::optional<PairDataset> pairs;
+  if (experiment.data && TrainSettings(experiment.train).objective == "preference") {
+    std::shared_ptr<Dataset> dataset = registry.create<Dataset>(experiment.data->plugin, experiment.data->options);
+    DatasetContext data_context{*backbone, cache_dir(experiment) / "data", experiment.seed()};
+    pairs = dataset->pairs(data_context);
+  }
+  std::vector<std::shared_ptr<Metric>> metrics;
+  for (const PluginSlot& slot : experiment.metrics) {
+    metrics.push_back(registry.create<Metric>(slot.plugin, slot.options));
+  }
+  const Metrics figures = evaluate_metrics(metrics, *backbone, pairs ? &*pairs : nullptr,
+                                           static_cast<std::uint64_t>(experiment.eval.integer("seed")));
+
+  // New figures join (or replace) the run's results, so reports show them beside the others.
+  json results = json::parse(read_file(dir / kResultsFile));
+  for (const auto& [name, value] : figures) results["metrics"][name] = value;
+  write_file_atomic(dir / kResultsFile, results.dump(2) + "\n");
+  std::string summary = "eval: finished";
+  for (const auto& [name, value] : figures) summary += fmt::format(", {} = {:.6g}", name, value);
+  log.line(summary);
+  // A run of a grid: its report (results.csv beside the runs) is rewritten.
+  if (fs::exists(dir.parent_path() / "results.csv", error)) write_report(dir.parent_path());
+  return figures;
 }
 
 }  // namespace dedpo

@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <filesystem>
 
 #include <ATen/core/Tensor.h>
 
@@ -16,6 +17,10 @@ struct AnnotatorContext {
   Backbone& backbone;             // prepared; its weights are the reference
   ExperimentServices& services;
   std::uint64_t seed = 0;
+  // A folder the annotator may keep files in across runs of the experiment's output folder
+  // (journals of answers, downloads); shared by every annotator and run there, so file names
+  // must say whose they are. The trainer creates it.
+  std::filesystem::path cache_dir;
 };
 
 // A synthetic annotator: ĝ(y) = its probability that A is preferred, for every pair.
@@ -28,6 +33,9 @@ class Annotator : public Plugin {
   virtual at::Tensor annotate(AnnotatorContext& context) = 0;  // [N] float in [0, 1]
   // True when the result depends on which pairs are labelled (self-training does).
   virtual bool uses_labels() const { return false; }
+  // False when annotating is as cheap as reading a cache (labels read from a file): the result
+  // is then never cached, so edits to the annotator's inputs always take effect.
+  virtual bool cacheable() const { return true; }
 };
 
 }  // namespace dedpo

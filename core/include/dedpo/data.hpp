@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +25,12 @@ struct PairDataset {
   // Optional source files of A and B (data read from images): annotators and metrics that judge
   // pixels read these rather than decoding backbone space. Empty, or N entries each.
   std::vector<std::filesystem::path> a_files, b_files;
+  // Optional pair ids from the source (empty, or N entries): the split file names pairs by them
+  // and annotators that read labels made elsewhere match on them.
+  std::vector<std::string> ids;
+  // What loading did, as named counts (e.g. lines skipped per reason, images encoded or read
+  // from a cache): the trainer writes them to the run's log and results.json.
+  std::vector<std::pair<std::string, std::int64_t>> counts;
 
   std::int64_t size() const { return a.defined() ? a.size(0) : 0; }
 };

@@ -19,7 +19,8 @@
 namespace dedpo {
 
 // Bump on any change to the structs below or to a plugin interface's virtual table.
-inline constexpr std::uint32_t kAbiVersion = 3;  // 3: image backbones, pair side information
+// 3: image backbones, pair side information, AnnotatorContext::cache_dir.
+inline constexpr std::uint32_t kAbiVersion = 3;
 
 // Adding a kind: append here, add its name to to_string()/kind_from_string(), give its interface
 // `static constexpr PluginKind kind`.

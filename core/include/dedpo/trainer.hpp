@@ -17,6 +17,7 @@ inline constexpr const char* kMetricsFile = "metrics.jsonl";
 inline constexpr const char* kResultsFile = "results.json";  // written last: its presence = finished
 inline constexpr const char* kWeightsFile = "weights.pt";     // Backbone::save_weights
 inline constexpr const char* kCheckpointDir = "checkpoint";   // step-<N>.pt and `latest`
+inline constexpr const char* kSplitFile = "split.csv";        // labelled split of the pairs
 
 // Learning rate of optimiser step `step` (0-based) of `total`: linear warm-up over
 // `warmup_steps` (step 0 gets lr/warmup), then "constant", "linear" or "cosine" decay to 0 at
