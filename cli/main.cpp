@@ -44,6 +44,9 @@ commands:
   grid EXP.toml [--jobs N] [--set K=V]...
                                run every case of the experiment's [grid]
   report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+  eval RUN_DIR [--set K=V]...  evaluate a finished run's trained weights with its [[metrics]]
+                               and [eval] (overridable); the figures join its results.json and,
+                               for a run of a grid, the grid's report
   sample (EXP.toml | --run RUN_DIR) [--set K=V]... --prompt TEXT [--prompt TEXT]...
          [--prompts-file FILE] [--n N] [--seed S] [--reference] --out DIR
                                draw N samples per prompt from the experiment's base weights
@@ -216,6 +219,22 @@ int command_grid(const std::vector<std::string>& args, dedpo::PluginRegistry& re
   return failures == 0 ? 0 : 1;
 }
 
+int command_eval(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
+  po::options_description options("eval");
+  options.add_options()("run", po::value<std::string>()->required(), "run folder")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE");
+  po::positional_options_description positional;
+  positional.add("run", 1);
+  po::variables_map values = parse(args, options, positional);
+  auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
+                                                       : std::vector<std::string>{});
+  print_problems(registry);
+  for (const auto& [name, value] : dedpo::evaluate_run(values["run"].as<std::string>(), overrides, registry)) {
+    std::cout << fmt::format("{}: {:.6g}\n", name, value);
+  }
+  return 0;
+}
+
 int command_report(const std::vector<std::string>& args) {
   if (args.size() != 1) throw UsageError("expected: dedpo report GRID_DIR");
   std::cout << dedpo::write_report(args[0]);
@@ -349,6 +368,7 @@ int main(int argc, char** argv) {
     if (command == "run") return command_run(args, registry);
     if (command == "grid") return command_grid(args, registry);
     if (command == "report") return command_report(args);
+    if (command == "eval") return command_eval(args, registry);
     if (command == "sample") return command_sample(args, registry);
     throw UsageError("unknown command '" + command + "'");
   } catch (const UsageError& error) {

@@ -269,6 +269,17 @@ std::string csv_field(const std::string& text) {
   return out + "\"";
 }
 
+// summary.md titles the image metrics with the paper's column names ("pickscore_ref" -> "PS (ref)");
+// results.csv keeps the figures' own names.
+std::string column_title(const std::string& metric) {
+  static const std::map<std::string, std::string> titles = {
+      {"pickscore", "PS"}, {"hpsv2_avg", "HPSv2 Avg"}, {"aesthetic", "AS"}, {"clip_score", "CLIP"}};
+  const bool reference = metric.ends_with("_ref");
+  const auto found = titles.find(reference ? metric.substr(0, metric.size() - 4) : metric);
+  if (found == titles.end()) return metric;
+  return reference ? found->second + " (ref)" : found->second;
+}
+
 std::string number(double value) {
   return std::isfinite(value) ? fmt::format("{:.6g}", value) : std::string();
 }
@@ -607,7 +618,7 @@ std::string write_report(const fs::path& grid_dir) {
   }
   std::vector<std::vector<std::string>> cells;
   std::vector<std::string> header = {"method", "loss", "annotator", "fraction", "n"};
-  for (const auto& name : metric_names) header.push_back(name);
+  for (const auto& name : metric_names) header.push_back(column_title(name));
   cells.push_back(header);
   for (const std::string& method : methods) {
     std::vector<const Row*> members;

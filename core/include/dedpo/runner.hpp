@@ -35,6 +35,14 @@ RunResult run_experiment(const Experiment& experiment, PluginRegistry& registry,
 RunResult resume_run(const std::filesystem::path& run_dir, PluginRegistry& registry,
                      const RunControl& control = {});
 
+// Evaluates a finished run's trained weights with its experiment's [[metrics]] and [eval] (after
+// `overrides`, e.g. eval.seed=7), the reference being the run's initial weights as in training.
+// The figures join the run's results.json (same names are replaced) and, for a run of a grid
+// (a results.csv beside it), the grid's report is rewritten. Returns the figures.
+std::vector<std::pair<std::string, double>> evaluate_run(const std::filesystem::path& run_dir,
+                                                         std::span<const Override> overrides,
+                                                         PluginRegistry& registry);
+
 struct GridControl {
   int jobs = 1;
   std::filesystem::path program;  // the dedpo executable that runs each case (a child process)

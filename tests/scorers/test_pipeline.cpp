@@ -1,0 +1,95 @@
+// The whole path through the program: a tiny SD1.5 run whose pairs are labelled by the clip_score
+// annotator and whose samples are scored by the PickScore, HPSv2 and aesthetic metrics (tiny
+// random-weight folders), then `dedpo eval` of the finished run.
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "dedpo/image.hpp"
+#include "dedpo/scorers/tiny.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using dedpo::test::read_file;
+using dedpo::test::run_shell;
+using dedpo::test::write_file;
+using testing::HasSubstr;
+
+TEST(ScorerPipeline, SdRunIsAnnotatedAndEvaluatedWithTinyScorers) {
+  dedpo::test::TempDir dir;
+  const std::string root = dir.path().string();
+  ASSERT_EQ(run_shell(fmt::format("'{}' '{}/sd'", DEDPO_MAKE_TINY_SD, root)).exit_code, 0);
+  dedpo::scorers::write_tiny_clip_folder(dir / "clip");
+  at::manual_seed(0);
+  std::string manifest;
+  for (int i = 0; i < 8; ++i) {
+    dedpo::write_png(dir / fmt::format("a{}.png", i), at::randint(0, 256, {20, 16, 3}, at::kByte));
+    dedpo::write_png(dir / fmt::format("b{}.png", i), at::randint(0, 256, {16, 16, 3}, at::kByte));
+    manifest += fmt::format(R"({{"prompt": "{}", "image_a": "a{}.png", "image_b": "b{}.png", "label": {}}})",
+                            i % 2 ? "the sea" : "a cat", i, i, i % 2) + "\n";
+  }
+  write_file(dir / "pairs.jsonl", manifest);
+  write_file(dir / "photo.txt", "a cat\nthe sea\n");
+  write_file(dir / "anime.json", R"(["a robot", "a girl"])");
+  write_file(dir / "exp.toml", fmt::format(R"(
+[run]
+name = "e2e"
+output = "runs"
+threads = 1
+[backbone]
+plugin = "sd15"
+path = "{0}/sd"
+resolution = 16
+sample_steps = 2
+guidance_scale = 1.0
+[data]
+plugin = "pairs_manifest"
+manifest = "{0}/pairs.jsonl"
+[annotator]
+plugin = "clip_score"
+path = "{0}/clip"
+[loss]
+plugin = "dedpo"
+[train]
+steps = 2
+batch_size = 4
+labelled_fraction = 0.5
+[[metrics]]
+plugin = "pickscore"
+path = "{0}/clip"
+prompts = "{0}/photo.txt"
+images_per_prompt = 2
+reference = true
+[[metrics]]
+plugin = "hpsv2"
+path = "{0}/clip"
+prompts = "{0}/photo.txt, {0}/anime.json"
+[[metrics]]
+plugin = "aesthetic"
+path = "{0}/clip"
+head = "{0}/clip/aesthetic_head.safetensors"
+prompts = "{0}/photo.txt"
+)", root));
+  const std::string dedpo = std::string("'") + DEDPO_EXECUTABLE + "' ";
+  auto result = run_shell(dedpo + "run '" + root + "/exp.toml' --no-progress --run-dir '" + root + "/run'");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_THAT(read_file(dir / "run" / "log.txt"), HasSubstr("running annotator 'clip_score'"));
+  const auto trained = nlohmann::json::parse(read_file(dir / "run" / "results.json"))["metrics"];
+  for (const char* name : {"pickscore", "pickscore_ref", "hpsv2_avg", "hpsv2_photo", "hpsv2_anime", "aesthetic"}) {
+    ASSERT_TRUE(trained.contains(name)) << name << "\n" << result.output;
+  }
+
+  result = run_shell(dedpo + "eval '" + root + "/run'");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto again = nlohmann::json::parse(read_file(dir / "run" / "results.json"))["metrics"];
+  for (const auto& [name, value] : trained.items()) {
+    EXPECT_NEAR(again[name].get<double>(), value.get<double>(), 1e-6) << name;
+  }
+}
+
+}  // namespace
