@@ -23,8 +23,9 @@ constexpr SlotSpec kSlots[] = {{"backbone", PluginKind::backbone},
                                {"annotator", PluginKind::annotator},
                                {"loss", PluginKind::loss}};
 constexpr const char* kMetricsTable = "metrics";
-constexpr const char* kTopLevelKeys[] = {"base", "run",  "train",     "eval", "init",   "plugins",
-                                         "grid", "backbone", "data", "annotator", "loss", "metrics"};
+constexpr const char* kTopLevelKeys[] = {"base",     "vars", "run",       "train", "eval",
+                                         "init",     "plugins", "grid", "backbone", "data",
+                                         "annotator", "loss", "metrics"};
 
 toml::table parse_text(std::string_view text, const std::string& origin) {
   try {
@@ -97,6 +98,76 @@ void resolve_paths(toml::table& table, const fs::path& base_dir) {
       for (toml::node& item : *paths) resolve(&item);
     }
   }
+}
+
+// Replaces ${name} in `text` by [vars] name ("$$" is a literal "$"). `node` locates errors.
+std::string substitute_vars(const std::string& text, const toml::table& vars,
+                            const toml::node& node, const std::string& origin) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '$') {
+      out += text[i];
+    } else if (i + 1 < text.size() && text[i + 1] == '$') {
+      out += '$';
+      ++i;
+    } else if (i + 1 < text.size() && text[i + 1] == '{') {
+      const std::size_t close = text.find('}', i + 2);
+      if (close == std::string::npos) {
+        throw Error(detail::location(node) + origin + ": unclosed '${' in \"" + text + "\"");
+      }
+      const std::string name = text.substr(i + 2, close - i - 2);
+      const toml::node* value = vars.get(name);
+      if (value == nullptr) {
+        std::vector<std::string> names;
+        std::string listed;
+        for (const auto& [key, unused] : vars) {
+          names.emplace_back(key.str());
+          listed += (listed.empty() ? "" : ", ") + names.back();
+        }
+        std::string message = detail::location(node) + origin + ": unknown variable '${" + name +
+                              "}'; [vars] defines " + (listed.empty() ? "none" : listed);
+        std::string suggestion = closest_match(name, names);
+        if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+        throw Error(message);
+      }
+      out += value->as_string()->get();
+      i = close;
+    } else {
+      out += '$';
+    }
+  }
+  return out;
+}
+
+// Applies [vars] to every string of the experiment (after bases and overrides, so a grid case or
+// --set vars.NAME=... sees the final values), then drops the table: runs record plain values.
+void apply_vars(toml::table& root, const std::string& origin) {
+  toml::table vars;
+  if (const toml::node* node = root.get("vars")) {
+    if (!node->is_table()) {
+      throw Error(detail::location(*node) + origin + ": 'vars' must be a table of strings");
+    }
+    vars = *node->as_table();
+    for (const auto& [key, value] : vars) {
+      if (!value.is_string()) {
+        throw Error(detail::location(value) + origin + ": [vars] " + std::string(key.str()) +
+                    ": expected a string");
+      }
+    }
+    root.erase("vars");
+  }
+  auto visit = [&](auto&& self, toml::node& node) -> void {
+    if (auto* text = node.as_string()) {
+      if (text->get().find('$') != std::string::npos) {
+        *text = substitute_vars(text->get(), vars, node, origin);
+      }
+    } else if (auto* table = node.as_table()) {
+      for (auto&& [key, child] : *table) self(self, child);
+    } else if (auto* array = node.as_array()) {
+      for (toml::node& child : *array) self(self, child);
+    }
+  };
+  for (auto&& [key, child] : root) visit(visit, child);
 }
 
 // Resolves the `base` chain: bases first (in order), then this table on top.
@@ -455,6 +526,7 @@ Experiment load_experiment(const fs::path& file, std::span<const Override> overr
   toml::table root =
       with_bases(parse_file(absolute), absolute.parent_path(), absolute.string(), chain);
   OverrideEffects effects = apply_overrides(root, overrides);
+  apply_vars(root, absolute.string());
   Experiment experiment =
       resolve(std::move(root), absolute.string(), absolute.parent_path(), effects, registry);
   experiment.file = absolute;
@@ -467,6 +539,7 @@ Experiment load_experiment_text(std::string_view toml_text, std::string origin,
   std::vector<fs::path> chain;
   toml::table root = with_bases(parse_text(toml_text, origin), base_dir, origin, chain);
   OverrideEffects effects = apply_overrides(root, overrides);
+  apply_vars(root, origin);
   return resolve(std::move(root), origin, base_dir, effects, registry);
 }
 

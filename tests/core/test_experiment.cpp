@@ -213,3 +213,49 @@ TEST_F(ExperimentTest, SwitchingAPluginKeepsOnlyTheOptionsTheNewPluginDeclares) 
                                        dedpo::parse_override("loss.scael=1")}),
               HasSubstr("unknown option 'scael'; did you mean 'scale'?"));
 }
+
+TEST_F(ExperimentTest, VarsAreSubstitutedEverywhereAfterBasesAndOverrides) {
+  // paths.toml is what a user edits once; the experiment only refers to its variables.
+  write_file(dir / "paths.toml", "[vars]\nname = \"from-vars\"\nmode = \"mean\"\n");
+  write_file(dir / "exp.toml", std::string("base = \"paths.toml\"\n") + R"(
+[run]
+name = "${name}-run"
+[backbone]
+plugin = "fixture_backbone"
+[data]
+plugin = "fixture_data"
+[loss]
+plugin = "fixture_loss"
+mode = "${mode}"
+[grid]
+"loss.mode" = ["${mode}", "cost$$1"]
+)");
+  dedpo::Experiment experiment = load("exp.toml");
+  EXPECT_EQ(experiment.name(), "from-vars-run");
+  EXPECT_EQ(experiment.loss->options.string("mode"), "mean");
+  EXPECT_THAT(experiment.grid_toml, HasSubstr("'mean'"));
+  EXPECT_THAT(experiment.grid_toml, HasSubstr("cost$1"));
+  EXPECT_THAT(experiment.resolved_toml, testing::Not(HasSubstr("[vars]")));
+  EXPECT_THAT(experiment.resolved_toml, testing::Not(HasSubstr("${")));
+
+  // --set vars.NAME reaches every use; an override's own text is substituted too.
+  experiment = load("exp.toml", {dedpo::parse_override("vars.mode=sum"),
+                                 dedpo::parse_override("run.name=${name}-2")});
+  EXPECT_EQ(experiment.loss->options.string("mode"), "sum");
+  EXPECT_EQ(experiment.name(), "from-vars-2");
+}
+
+TEST_F(ExperimentTest, VarErrorsNameTheFileLineAndTheKnownVariables) {
+  write_file(dir / "exp.toml", std::string(kMinimal) +
+                                   "[vars]\nmodel = \"m\"\n[train]\nprecision = \"${modle}\"\n");
+  const std::string error = error_of("exp.toml");
+  EXPECT_THAT(error, HasSubstr(path("exp.toml")));
+  EXPECT_THAT(error, HasSubstr(":14:"));
+  EXPECT_THAT(error, HasSubstr("unknown variable '${modle}'; [vars] defines model"));
+  EXPECT_THAT(error, HasSubstr("did you mean 'model'?"));
+
+  write_file(dir / "open.toml", std::string(kMinimal) + "[train]\nprecision = \"${model\"\n");
+  EXPECT_THAT(error_of("open.toml"), HasSubstr("unclosed '${'"));
+  write_file(dir / "typed.toml", std::string(kMinimal) + "[vars]\nsteps = 3\n");
+  EXPECT_THAT(error_of("typed.toml"), HasSubstr("[vars] steps: expected a string"));
+}
