@@ -15,13 +15,15 @@
 
 namespace {
 
+namespace fs = std::filesystem;
 using dedpo::test::read_file;
 using dedpo::test::run_shell;
 using dedpo::test::write_file;
 using testing::HasSubstr;
 
-TEST(ScorerPipeline, SdRunIsAnnotatedAndEvaluatedWithTinyScorers) {
-  dedpo::test::TempDir dir;
+// A tiny SD1.5 folder, a tiny scorer folder, 8 labelled PNG pairs (two prompts, images of two
+// sizes) and two prompt files in `dir`.
+void write_tiny_world(const dedpo::test::TempDir& dir) {
   const std::string root = dir.path().string();
   ASSERT_EQ(run_shell(fmt::format("'{}' '{}/sd'", DEDPO_MAKE_TINY_SD, root)).exit_code, 0);
   dedpo::scorers::write_tiny_clip_folder(dir / "clip");
@@ -36,6 +38,12 @@ TEST(ScorerPipeline, SdRunIsAnnotatedAndEvaluatedWithTinyScorers) {
   write_file(dir / "pairs.jsonl", manifest);
   write_file(dir / "photo.txt", "a cat\nthe sea\n");
   write_file(dir / "anime.json", R"(["a robot", "a girl"])");
+}
+
+TEST(ScorerPipeline, SdRunIsAnnotatedAndEvaluatedWithTinyScorers) {
+  dedpo::test::TempDir dir;
+  const std::string root = dir.path().string();
+  write_tiny_world(dir);
   write_file(dir / "exp.toml", fmt::format(R"(
 [run]
 name = "e2e"
@@ -89,6 +97,77 @@ prompts = "{0}/photo.txt"
   const auto again = nlohmann::json::parse(read_file(dir / "run" / "results.json"))["metrics"];
   for (const auto& [name, value] : trained.items()) {
     EXPECT_NEAR(again[name].get<double>(), value.get<double>(), 1e-6) << name;
+  }
+}
+
+// The paper-table shape in small: a grid of methods and annotators (human labels only, the
+// clip_score annotator, self-training on the SD backbone) lands in results.csv and summary.md
+// with the paper's column names.
+TEST(ScorerPipeline, SdGridOfMethodsAndAnnotatorsReportsThePapersColumns) {
+  dedpo::test::TempDir dir;
+  const std::string root = dir.path().string();
+  write_tiny_world(dir);
+  write_file(dir / "grid.toml", fmt::format(R"(
+[vars]
+world = "{0}"
+[run]
+name = "table"
+output = "runs"
+threads = 1
+[backbone]
+plugin = "sd15"
+path = "${{world}}/sd"
+resolution = 16
+sample_steps = 2
+guidance_scale = 1.0
+[data]
+plugin = "pairs_manifest"
+manifest = "${{world}}/pairs.jsonl"
+[annotator]
+plugin = "clip_score"
+path = "${{world}}/clip"
+[loss]
+plugin = "dedpo"
+[train]
+steps = 2
+batch_size = 4
+labelled_fraction = 0.5
+[[metrics]]
+plugin = "pickscore"
+path = "${{world}}/clip"
+prompts = "${{world}}/photo.txt"
+reference = true
+[[metrics]]
+plugin = "aesthetic"
+path = "${{world}}/clip"
+head = "${{world}}/clip/aesthetic_head.safetensors"
+prompts = "${{world}}/photo.txt"
+[grid]
+"run.seed" = [1, 2]
+[[grid.cases]]
+name = "dpo-50h"
+loss = {{ plugin = "dpo" }}
+[[grid.cases]]
+name = "dedpo-clip"
+[[grid.cases]]
+name = "dedpo-self_train"
+annotator = {{ plugin = "self_train", steps = 2, n_draws = 2 }}
+)", root));
+  auto result = run_shell(std::string("'") + DEDPO_EXECUTABLE + "' grid '" + root + "/grid.toml' --jobs 2");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const fs::path grid = dir / "runs" / "table-grid";
+  const std::string csv = read_file(grid / "results.csv");
+  for (const char* column : {"pickscore", "pickscore_ref", "aesthetic"}) {
+    EXPECT_THAT(csv, HasSubstr(column));
+  }
+  // One row per run: 3 methods x 2 seeds, each with its figures.
+  std::size_t rows = 0;
+  for (char c : csv) rows += c == '\n';
+  EXPECT_EQ(rows, 1u + 6u) << csv;
+  const std::string summary = read_file(grid / "summary.md");
+  for (const char* text : {"PS", "PS (ref)", "AS", "dpo-50h", "dedpo-clip", "dedpo-self_train", "clip_score",
+                           "self_train"}) {
+    EXPECT_THAT(summary, HasSubstr(text)) << summary;
   }
 }
 
