@@ -55,6 +55,13 @@ class FileAnnotator : public Annotator {
     const PairDataset& data = context.data;
     const std::int64_t n = data.size();
     std::map<std::string, std::int64_t> row_of_id;
+    if (by_index_ && !data.ids.empty()) {
+      // Ids are there because positions may not be the source's: skipped lines or dropped ties
+      // shift them, and values would silently land on the wrong pairs.
+      throw Error(path_.string() + ": match = \"pair\" names pairs by position, but this data "
+                                   "set names its pairs by id (skipped or dropped pairs shift "
+                                   "positions); use match = \"id\"");
+    }
     if (!by_index_) {
       if (data.ids.empty()) {
         throw Error(path_.string() + ": match = \"id\", but the data set gives its pairs no ids "

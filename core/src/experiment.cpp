@@ -81,7 +81,8 @@ std::vector<std::string> base_files(const toml::table& table, const std::string&
 // A relative path means relative to the file that wrote it, also when that file is a base.
 void resolve_paths(toml::table& table, const fs::path& base_dir) {
   auto resolve = [&](toml::node* node) {
-    if (node && node->is_string()) {
+    // A path made of variables is resolved after substitution, against the experiment file.
+    if (node && node->is_string() && node->as_string()->get().find("${") == std::string::npos) {
       fs::path path = node->as_string()->get();
       if (!path.empty() && path.is_relative()) {
         *node->as_string() = fs::weakly_canonical(base_dir / path).string();
@@ -168,6 +169,20 @@ void apply_vars(toml::table& root, const std::string& origin) {
     }
   };
   for (auto&& [key, child] : root) visit(visit, child);
+}
+
+// The resolved configuration is read back through apply_vars (resume, eval, stale-run checks):
+// a literal "$" is written as "$$" so that it reads back as itself.
+void escape_dollars(toml::node& node) {
+  if (auto* text = node.as_string()) {
+    std::string escaped;
+    for (char c : text->get()) escaped += c == '$' ? std::string("$$") : std::string(1, c);
+    *text = escaped;
+  } else if (auto* table = node.as_table()) {
+    for (auto&& [key, child] : *table) escape_dollars(child);
+  } else if (auto* array = node.as_array()) {
+    for (toml::node& child : *array) escape_dollars(child);
+  }
 }
 
 // Resolves the `base` chain: bases first (in order), then this table on top.
@@ -497,6 +512,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
     for (const PluginSlot& slot : experiment.metrics) metrics.push_back(add_slot(slot));
     resolved.insert("metrics", metrics);
   }
+  for (auto&& [key, child] : resolved) escape_dollars(child);
   std::ostringstream text;
   text << resolved;
   experiment.resolved_toml = text.str() + "\n";

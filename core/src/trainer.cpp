@@ -860,6 +860,11 @@ at::Tensor choose_labelled(const PairDataset& data, double fraction, std::uint64
 void drop_tied_pairs(PairDataset& data) {
   at::Tensor keep = data.human_label.to(at::kFloat) != 0.5f;  // NaN (no label) is kept
   if (keep.all().item<bool>()) return;
+  // Positions shift once pairs are dropped: data without ids gets its original positions as ids,
+  // so the split file and id-matched annotations keep naming the same pairs.
+  if (data.ids.empty()) {
+    for (std::int64_t i = 0; i < data.size(); ++i) data.ids.push_back(std::to_string(i));
+  }
   at::Tensor index = at::nonzero(keep).flatten();
   data.prompt_index = data.prompt_index.index_select(0, index);
   data.a = data.a.index_select(0, index);
@@ -1336,10 +1341,11 @@ std::vector<std::pair<std::string, double>> evaluate_run(const fs::path& run_dir
                                                registry);
   if (experiment.metrics.empty()) throw Error(dir.string() + ": the experiment has no [[metrics]]");
   RunLog log(dir / kLogFile);
-  log.line("eval: evaluating " + std::string(kWeightsFile));
+  log.line("eval: evaluating the trained model of the final checkpoint");
 
-  // The backbone as the run had it (reference = the run's initial weights), with the trained
-  // weights copied into its model from a second backbone that loaded them.
+  // The backbone as the run had it (reference = the run's initial weights), its model restored
+  // from the final checkpoint: exact for every backbone (LoRA adapters included) and, with EMA,
+  // the averaged weights the run evaluated and saved.
   InitInfo init = resolve_init(experiment, registry, log);
   BackboneContext context;
   context.cache_dir = cache_dir(experiment) / "backbone";
@@ -1348,18 +1354,31 @@ std::vector<std::pair<std::string, double>> evaluate_run(const fs::path& run_dir
   std::shared_ptr<Backbone> backbone = create_backbone(experiment, registry);
   backbone->prepare(context);
   {
-    std::shared_ptr<Backbone> trained = create_backbone(experiment, registry);
-    BackboneContext trained_context = context;
-    trained_context.initial_weights = dir / kWeightsFile;
-    trained->prepare(trained_context);
-    auto targets = backbone->model().named_parameters();
-    at::NoGradGuard no_grad;
-    for (const auto& item : trained->model().named_parameters()) {
-      at::Tensor* target = targets.find(item.key());
-      if (!target || target->sizes() != item.value().sizes()) {
-        throw Error(dir.string() + ": trained weights do not fit the backbone at '" + item.key() + "'");
+    const fs::path checkpoint = latest_checkpoint(dir);
+    if (checkpoint.empty()) throw Error(dir.string() + ": no final checkpoint in " + kCheckpointDir);
+    torch::serialize::InputArchive archive;
+    archive.load_from(checkpoint.string());
+    torch::serialize::InputArchive model;
+    archive.read("model", model);
+    backbone->model().load(model);
+    c10::IValue ema_count;
+    archive.read("ema_count", ema_count);
+    if (ema_count.toInt() > 0) {
+      // The trainer's EMA tensors follow its trainable parameters in model() order.
+      std::vector<at::Tensor> trainable;
+      for (const at::Tensor& p : backbone->model().parameters()) {
+        if (p.requires_grad()) trainable.push_back(p);
       }
-      target->copy_(item.value());
+      if (static_cast<std::int64_t>(trainable.size()) != ema_count.toInt()) {
+        throw Error(checkpoint.string() + ": holds " + std::to_string(ema_count.toInt()) +
+                    " EMA tensors for " + std::to_string(trainable.size()) + " trainable parameters");
+      }
+      at::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < trainable.size(); ++i) {
+        at::Tensor average;
+        archive.read("ema" + std::to_string(i), average, true);
+        trainable[i].copy_(average);
+      }
     }
   }
 
@@ -1368,6 +1387,7 @@ std::vector<std::pair<std::string, double>> evaluate_run(const fs::path& run_dir
     std::shared_ptr<Dataset> dataset = registry.create<Dataset>(experiment.data->plugin, experiment.data->options);
     DatasetContext data_context{*backbone, cache_dir(experiment) / "data", experiment.seed()};
     pairs = dataset->pairs(data_context);
+    if (TrainSettings(experiment.train).drop_ties) drop_tied_pairs(*pairs);  // as the run did
   }
   std::vector<std::shared_ptr<Metric>> metrics;
   for (const PluginSlot& slot : experiment.metrics) {

@@ -243,6 +243,18 @@ mode = "${mode}"
                                  dedpo::parse_override("run.name=${name}-2")});
   EXPECT_EQ(experiment.loss->options.string("mode"), "sum");
   EXPECT_EQ(experiment.name(), "from-vars-2");
+
+  // A path made of variables is relative to the experiment file; "$$" survives the round trip
+  // through the resolved configuration that resumed runs read back.
+  experiment = load("exp.toml", {dedpo::parse_override("vars.out=results"),
+                                 dedpo::parse_override("run.output=${out}/runs"),
+                                 dedpo::parse_override("loss.mode=a$$b")});
+  EXPECT_EQ(experiment.run.string("output"), path("results/runs"));
+  EXPECT_EQ(experiment.loss->options.string("mode"), "a$b");
+  dedpo::Experiment again =
+      dedpo::load_experiment_text(experiment.resolved_toml, "resolved", dir.path(), {}, registry);
+  EXPECT_EQ(again.loss->options.string("mode"), "a$b");
+  EXPECT_EQ(again.resolved_toml, experiment.resolved_toml);
 }
 
 TEST_F(ExperimentTest, VarErrorsNameTheFileLineAndTheKnownVariables) {
