@@ -60,7 +60,7 @@ sd::UNetConditioning Sd15Backbone::unet_conditioning(const at::Tensor& rows, con
   return {rows, std::nullopt};
 }
 
-std::vector<const torch::nn::Module*> Sd15Backbone::text_modules() const { return {text_encoder_.get()}; }
+std::vector<torch::nn::Module*> Sd15Backbone::text_modules() { return {text_encoder_.get()}; }
 
 std::string Sd15Backbone::text_options_fingerprint() const { return "clip_skip=" + std::to_string(clip_skip_) + "\n"; }
 

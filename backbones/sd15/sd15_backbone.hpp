@@ -23,7 +23,7 @@ class Sd15Backbone : public sd::DiffusionBackbone {
   void load_text(const std::filesystem::path& folder, const sd::UNet2DConditionConfig& unet) override;
   at::Tensor encode_text(const std::vector<std::string>& prompts) override;
   sd::UNetConditioning unet_conditioning(const at::Tensor& rows, const at::Tensor& info) const override;
-  std::vector<const torch::nn::Module*> text_modules() const override;
+  std::vector<torch::nn::Module*> text_modules() override;
   std::string text_options_fingerprint() const override;
 
  private:

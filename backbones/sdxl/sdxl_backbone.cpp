@@ -131,7 +131,7 @@ sd::UNetConditioning SdxlBackbone::unet_conditioning(const at::Tensor& rows, con
           sd::UNetAddedCond{rows.select(1, sequence_length_).slice(1, 0, pooled_dim_), time_ids}};
 }
 
-std::vector<const torch::nn::Module*> SdxlBackbone::text_modules() const {
+std::vector<torch::nn::Module*> SdxlBackbone::text_modules() {
   return {text_encoder_.get(), text_encoder_2_.get()};
 }
 

@@ -46,7 +46,7 @@ class SdxlBackbone : public sd::DiffusionBackbone {
   at::Tensor encode_text(const std::vector<std::string>& prompts) override;
   at::Tensor unconditional_row() override;
   sd::UNetConditioning unet_conditioning(const at::Tensor& rows, const at::Tensor& info) const override;
-  std::vector<const torch::nn::Module*> text_modules() const override;
+  std::vector<torch::nn::Module*> text_modules() override;
   std::string text_options_fingerprint() const override;
 
  private:

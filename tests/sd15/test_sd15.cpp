@@ -172,6 +172,17 @@ TEST(Sd15, ClipSkipChangesConditioning) {
   EXPECT_FALSE(at::allclose(a->encode_prompts({"a dog"}), b->encode_prompts({"a dog"})));
 }
 
+// sd15's own text path (final layer norm after clip_skip) with a bf16 text encoder: within 2%
+// (bf16's 8-bit mantissa rounds each value by <= 0.2%), rows in float32.
+TEST(Sd15, Bfloat16TextEncoderAgreesWithFloat32) {
+  auto f32 = make("clip_skip = 1");
+  auto bf16 = make("clip_skip = 1\nfrozen_dtype = \"bfloat16\"");
+  const at::Tensor rows = bf16->encode_prompts({"a dog"}), rows_f32 = f32->encode_prompts({"a dog"});
+  ASSERT_EQ(rows.scalar_type(), at::kFloat);
+  EXPECT_FALSE(at::equal(rows, rows_f32));
+  EXPECT_LT((rows - rows_f32).norm().item<double>() / rows_f32.norm().item<double>(), 2e-2);
+}
+
 TEST(Sd15, DpoStepsMoveModelNotReferenceAndSaveReloads) {
   auto b = make();
   const dedpo::DenoisingErrors before = errors(*b);

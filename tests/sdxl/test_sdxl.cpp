@@ -200,6 +200,8 @@ TEST(Sdxl, OptionsAreCheckedWhenConstructed) {
   EXPECT_THAT(error("reference_device = \"gpu\""), HasSubstr("reference_device"));
   EXPECT_THAT(error("reference_device = \"cpu\"\nlora_rank = 4"), HasSubstr("no effect with LoRA"));
   EXPECT_THAT(error("gradient_checkpointing = 1"), HasSubstr("gradient_checkpointing"));
+  EXPECT_THAT(error("gradient_checkpointing = true\nlora_rank = 4"), HasSubstr("not supported with LoRA"));
+  EXPECT_THAT(error("frozen_dtype = \"float16\""), HasSubstr("frozen_dtype"));
   EXPECT_EQ(error("reference_device = \"cpu\"\ngradient_checkpointing = true"), "(no error)");
 }
 
@@ -378,6 +380,68 @@ TEST(Sdxl, ReferenceOnCpuIsTheSameReference) {
   expect_close(e.ref_a, p.ref_a);
   expect_close(e.model_b, p.model_b);
   EXPECT_TRUE(dynamic_cast<dedpo::sd::DiffusionBackbone&>(*b).reference_unet()->parameters().front().is_cpu());
+}
+
+// ‖x - y‖ / ‖y‖.
+double relative_error(const at::Tensor& x, const at::Tensor& y) {
+  return (x - y).norm().item<double>() / y.norm().item<double>();
+}
+
+int64_t parameter_bytes(torch::nn::Module& m) {
+  int64_t bytes = 0;
+  for (const at::Tensor& p : m.parameters()) bytes += p.numel() * p.element_size();
+  return bytes;
+}
+
+TEST(Sdxl, Bfloat16FrozenModulesHalveTheirMemoryAndAgreeWithFloat32) {
+  auto full = make();
+  auto halved = make("frozen_dtype = \"bfloat16\"");
+  auto& f = dynamic_cast<dedpo::sd::DiffusionBackbone&>(*full);
+  auto& h = dynamic_cast<dedpo::sd::DiffusionBackbone&>(*halved);
+  // Both text encoders, the VAE and the reference UNet; the trainable UNet stays float32.
+  ASSERT_EQ(h.frozen_modules().size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i) {
+    for (const at::Tensor& p : h.frozen_modules()[i]->parameters()) ASSERT_EQ(p.scalar_type(), at::kBFloat16);
+    EXPECT_EQ(2 * parameter_bytes(*h.frozen_modules()[i]), parameter_bytes(*f.frozen_modules()[i]));
+  }
+  for (const at::Tensor& p : h.model().parameters()) ASSERT_EQ(p.scalar_type(), at::kFloat);
+
+  // bf16 keeps 8 significant bits (relative rounding error <= 2^-9 = 0.2% per value); a few layers
+  // of rounding stay within 2%. Outputs come back as float32.
+  const std::vector<std::string> prompts = {"a photo of a cat", "a red dog"};
+  const at::Tensor rows = halved->encode_prompts(prompts), rows_f32 = full->encode_prompts(prompts);
+  ASSERT_EQ(rows.scalar_type(), at::kFloat);
+  EXPECT_FALSE(at::equal(rows, rows_f32));
+  EXPECT_LT(relative_error(rows, rows_f32), 2e-2);
+  const at::Tensor images = at::randint(0, 256, {2, 16, 16, 3}, gen(4), at::TensorOptions().dtype(at::kByte));
+  const at::Tensor latents = halved->encode_images(images), latents_f32 = full->encode_images(images);
+  ASSERT_EQ(latents.scalar_type(), at::kFloat);
+  EXPECT_LT(relative_error(latents, latents_f32), 2e-2);
+  const at::Tensor decoded = halved->decode_samples(latents_f32), decoded_f32 = full->decode_samples(latents_f32);
+  EXPECT_LT(relative_error(decoded.to(at::kFloat), decoded_f32.to(at::kFloat)), 2e-2);
+  EXPECT_NE(halved->encoder_fingerprint(), full->encoder_fingerprint());  // cached latents differ
+
+  // The same float32 batch through both: the trainable pass is untouched, the reference within 2%.
+  dedpo::PairBatch pairs = batch(*full);
+  const dedpo::DenoisingErrors e = errors(*halved, pairs), e_f32 = errors(*full, pairs);
+  expect_close(e.model_a, e_f32.model_a);
+  EXPECT_LT(relative_error(at::cat({e.ref_a, e.ref_b}), at::cat({e_f32.ref_a, e_f32.ref_b})), 2e-2);
+  // Sampling from the reference: guidance u + 5·(c - u) scales the difference up to 5×, over 3 steps.
+  at::Generator g1 = gen(21), g2 = gen(21);
+  const at::Tensor sampled = halved->sample(pairs.condition, g1, true);
+  EXPECT_LT(relative_error(sampled, full->sample(pairs.condition, g2, true)), 1e-1);
+
+  const auto params = snapshot(halved->model());
+  dedpo_steps(*halved, 2);
+  EXPECT_TRUE(changed(halved->model(), params));
+  expect_close(errors(*halved, pairs).ref_a, e.ref_a);
+
+  // With LoRA the reference is the trainable UNet itself: only the encoders and the VAE change.
+  auto lora = make("lora_rank = 2\nfrozen_dtype = \"bfloat16\"");
+  auto& l = dynamic_cast<dedpo::sd::DiffusionBackbone&>(*lora);
+  EXPECT_EQ(l.frozen_modules().size(), 3u);
+  EXPECT_EQ(l.unet()->parameters().front().scalar_type(), at::kFloat);
+  expect_close(errors(*lora, pairs).ref_a, e_f32.ref_a);
 }
 
 TEST(Sdxl, SeparateVaeFolderReplacesThePipelines) {

@@ -114,7 +114,10 @@ ClipTextOutput ClipTextTransformerImpl::forward(const at::Tensor& input_ids, con
   ClipTextOutput out;
   at::Tensor h = embeddings->forward(input_ids);  // [B, S, C]
   const int64_t s = h.size(1);
-  const double lowest = std::numeric_limits<float>::lowest();
+  // diffusers' torch.finfo(dtype).min: float's lowest overflows a bfloat16 mask.
+  const double lowest = h.scalar_type() == at::kBFloat16
+                            ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
+                            : std::numeric_limits<float>::lowest();
   at::Tensor mask = at::full({s, s}, lowest, h.options()).triu(1);  // causal: [S, S]
   if (attention_mask) {
     const at::Tensor keep = attention_mask->to(h.scalar_type()).view({h.size(0), 1, 1, s});  // [B, 1, 1, S]

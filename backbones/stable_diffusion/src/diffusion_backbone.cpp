@@ -73,6 +73,13 @@ class ModuleOnDevice {
   bool moved_ = false;
 };
 
+// The UNet's inputs in the reference's storage dtype (the timestep embedding follows `x`).
+UNetConditioning conditioning_in(const UNetConditioning& conditioning, at::ScalarType dtype) {
+  UNetConditioning out{conditioning.context.to(dtype), conditioning.added};
+  if (out.added) out.added->text_embeds = out.added->text_embeds.to(dtype);
+  return out;
+}
+
 std::string tensor_digest(const at::Tensor& tensor) {
   const at::Tensor value = tensor.detach().cpu().contiguous();
   return digest(std::string_view(static_cast<const char*>(value.data_ptr()), value.numel() * value.element_size()));
@@ -109,6 +116,17 @@ void freeze(torch::nn::Module& module) {
   module.eval();
 }
 
+void store_in(torch::nn::Module& module, at::ScalarType dtype) {
+  // Not Module::to(dtype): it would convert integer buffers too.
+  at::NoGradGuard no_grad;
+  for (at::Tensor& tensor : module.parameters()) {
+    if (tensor.is_floating_point()) tensor.set_data(tensor.to(dtype));
+  }
+  for (at::Tensor& tensor : module.buffers()) {
+    if (tensor.is_floating_point()) tensor.set_data(tensor.to(dtype));
+  }
+}
+
 bool pipeline_flag(const fs::path& folder, const std::string& key, bool fallback) {
   return detail::Config::file(folder / "model_index.json").get<bool>(key, fallback);
 }
@@ -119,6 +137,7 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
       vae_path_(options.string("vae")),
       prediction_type_(options.string("prediction_type")),
       dtype_(options.string("dtype")),
+      frozen_dtype_(at::kFloat),
       lora_rank_(options.integer("lora_rank")),
       lora_alpha_(0),
       lora_targets_(split_list(options.string("lora_targets"))),
@@ -134,6 +153,11 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
   if (dtype_ != "float32" && dtype_ != "bfloat16") {
     options.fail("dtype", "expected \"float32\" or \"bfloat16\" (float16 has no CPU autocast)");
   }
+  const std::string& frozen_dtype = options.string("frozen_dtype");
+  if (frozen_dtype != "float32" && frozen_dtype != "bfloat16") {
+    options.fail("frozen_dtype", "expected \"float32\" or \"bfloat16\"");
+  }
+  if (frozen_dtype == "bfloat16") frozen_dtype_ = at::kBFloat16;
 #if TORCH_VERSION_MAJOR < 2
   // LibTorch 1.13's CPU autocast leaves group_norm out of its float32 list: bfloat16 conv outputs
   // then meet float32 GroupNorm weights and the forward fails.
@@ -157,6 +181,13 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     options.fail("reference_device",
                  "\"cpu\" has no effect with LoRA (lora_rank > 0): the reference is the same UNet with the adapters "
                  "off, there is no second copy to move");
+  }
+  if (gradient_checkpointing_ && lora_rank_ > 0) {
+    // The checkpointed blocks recompute with the frozen base weights: the adapters, bound to the
+    // Linear layers only around the forward, would receive no gradient.
+    options.fail("gradient_checkpointing",
+                 "is not supported with LoRA (lora_rank > 0) yet: the adapters would get no gradient; "
+                 "use full fine-tuning with checkpointing, or LoRA without it");
   }
   if (sampler_ != "ddim" && sampler_ != "euler") options.fail("sampler", "expected \"ddim\" or \"euler\"");
   if (sample_steps_ < 1) options.fail("sample_steps", "expected an integer >= 1");
@@ -200,6 +231,7 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
   const UNet2DConditionConfig unet_config = UNet2DConditionConfig::from_file(path_ / "unet" / "config.json");
   // The text side first: a text encoder that does not fit the UNet fails before its weights load.
   load_text(path_, unet_config);
+  for (torch::nn::Module* module : text_modules()) store_in(*module, frozen_dtype_);
   unet_ = UNet2DConditionModel(unet_config);
   load_component(*unet_, component_weights_file(path_ / "unet", "diffusion_pytorch_model", name_), name_, "UNet");
   if (!context.initial_weights.empty()) load_component(*unet_, context.initial_weights, name_, "initial UNet weights");
@@ -209,6 +241,7 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
   load_component(*vae_, component_weights_file(vae_folder, "diffusion_pytorch_model", name_), name_,
                  vae_path_.empty() ? "VAE" : "VAE of option 'vae'");
   freeze(*vae_);
+  store_in(*vae_, frozen_dtype_);
   if (vae_->config().latent_channels != unet_->config().in_channels) {
     fail("the VAE (" + vae_folder.string() + ") has " + std::to_string(vae_->config().latent_channels) +
          " latent channels but the UNet takes in_channels = " + std::to_string(unet_->config().in_channels));
@@ -246,6 +279,7 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
       for (auto& item : reference_->named_buffers()) item.value().copy_(src_buffers[item.key()]);
     }
     freeze(*reference_);
+    store_in(*reference_, frozen_dtype_);
     unet_->train();
   }
   unet_->set_gradient_checkpointing(gradient_checkpointing_);
@@ -253,14 +287,23 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
   encoder_fingerprint_ = compute_encoder_fingerprint();
 }
 
-std::string DiffusionBackbone::compute_encoder_fingerprint() const {
+std::vector<torch::nn::Module*> DiffusionBackbone::frozen_modules() {
+  require_prepared("frozen_modules()");
+  std::vector<torch::nn::Module*> modules = text_modules();
+  modules.push_back(vae_.get());
+  if (reference_) modules.push_back(reference_.get());
+  return modules;
+}
+
+std::string DiffusionBackbone::compute_encoder_fingerprint() {
   // Weights by value (a fine-tuned VAE with the same architecture gets another key), the text
   // parts' configs and vocabularies (*.json, *.txt; not the weight files of other frameworks that
   // hub folders also hold), and every option that changes what encode_images() / encode_prompts()
   // return.
-  std::string key = name_ + "-encoders\nresolution=" + std::to_string(resolution_) + "\ndtype=" + dtype_ + "\n" +
+  std::string key = name_ + "-encoders\nresolution=" + std::to_string(resolution_) + "\ndtype=" + dtype_ +
+                    "\nfrozen_dtype=" + std::string(c10::toString(frozen_dtype_)) + "\n" +
                     text_options_fingerprint();
-  std::vector<const torch::nn::Module*> modules = text_modules();
+  std::vector<torch::nn::Module*> modules = text_modules();
   modules.insert(modules.begin(), vae_.get());
   for (const torch::nn::Module* module : modules) {
     for (const auto& item : module->named_parameters()) key += item.key() + "=" + tensor_digest(item.value()) + "\n";
@@ -369,7 +412,8 @@ at::Tensor DiffusionBackbone::run_unet(const at::Tensor& x, const at::Tensor& t,
   // reference_device = "cpu": the copy visits the batch's device for this pass only.
   std::optional<ModuleOnDevice> visit;
   if (reference_on_cpu_) visit.emplace(*reference_, x.device());
-  return reference_->forward(x, t, conditioning.context, conditioning.added).to(at::kFloat);
+  const UNetConditioning inputs = conditioning_in(conditioning, frozen_dtype_);
+  return reference_->forward(x.to(frozen_dtype_), t, inputs.context, inputs.added).to(at::kFloat);
 }
 
 at::Tensor DiffusionBackbone::target(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t) const {
@@ -522,7 +566,7 @@ at::Tensor DiffusionBackbone::encode_images(const at::Tensor& images) {
   compat::CpuAutocast autocast(bfloat16(), at::kBFloat16);
   // uint8 [0, 255] -> [-1, 1], channels first. The posterior mean, not a draw: cached latents
   // stay deterministic (the draw's noise is ~1e-2 of the latent scale for SD VAEs).
-  const at::Tensor x = images.permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0;
+  const at::Tensor x = (images.permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0).to(frozen_dtype_);
   return (vae_->encode(x).mean * vae_->config().scaling_factor).to(at::kFloat);
 }
 
@@ -535,7 +579,8 @@ at::Tensor DiffusionBackbone::decode_samples(const at::Tensor& samples) const {
   at::NoGradGuard no_grad;
   compat::CpuAutocast autocast(bfloat16(), at::kBFloat16);
   AutoencoderKL vae = vae_;  // the holder's forward is not const
-  const at::Tensor x = vae->decode(samples.to(at::kFloat) / vae->config().scaling_factor).to(at::kFloat);
+  const at::Tensor latents = (samples.to(at::kFloat) / vae->config().scaling_factor).to(frozen_dtype_);
+  const at::Tensor x = vae->decode(latents).to(at::kFloat);
   // [-1, 1] -> uint8 [N, H, W, C]
   return ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();
 }

@@ -38,6 +38,9 @@
    "\"auto\" (the scheduler config's), \"epsilon\" or \"v_prediction\"."},                                       \
   {"dtype", ::dedpo::OptionType::string, "\"float32\"",                                                          \
    "Compute dtype: \"float32\", or \"bfloat16\" (CPU autocast; weights stay float32)."},                         \
+  {"frozen_dtype", ::dedpo::OptionType::string, "\"float32\"",                                                   \
+   "Storage dtype of the frozen modules (text encoders, VAE, the reference UNet of full fine-tuning): "          \
+   "\"float32\" or \"bfloat16\" (half their memory; the trainable UNet stays float32)."},                        \
   {"lora_rank", ::dedpo::OptionType::integer, "0", "0 = full fine-tuning of the UNet; > 0 = LoRA rank."},        \
   {"lora_alpha", ::dedpo::OptionType::real_or_string, "\"rank\"",                                                \
    "LoRA alpha (scale = alpha / rank); \"rank\" = scale 1."},                                                    \
@@ -110,6 +113,8 @@ class DiffusionBackbone : public Backbone {
   UNet2DConditionModel& reference_unet() { return reference_; }  // null with LoRA
   AutoencoderKL& vae() { return vae_; }
   const std::vector<LoraLayer>& lora_layers() const { return lora_; }
+  // The modules stored in frozen_dtype: text encoders, VAE, and the reference UNet when there is one.
+  std::vector<torch::nn::Module*> frozen_modules();
   int64_t latent_size() const;  // resolution / VAE scale factor
 
  protected:
@@ -120,15 +125,16 @@ class DiffusionBackbone : public Backbone {
   // Loads tokenizers and text encoders from `folder`; throws dedpo::Error (fail()) when they do
   // not fit `unet` (e.g. hidden size against cross_attention_dim).
   virtual void load_text(const std::filesystem::path& folder, const UNet2DConditionConfig& unet) = 0;
-  // Conditioning rows [P, ...] of `prompts`, float32; called without gradient, in the compute dtype.
+  // Conditioning rows [P, ...] of `prompts`; called without gradient, in the compute dtype. The
+  // text modules hold frozen_dtype weights, so rows may come back in it; the caller casts to float32.
   virtual at::Tensor encode_text(const std::vector<std::string>& prompts) = 0;
   // The unconditional row of classifier-free guidance, [1, ...]. Default: encode_prompts({""}).
   virtual at::Tensor unconditional_row();
   // Rows [N, ...] of encode_prompts() and per-sample side information (PairBatch::a_info,
   // undefined when there is none) -> the UNet's inputs.
   virtual UNetConditioning unet_conditioning(const at::Tensor& rows, const at::Tensor& info) const = 0;
-  // The text encoders (their weights key encoder_fingerprint()).
-  virtual std::vector<const torch::nn::Module*> text_modules() const = 0;
+  // The text encoders (their weights key encoder_fingerprint(); prepare() stores them in frozen_dtype).
+  virtual std::vector<torch::nn::Module*> text_modules() = 0;
   // Options of the plugin that change encode_prompts(), as "key=value\n" lines (fingerprint).
   virtual std::string text_options_fingerprint() const = 0;
 
@@ -145,7 +151,7 @@ class DiffusionBackbone : public Backbone {
                       bool reference);
   at::Tensor target(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t) const;
   void setup_lora(std::uint64_t seed);
-  std::string compute_encoder_fingerprint() const;
+  std::string compute_encoder_fingerprint();
 
   std::string name_;
   // Options.
@@ -153,6 +159,7 @@ class DiffusionBackbone : public Backbone {
   std::filesystem::path vae_path_;  // empty = path_/vae
   std::string prediction_type_;     // "auto" | "epsilon" | "v_prediction"
   std::string dtype_;               // "float32" | "bfloat16"
+  at::ScalarType frozen_dtype_;     // kFloat | kBFloat16
   int64_t lora_rank_;
   double lora_alpha_;
   std::vector<std::string> lora_targets_;
@@ -187,6 +194,8 @@ void load_component(torch::nn::Module& module, const std::filesystem::path& file
                     const std::string& what);
 // No gradients, eval mode.
 void freeze(torch::nn::Module& module);
+// Converts the floating-point parameters and buffers of `module` to `dtype` in place.
+void store_in(torch::nn::Module& module, at::ScalarType dtype);
 // A boolean of `folder`/model_index.json (the pipeline's own config, e.g. SDXL's
 // force_zeros_for_empty_prompt); `fallback` when the key is absent or null.
 bool pipeline_flag(const std::filesystem::path& folder, const std::string& key, bool fallback);
