@@ -23,9 +23,15 @@
 #include "dedpo/registry.hpp"
 #include "dedpo/safetensors.hpp"
 #include "dedpo/sd/diffusion_backbone.hpp"
+#include "module_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
+
+using dedpo::test::changed;
+using dedpo::test::expect_close;
+using dedpo::test::gen;
+using dedpo::test::snapshot;
 namespace fs = std::filesystem;
 using dedpo::Backbone;
 
@@ -67,8 +73,6 @@ std::shared_ptr<Backbone> make(const std::string& extra = "", const fs::path& fo
   return b;
 }
 
-at::Generator gen(std::uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
-
 dedpo::PairBatch batch(Backbone& b) {
   at::Generator g = gen(11);
   dedpo::PairBatch out;
@@ -81,24 +85,6 @@ dedpo::PairBatch batch(Backbone& b) {
 dedpo::DenoisingErrors errors(Backbone& b, std::uint64_t seed = 7, bool with_reference = true) {
   at::Generator g = gen(seed);
   return b.denoising_errors(batch(b), g, with_reference);
-}
-
-void expect_close(const at::Tensor& x, const at::Tensor& y, double tol = 1e-6) {
-  ASSERT_EQ(x.sizes(), y.sizes());
-  EXPECT_TRUE(at::allclose(x, y, tol, tol)) << x << "\n" << y;
-}
-
-std::map<std::string, at::Tensor> snapshot(torch::nn::Module& m) {
-  std::map<std::string, at::Tensor> out;
-  for (const auto& item : m.named_parameters()) out[item.key()] = item.value().detach().clone();
-  return out;
-}
-
-bool changed(torch::nn::Module& m, const std::map<std::string, at::Tensor>& before) {
-  for (const auto& item : m.named_parameters()) {
-    if (!at::equal(item.value().detach(), before.at(item.key()))) return true;
-  }
-  return false;
 }
 
 // A few Diffusion-DPO steps with the `dpo` loss plugin and AdamW.

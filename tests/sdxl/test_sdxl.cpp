@@ -25,9 +25,15 @@
 #include "dedpo/sd/diffusion_backbone.hpp"
 #include "dedpo/sd/tokenizer.hpp"
 #include "dedpo/sd/unet.hpp"
+#include "module_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
+
+using dedpo::test::changed;
+using dedpo::test::expect_close;
+using dedpo::test::gen;
+using dedpo::test::snapshot;
 namespace fs = std::filesystem;
 using dedpo::Backbone;
 using testing::HasSubstr;
@@ -99,8 +105,6 @@ std::string make_error(const std::string& extra, const fs::path& folder, const s
   return "(no error)";
 }
 
-at::Generator gen(std::uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
-
 // (original height, width, crop top, crop left) per image.
 at::Tensor info(std::initializer_list<float> row, int64_t n = 2) {
   return at::tensor(std::vector<float>(row)).reshape({1, 4}).expand({n, 4}).contiguous();
@@ -120,24 +124,6 @@ dedpo::PairBatch batch(Backbone& b, int64_t pairs = 2) {
 dedpo::DenoisingErrors errors(Backbone& b, const dedpo::PairBatch& pairs, std::uint64_t seed = 7) {
   at::Generator g = gen(seed);
   return b.denoising_errors(pairs, g, true);
-}
-
-void expect_close(const at::Tensor& x, const at::Tensor& y, double tol = 1e-6) {
-  ASSERT_EQ(x.sizes(), y.sizes());
-  EXPECT_TRUE(at::allclose(x, y, tol, tol)) << x << "\n" << y;
-}
-
-std::map<std::string, at::Tensor> snapshot(torch::nn::Module& m) {
-  std::map<std::string, at::Tensor> out;
-  for (const auto& item : m.named_parameters()) out[item.key()] = item.value().detach().clone();
-  return out;
-}
-
-bool changed(torch::nn::Module& m, const std::map<std::string, at::Tensor>& before) {
-  for (const auto& item : m.named_parameters()) {
-    if (!at::equal(item.value().detach(), before.at(item.key()))) return true;
-  }
-  return false;
 }
 
 // A few DeDPO steps (the `dedpo` loss plugin, AdamW) on 4 pairs: 2 human-labelled, 2 labelled by
