@@ -87,6 +87,16 @@ prompts = "{0}/photo.txt"
 )", root, backbone_extra, train_extra);
 }
 
+// `dedpo eval` of the finished run in `dir`/run gives back the figures the run wrote.
+void expect_eval_reproduces(const dedpo::test::TempDir& dir, const nlohmann::json& trained) {
+  auto result = run_shell(std::string("'") + DEDPO_EXECUTABLE + "' eval '" + (dir / "run").string() + "'");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto again = nlohmann::json::parse(read_file(dir / "run" / "results.json"))["metrics"];
+  for (const auto& [name, value] : trained.items()) {
+    EXPECT_NEAR(again[name].get<double>(), value.get<double>(), 1e-6) << name;
+  }
+}
+
 TEST(ScorerPipeline, SdRunIsAnnotatedAndEvaluatedWithTinyScorers) {
   dedpo::test::TempDir dir;
   const std::string root = dir.path().string();
@@ -101,12 +111,7 @@ TEST(ScorerPipeline, SdRunIsAnnotatedAndEvaluatedWithTinyScorers) {
     ASSERT_TRUE(trained.contains(name)) << name << "\n" << result.output;
   }
 
-  result = run_shell(dedpo + "eval '" + root + "/run'");
-  ASSERT_EQ(result.exit_code, 0) << result.output;
-  const auto again = nlohmann::json::parse(read_file(dir / "run" / "results.json"))["metrics"];
-  for (const auto& [name, value] : trained.items()) {
-    EXPECT_NEAR(again[name].get<double>(), value.get<double>(), 1e-6) << name;
-  }
+  expect_eval_reproduces(dir, trained);
 }
 
 // `dedpo eval` restores what the run trained, also when that is LoRA adapters averaged by EMA:
@@ -123,12 +128,7 @@ TEST(ScorerPipeline, EvalOfALoraRunWithEmaReproducesItsFigures) {
   // Training moved the model: its PickScore differs from the reference's on the same seeds.
   ASSERT_TRUE(trained.contains("pickscore") && trained.contains("pickscore_ref"));
   EXPECT_NE(trained["pickscore"].get<double>(), trained["pickscore_ref"].get<double>());
-  result = run_shell(dedpo + "eval '" + root + "/run'");
-  ASSERT_EQ(result.exit_code, 0) << result.output;
-  const auto again = nlohmann::json::parse(read_file(dir / "run" / "results.json"))["metrics"];
-  for (const auto& [name, value] : trained.items()) {
-    EXPECT_NEAR(again[name].get<double>(), value.get<double>(), 1e-6) << name;
-  }
+  expect_eval_reproduces(dir, trained);
 }
 
 // The paper-table shape in small: a grid of methods and annotators (human labels only, the
