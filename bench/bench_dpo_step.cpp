@@ -80,7 +80,7 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     g_count->attention += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
   } else if (name == "aten::_scaled_dot_product_flash_attention" || name == "aten::_scaled_dot_product_efficient_attention" ||
              name == "aten::_scaled_dot_product_flash_attention_for_cpu") {
-    // LibTorch 2.x fused attention (compat::attention), q: [B, H, Sq, D], k: [B, H, Sk, D]: q·kᵀ and probs·v
+    // Fused attention (scaled_attention), q: [B, H, Sq, D], k: [B, H, Sk, D]: q·kᵀ and probs·v
     const auto q = sizes(0), k = sizes(1);
     g_count->attention += 4.0 * q[0] * q[1] * static_cast<double>(q[2]) * static_cast<double>(k[2]) * q[3];
   }

@@ -4,6 +4,7 @@
 // predictor's image tower, CLIP score) or ViT-H/14 (PickScore, HPSv2). Measures 512×512 uint8
 // images -> preprocessing -> image embeddings, and prompts -> text embeddings, in batches of 8.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 

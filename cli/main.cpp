@@ -25,6 +25,7 @@
 #include "dedpo/registry.hpp"
 #include "dedpo/runner.hpp"
 #include "dedpo/trainer.hpp"
+#include "environment.hpp"
 
 namespace fs = std::filesystem;
 namespace po = boost::program_options;
@@ -34,6 +35,7 @@ namespace {
 constexpr const char* kUsage = R"(usage: dedpo <command> [options]
 
 commands:
+  env                          the LibTorch build and libraries this program loaded, devices, CPU
   plugins                      list the loaded plugins, grouped by kind
   plugins show NAME            a plugin's options (types, defaults, help); also run|train|eval|init
   validate EXP.toml [--set K=V]...
@@ -363,6 +365,10 @@ int main(int argc, char** argv) {
   dedpo::PluginRegistry registry;
   try {
     registry.load_default_locations();
+    if (command == "env") {
+      dedpo::cli::print_environment(std::cout);
+      return 0;
+    }
     if (command == "plugins") return command_plugins(args, registry);
     if (command == "validate") return command_validate(args, registry);
     if (command == "run") return command_run(args, registry);

@@ -1,9 +1,29 @@
 #!/usr/bin/env bash
-# Installs the Debian packages dedpo builds against, only those that are missing (idempotent).
+# Installs what dedpo builds against, only what is missing (idempotent):
+#   - Debian's -dev packages for everything but LibTorch;
+#   - a git-ignored Python environment .venv/ holding the pinned PyTorch wheel, whose LibTorch (a CUDA
+#     build that also runs on machines without a GPU) the build links against.
+# `--bench` also installs the Python reference stack the benchmarks compare against (never needed by
+# the tests).
 set -euo pipefail
-packages=(build-essential cmake ccache libtorch-dev libboost-dev libboost-program-options-dev
-          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev libgloo-dev
-          libopenblas0-openmp)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# torch 2.11.0 is built against CUDA 13.0, the toolkit of the project's machines and of the GPU
+# machines it is checked on; a newer wheel would need a newer toolkit for its headers.
+torch_pin="torch==2.11.0"
+venv=${DEDPO_VENV:-$root/.venv}
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    *) echo "setup: unknown argument '$arg' (expected --bench)" >&2; exit 2 ;;
+  esac
+done
+
+packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
+          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev)
+python=$(command -v python3 || true)
+[[ -n "$python" ]] || packages+=(python3)
+[[ -n "$python" ]] && "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
@@ -16,5 +36,25 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-  echo "setup: all packages present"
+  echo "setup: all Debian packages present"
+fi
+
+# The wheel's LibTorch is a CUDA build: its CMake package needs the CUDA toolkit's headers even
+# where no GPU is present.
+if ! command -v nvcc >/dev/null && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then
+  echo "setup: no CUDA toolkit found (nvcc is neither on the PATH nor in /usr/local/cuda/bin); install the CUDA 13.0 toolkit, or build against a LibTorch of your own with -DTorch_DIR=..." >&2
+  exit 1
+fi
+
+[[ -x "$venv/bin/python" ]] || "$(command -v python3)" -m venv "$venv"
+want_torch=${torch_pin#torch==}
+have_torch=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [[ "$have_torch" != "$want_torch" ]]; then
+  echo "setup: installing $torch_pin into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$torch_pin" "numpy<3"
+else
+  echo "setup: $torch_pin present in $venv"
+fi
+if ((bench)); then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/bench/requirements.txt"
 fi

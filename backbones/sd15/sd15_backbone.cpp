@@ -49,7 +49,7 @@ void Sd15Backbone::load_text(const fs::path& folder, const sd::UNet2DConditionCo
 
 at::Tensor Sd15Backbone::encode_text(const std::vector<std::string>& prompts) {
   const sd::TokenizerBatch tokens = tokenizer_->encode_batch(prompts);
-  const sd::ClipTextOutput out = text_encoder_->forward(tokens.input_ids);
+  const sd::ClipTextOutput out = text_encoder_->forward(tokens.input_ids.to(text_device()));
   if (clip_skip_ == 0) return out.last_hidden_state;  // [P, S, C]
   // diffusers: hidden_states[-(clip_skip + 1)] through the final layer norm.
   const at::Tensor& h = out.hidden_states.at(out.hidden_states.size() - 1 - clip_skip_);

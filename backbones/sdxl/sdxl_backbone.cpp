@@ -92,8 +92,8 @@ void SdxlBackbone::load_text(const fs::path& folder, const sd::UNet2DConditionCo
 }
 
 at::Tensor SdxlBackbone::encode_text(const std::vector<std::string>& prompts) {
-  const sd::ClipTextOutput out_1 = text_encoder_->forward(tokenizer_->encode_batch(prompts).input_ids);
-  const sd::ClipTextOutput out_2 = text_encoder_2_->forward(tokenizer_2_->encode_batch(prompts).input_ids);
+  const sd::ClipTextOutput out_1 = text_encoder_->forward(tokenizer_->encode_batch(prompts).input_ids.to(text_device()));
+  const sd::ClipTextOutput out_2 = text_encoder_2_->forward(tokenizer_2_->encode_batch(prompts).input_ids.to(text_device()));
   const auto penultimate = [&](const sd::ClipTextOutput& out) {
     return out.hidden_states.at(out.hidden_states.size() - 2 - static_cast<std::size_t>(clip_skip_));
   };

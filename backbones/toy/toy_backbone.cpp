@@ -163,6 +163,7 @@ void ToyBackbone::prepare(const BackboneContext& context) {
   } else {
     model_->initialise(context.seed);
   }
+  model_->to(context.device);  // initialised on the host: the same weights on every device
   reference_ = make_denoiser();
   {
     at::NoGradGuard no_grad;
@@ -172,7 +173,7 @@ void ToyBackbone::prepare(const BackboneContext& context) {
       item.value().set_requires_grad(false);
     }
   }
-  reference_->to(model_->parameters().front().device());
+  reference_->to(context.device);
   reference_->eval();
   prepared_ = true;
 }

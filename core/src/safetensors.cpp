@@ -1,6 +1,7 @@
 #include "dedpo/safetensors.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>

@@ -19,9 +19,11 @@
 #include <thread>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 #include <torch/optim/adamw.h>
@@ -30,7 +32,7 @@
 
 #include "dedpo/annotator.hpp"
 #include "dedpo/backbone.hpp"
-#include "dedpo/compat.hpp"
+#include "dedpo/autocast.hpp"
 #include "dedpo/dataset.hpp"
 #include "dedpo/loss.hpp"
 #include "dedpo/metric.hpp"
@@ -528,7 +530,7 @@ class Trainer {
     for (std::int64_t micro = 0; micro < settings_.grad_accum; ++micro) {
       at::Tensor loss;
       {
-        compat::CpuAutocast autocast(settings_.bf16, at::kBFloat16);
+        AutocastRegion autocast(c10::DeviceType::CPU, settings_.bf16);
         loss = pairs_ != nullptr ? preference_loss(diagnostics) : denoising_loss();
       }
       loss = loss.to(at::kFloat);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "dedpo/error.hpp"
 #include "dedpo/loss.hpp"

@@ -1,6 +1,7 @@
 #include "dedpo/scorers/clip_scorer.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -109,14 +110,14 @@ ClipScorer::ClipScorer(const fs::path& folder, const fs::path& weights) {
 
 at::Tensor ClipScorer::image_embeds(const std::vector<at::Tensor>& images) {
   at::NoGradGuard no_grad;
-  const at::Tensor features = model_->image_features(preprocess_images(images, processor_));
+  const at::Tensor features = model_->image_features(preprocess_images(images, processor_).to(device_));
   return features / features.norm(2, {-1}, /*keepdim=*/true);
 }
 
 at::Tensor ClipScorer::text_embeds(const std::vector<std::string>& prompts) {
   at::NoGradGuard no_grad;
   const sd::TokenizerBatch batch = tokenizer_->encode_batch(prompts);
-  const at::Tensor features = model_->text_features(batch.input_ids, batch.attention_mask);
+  const at::Tensor features = model_->text_features(batch.input_ids.to(device_), batch.attention_mask.to(device_));
   return features / features.norm(2, {-1}, /*keepdim=*/true);
 }
 
@@ -124,7 +125,12 @@ at::Tensor ClipScorer::cosine(const std::vector<at::Tensor>& images, const std::
   if (images.size() != prompts.size()) {
     throw Error(fmt::format("CLIP scorer: {} images but {} prompts", images.size(), prompts.size()));
   }
-  return (image_embeds(images) * text_embeds(prompts)).sum(-1);
+  return (image_embeds(images) * text_embeds(prompts)).sum(-1).to(at::kCPU);
+}
+
+void ClipScorer::to(c10::Device device) {
+  model_->to(device);
+  device_ = device;
 }
 
 double ClipScorer::logit_scale() const { return model_->logit_scale.exp().item<double>(); }
@@ -188,8 +194,14 @@ AestheticScorer::AestheticScorer(const fs::path& clip_folder, const fs::path& he
 
 at::Tensor AestheticScorer::score(const std::vector<at::Tensor>& images) {
   at::NoGradGuard no_grad;
-  const at::Tensor features = vision_->forward(preprocess_images(images, processor_)).image_embeds;
-  return head_->forward(features / features.norm(2, {-1}, /*keepdim=*/true));
+  const at::Tensor features = vision_->forward(preprocess_images(images, processor_).to(device_)).image_embeds;
+  return head_->forward(features / features.norm(2, {-1}, /*keepdim=*/true)).to(at::kCPU);
+}
+
+void AestheticScorer::to(c10::Device device) {
+  vision_->to(device);
+  head_->to(device);
+  device_ = device;
 }
 
 }  // namespace dedpo::scorers

@@ -26,6 +26,7 @@ class ImageTextScorer : public ImageScorer {
   at::Tensor score(const std::vector<at::Tensor>& images, const std::vector<std::string>& prompts) override {
     return clip_.cosine(images, prompts) * scale_;
   }
+  void to(c10::Device device) override { clip_.to(device); }
 
  private:
   ClipScorer clip_;
@@ -39,6 +40,7 @@ class AestheticImageScorer : public ImageScorer {
   at::Tensor score(const std::vector<at::Tensor>& images, const std::vector<std::string>&) override {
     return aesthetic_.score(images);
   }
+  void to(c10::Device device) override { aesthetic_.to(device); }
 
  private:
   AestheticScorer aesthetic_;
@@ -84,9 +86,15 @@ std::vector<at::Tensor> rows_of(const at::Tensor& images) {
 
 }  // namespace
 
-std::unique_ptr<ImageScorer> make_image_scorer(ScoreKind kind, const Options& options) {
-  if (kind == ScoreKind::aesthetic) return std::make_unique<AestheticImageScorer>(options);
-  return std::make_unique<ImageTextScorer>(options, kind);
+std::unique_ptr<ImageScorer> make_image_scorer(ScoreKind kind, const Options& options, c10::Device device) {
+  std::unique_ptr<ImageScorer> scorer;
+  if (kind == ScoreKind::aesthetic) {
+    scorer = std::make_unique<AestheticImageScorer>(options);
+  } else {
+    scorer = std::make_unique<ImageTextScorer>(options, kind);
+  }
+  scorer->to(device);
+  return scorer;
 }
 
 std::vector<at::Tensor> pair_images(const PairDataset& data, Backbone& backbone, bool side_a, std::int64_t begin,
@@ -109,7 +117,7 @@ ScorerAnnotator::ScorerAnnotator(const Options& options, ScoreKind kind)
 
 at::Tensor ScorerAnnotator::annotate(AnnotatorContext& context) {
   const PairDataset& data = context.data;
-  std::unique_ptr<ImageScorer> scorer = make_image_scorer(kind_, options_);
+  std::unique_ptr<ImageScorer> scorer = make_image_scorer(kind_, options_, context.device);
   const std::int64_t n = data.size();
   const at::Tensor prompt_index = data.prompt_index.to(at::kCPU).to(at::kLong);
   std::vector<at::Tensor> chunks;
@@ -143,7 +151,7 @@ std::vector<std::pair<std::string, double>> ScorerMetric::evaluate(MetricContext
   for (const fs::path& file : split_path_list(options_.string("prompts"))) {
     sets.push_back(read_prompt_set(file, options_.integer("max_prompts")));
   }
-  std::unique_ptr<ImageScorer> scorer = make_image_scorer(kind_, options_);
+  std::unique_ptr<ImageScorer> scorer = make_image_scorer(kind_, options_, context.device);
   const std::int64_t per_prompt = options_.integer("images_per_prompt");
   const auto batch = static_cast<std::size_t>(options_.integer("batch_size"));
   const bool with_reference = options_.boolean("reference");

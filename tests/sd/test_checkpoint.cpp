@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>
 
-#include "dedpo/compat.hpp"
+#include "dedpo/autocast.hpp"
 #include "dedpo/sd/checkpoint.hpp"
 
 namespace {
@@ -26,7 +26,7 @@ Grads linear_gelu_grads(bool checkpointed, Autocast autocast) {
   };
   at::Tensor loss;
   {
-    dedpo::compat::CpuAutocast region(autocast != Autocast::off, at::kBFloat16);
+    dedpo::AutocastRegion region(c10::DeviceType::CPU, autocast != Autocast::off);
     const at::Tensor y = checkpointed ? checkpoint(fn, {x}, linear->parameters())[0] : fn({x})[0];
     loss = y.to(at::kFloat).pow(2).sum();
     if (autocast == Autocast::backward_inside) loss.backward();

@@ -4,6 +4,7 @@
 #include <numbers>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>
 #include <torch/serialize.h>

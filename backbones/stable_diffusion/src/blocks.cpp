@@ -4,7 +4,8 @@
 
 #include <cmath>
 
-#include "dedpo/compat.hpp"
+#include "dedpo/sd/lora.hpp"
+
 
 namespace dedpo::sd {
 
@@ -12,12 +13,18 @@ using torch::nn::Conv2dOptions;
 using torch::nn::GroupNormOptions;
 using torch::nn::LinearOptions;
 
+at::Tensor scaled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
+  std::optional<at::Tensor> additive_mask;
+  if (mask.defined()) additive_mask = mask.to(q.scalar_type());  // a float mask must match q's dtype (autocast)
+  return at::scaled_dot_product_attention(q, k, v, additive_mask);
+}
+
 at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
   const int64_t b = q.size(0), sq = q.size(1), sk = k.size(1), c = q.size(2), d = c / heads;
   const at::Tensor qh = q.reshape({b, sq, heads, d}).transpose(1, 2);  // [B, H, Sq, D]
   const at::Tensor kh = k.reshape({b, sk, heads, d}).transpose(1, 2);  // [B, H, Sk, D]
   const at::Tensor vh = v.reshape({b, sk, heads, d}).transpose(1, 2);  // [B, H, Sk, D]
-  return compat::attention(qh, kh, vh).transpose(1, 2).reshape({b, sq, c});
+  return scaled_attention(qh, kh, vh).transpose(1, 2).reshape({b, sq, c});
 }
 
 at::Tensor timestep_embedding(const at::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos, double freq_shift) {
@@ -48,7 +55,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
   at::Tensor h = conv1->forward(at::silu(norm1->forward(x)));
   if (temb.defined() && time_emb_proj) {
-    h = h + time_emb_proj->forward(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] -> [B, C, 1, 1]
+    h = h + linear(time_emb_proj, at::silu(temb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] -> [B, C, 1, 1]
   }
   h = conv2->forward(at::silu(norm2->forward(h)));
   const at::Tensor skip = conv_shortcut ? conv_shortcut->forward(x) : x;
@@ -93,7 +100,7 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   const at::Tensor& ctx = context.defined() ? context : x;
-  return to_out0->forward(multi_head_attention(to_q->forward(x), to_k->forward(ctx), to_v->forward(ctx), options_.heads()));
+  return linear(to_out0, multi_head_attention(linear(to_q, x), linear(to_k, ctx), linear(to_v, ctx), options_.heads()));
 }
 
 at::Tensor AttentionImpl::forward_spatial(const at::Tensor& x) {
@@ -109,7 +116,7 @@ GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out) {
 }
 
 at::Tensor GEGLUImpl::forward(const at::Tensor& x) {
-  const auto halves = proj->forward(x).chunk(2, -1);  // value, gate: [.., inner] each
+  const auto halves = linear(proj, x).chunk(2, -1);  // value, gate: [.., inner] each
   return halves[0] * at::gelu(halves[1]);
 }
 
@@ -123,7 +130,7 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {
   register_module("net", net);
 }
 
-at::Tensor FeedForwardImpl::forward(const at::Tensor& x) { return out->forward(geglu->forward(x)); }
+at::Tensor FeedForwardImpl::forward(const at::Tensor& x) { return linear(out, geglu->forward(x)); }
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t dim_head,
                                                      int64_t cross_attention_dim) {
@@ -168,9 +175,9 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
   at::Tensor t = norm->forward(x);
   if (proj_in_conv) t = proj_in_conv->forward(t);
   t = t.permute({0, 2, 3, 1}).reshape({b, h * w, c});  // [B, HW, C]
-  if (proj_in_linear) t = proj_in_linear->forward(t);
+  if (proj_in_linear) t = linear(proj_in_linear, t);
   for (auto& block : transformer_blocks) t = block->forward(t, context);
-  if (proj_out_linear) t = proj_out_linear->forward(t);
+  if (proj_out_linear) t = linear(proj_out_linear, t);
   t = t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
   if (proj_out_conv) t = proj_out_conv->forward(t);
   return t + x;
@@ -181,6 +188,6 @@ TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_e
   linear_2 = register_module("linear_2", torch::nn::Linear(time_embed_dim, time_embed_dim));
 }
 
-at::Tensor TimestepEmbeddingImpl::forward(const at::Tensor& x) { return linear_2->forward(at::silu(linear_1->forward(x))); }
+at::Tensor TimestepEmbeddingImpl::forward(const at::Tensor& x) { return linear(linear_2, at::silu(linear(linear_1, x))); }
 
 }  // namespace dedpo::sd

@@ -6,7 +6,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include "dedpo/compat.hpp"
+#include "dedpo/autocast.hpp"
 
 namespace dedpo::sd {
 
@@ -22,28 +22,33 @@ struct CheckpointedCall : torch::CustomClassHolder {
   std::vector<at::Tensor> parameters;
 };
 
-// Sets CPU autocast to the given state for its lifetime, with autocast's weight-cast cache off: the
+// The autocast state of both device types a block can run on: the replay in backward must cast
+// exactly as the forward did.
+struct AutocastStates {
+  AutocastState cpu = AutocastState::current(c10::DeviceType::CPU);
+  AutocastState cuda = AutocastState::current(c10::DeviceType::CUDA);
+};
+
+// Sets autocast to the given states for its lifetime, with autocast's weight-cast cache off: the
 // forward runs without grad, and a cast cached there (without history back to the float32 weight)
 // would be reused by a later grad-enabled use and silently cut that weight's gradient.
-class AutocastState {
+class AutocastScope {
  public:
-  AutocastState(bool enabled, at::ScalarType dtype)
-      : enabled_(compat::cpu_autocast_enabled()),
-        dtype_(compat::cpu_autocast_dtype()),
-        cache_(at::autocast::is_autocast_cache_enabled()) {
-    compat::set_cpu_autocast(enabled, dtype);
+  explicit AutocastScope(const AutocastStates& states) : cache_(at::autocast::is_autocast_cache_enabled()) {
+    states.cpu.apply(c10::DeviceType::CPU);
+    states.cuda.apply(c10::DeviceType::CUDA);
     at::autocast::set_autocast_cache_enabled(false);
   }
-  ~AutocastState() {
+  ~AutocastScope() {
     at::autocast::set_autocast_cache_enabled(cache_);
-    compat::set_cpu_autocast(enabled_, dtype_);
+    previous_.cpu.apply(c10::DeviceType::CPU);
+    previous_.cuda.apply(c10::DeviceType::CUDA);
   }
-  AutocastState(const AutocastState&) = delete;
-  AutocastState& operator=(const AutocastState&) = delete;
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
 
  private:
-  bool enabled_;
-  at::ScalarType dtype_;
+  AutocastStates previous_;
   bool cache_;
 };
 
@@ -53,10 +58,13 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
                                at::TensorList inputs, at::TensorList /*parameters: graph edges only*/) {
     ctx->set_materialize_grads(false);
     ctx->saved_data["call"] = at::IValue::make_capsule(call);
-    ctx->saved_data["autocast"] = compat::cpu_autocast_enabled();
-    ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(compat::cpu_autocast_dtype());
+    const AutocastStates states;
+    ctx->saved_data["autocast_cpu"] = states.cpu.enabled;
+    ctx->saved_data["autocast_cpu_dtype"] = static_cast<int64_t>(states.cpu.dtype);
+    ctx->saved_data["autocast_cuda"] = states.cuda.enabled;
+    ctx->saved_data["autocast_cuda_dtype"] = static_cast<int64_t>(states.cuda.dtype);
     ctx->save_for_backward(inputs.vec());
-    AutocastState same(compat::cpu_autocast_enabled(), compat::cpu_autocast_dtype());
+    AutocastScope same(states);
     return call->fn(inputs.vec());
   }
 
@@ -88,8 +96,12 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     variable_list outputs;
     {
       at::AutoGradMode grad_mode(true);
-      AutocastState as_in_forward(ctx->saved_data["autocast"].toBool(),
-                                  static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
+      AutocastStates in_forward;
+      in_forward.cpu = {ctx->saved_data["autocast_cpu"].toBool(),
+                        static_cast<at::ScalarType>(ctx->saved_data["autocast_cpu_dtype"].toInt())};
+      in_forward.cuda = {ctx->saved_data["autocast_cuda"].toBool(),
+                         static_cast<at::ScalarType>(ctx->saved_data["autocast_cuda_dtype"].toInt())};
+      AutocastScope as_in_forward(in_forward);
       outputs = call.fn(inputs);
     }
     variable_list roots, root_grads;

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <limits>
 
-#include "dedpo/compat.hpp"
+#include "dedpo/sd/blocks.hpp"
 #include "json_config.hpp"
 
 namespace dedpo::sd {
@@ -51,8 +51,8 @@ ClipAttentionImpl::ClipAttentionImpl(const ClipTextConfig& c) : heads_(c.num_att
 at::Tensor ClipAttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
   const int64_t b = x.size(0), s = x.size(1), c = x.size(2), d = c / heads_;
   auto split = [&](const at::Tensor& t) { return t.view({b, s, heads_, d}).transpose(1, 2); };  // [B, H, S, D]
-  const at::Tensor out = compat::attention(split(q_proj->forward(x)), split(k_proj->forward(x)),
-                                           split(v_proj->forward(x)), mask);  // [B, H, S, D]
+  const at::Tensor out = scaled_attention(split(q_proj->forward(x)), split(k_proj->forward(x)),
+                                          split(v_proj->forward(x)), mask);  // [B, H, S, D]
   return out_proj->forward(out.transpose(1, 2).reshape({b, s, c}));
 }
 

@@ -11,7 +11,7 @@
 
 #include <torch/version.h>
 
-#include "dedpo/compat.hpp"
+#include "dedpo/autocast.hpp"
 #include "dedpo/experiment.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/safetensors.hpp"
@@ -33,24 +33,6 @@ std::vector<std::string> split_list(const std::string& text) {
   }
   return out;
 }
-
-// Binds each adapted Linear's `weight` to W0 + scale·B·A (enabled) or W0, and back to W0 after.
-class AdapterBinding {
- public:
-  AdapterBinding(std::vector<LoraLayer>& layers, bool enabled, double scale) : layers_(layers) {
-    for (LoraLayer& l : layers_) {
-      l.linear->weight = enabled ? l.base + at::mm(l.up, l.down) * scale : l.base;
-    }
-  }
-  ~AdapterBinding() {
-    for (LoraLayer& l : layers_) l.linear->weight = l.base;
-  }
-  AdapterBinding(const AdapterBinding&) = delete;
-  AdapterBinding& operator=(const AdapterBinding&) = delete;
-
- private:
-  std::vector<LoraLayer>& layers_;
-};
 
 // Moves a module to `device` for its lifetime and back to where it was after (even on errors).
 class ModuleOnDevice {
@@ -177,17 +159,17 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     options.fail("reference_device", "expected \"model\" or \"cpu\"");
   }
   reference_on_cpu_ = reference_device == "cpu";
+  auto host_or_model = [&](const char* key) {
+    const std::string& value = options.string(key);
+    if (value != "model" && value != "cpu") options.fail(key, "expected \"model\" or \"cpu\"");
+    return value == "cpu";
+  };
+  text_on_host_ = host_or_model("text_encoder_device");
+  vae_on_host_ = host_or_model("vae_device");
   if (reference_on_cpu_ && lora_rank_ > 0) {
     options.fail("reference_device",
                  "\"cpu\" has no effect with LoRA (lora_rank > 0): the reference is the same UNet with the adapters "
                  "off, there is no second copy to move");
-  }
-  if (gradient_checkpointing_ && lora_rank_ > 0) {
-    // The checkpointed blocks recompute with the frozen base weights: the adapters, bound to the
-    // Linear layers only around the forward, would receive no gradient.
-    options.fail("gradient_checkpointing",
-                 "is not supported with LoRA (lora_rank > 0) yet: the adapters would get no gradient; "
-                 "use full fine-tuning with checkpointing, or LoRA without it");
   }
   if (sampler_ != "ddim" && sampler_ != "euler") options.fail("sampler", "expected \"ddim\" or \"euler\"");
   if (sample_steps_ < 1) options.fail("sample_steps", "expected an integer >= 1");
@@ -263,10 +245,13 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
 
   prompt_cache_.clear();
   lora_.clear();
+  lora_adapters_ = {};
   lora_root_.reset();
   reference_ = nullptr;
   if (lora_rank_ > 0) {
+    // The base UNet is frozen, so it is stored like the other frozen parts (a bfloat16 base).
     freeze(*unet_);
+    store_in(*unet_, frozen_dtype_);
     unet_->train();
     setup_lora(context.seed);
   } else {
@@ -283,6 +268,12 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
     unet_->train();
   }
   unet_->set_gradient_checkpointing(gradient_checkpointing_);
+  device_ = context.device;
+  unet_->to(device_);  // the adapters too: their tensors live in lora_root_
+  if (lora_root_) lora_root_->to(device_);
+  if (reference_) reference_->to(reference_on_cpu_ ? c10::Device(c10::kCPU) : device_);
+  vae_->to(vae_device());
+  for (torch::nn::Module* module : text_modules()) module->to(text_device());
   prepared_ = true;
   encoder_fingerprint_ = compute_encoder_fingerprint();
 }
@@ -292,6 +283,7 @@ std::vector<torch::nn::Module*> DiffusionBackbone::frozen_modules() {
   std::vector<torch::nn::Module*> modules = text_modules();
   modules.push_back(vae_.get());
   if (reference_) modules.push_back(reference_.get());
+  if (!lora_.empty()) modules.push_back(unet_.get());  // the base the adapters sit on
   return modules;
 }
 
@@ -356,7 +348,7 @@ void DiffusionBackbone::setup_lora(std::uint64_t seed) {
     auto linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value());
     if (!linear) fail("lora_targets: UNet module '" + name + "' is not a Linear layer");
     used.insert(matched);
-    LoraLayer layer{name, torch::nn::Linear(linear), linear->weight, {}, {}};
+    LoraLayer layer{name, linear->weight, {}, {}};
     const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
     const double bound = 1.0 / std::sqrt(static_cast<double>(in));  // peft: kaiming_uniform(a=√5)
     at::Tensor down = at::empty({lora_rank_, in}, at::kFloat).uniform_(-bound, bound, gen);
@@ -368,6 +360,7 @@ void DiffusionBackbone::setup_lora(std::uint64_t seed) {
     layer.up = b->register_parameter("weight", up);
     leaf->register_module("lora_A", a);
     leaf->register_module("lora_B", b);
+    lora_adapters_.add(*linear, {layer.down, layer.up, lora_alpha_ / static_cast<double>(lora_rank_)});
     lora_.push_back(std::move(layer));
   }
   for (const std::string& t : lora_targets_) {
@@ -389,8 +382,9 @@ at::Tensor DiffusionBackbone::encode_prompts(const std::vector<std::string>& pro
   }
   if (!todo.empty()) {
     at::NoGradGuard no_grad;
-    compat::CpuAutocast autocast(bfloat16(), at::kBFloat16);
-    const at::Tensor rows = encode_text(todo).to(at::kFloat);
+    AutocastRegion autocast(text_device().type(), bfloat16());
+    // Rows are kept on the host: the cache outlives the device a batch runs on.
+    const at::Tensor rows = encode_text(todo).to(at::kCPU, at::kFloat);
     for (std::size_t i = 0; i < todo.size(); ++i) prompt_cache_[todo[i]] = rows[static_cast<int64_t>(i)].clone();
   }
   std::vector<at::Tensor> rows;
@@ -403,10 +397,12 @@ at::Tensor DiffusionBackbone::unconditional_row() { return encode_prompts({""});
 
 at::Tensor DiffusionBackbone::run_unet(const at::Tensor& x, const at::Tensor& t, const UNetConditioning& conditioning,
                                        bool reference) {
-  compat::CpuAutocast autocast(bfloat16(), at::kBFloat16);
+  AutocastRegion autocast(x.device().type(), bfloat16());
   if (!lora_.empty()) {
-    AdapterBinding binding(lora_, !reference, lora_alpha_ / static_cast<double>(lora_rank_));
-    return unet_->forward(x, t, conditioning.context, conditioning.added).to(at::kFloat);
+    // The reference is the base with the adapters off; a bfloat16 base computes in bfloat16.
+    ActiveAdapters active(reference ? nullptr : &lora_adapters_);
+    const UNetConditioning inputs = conditioning_in(conditioning, frozen_dtype_);
+    return unet_->forward(x.to(frozen_dtype_), t, inputs.context, inputs.added).to(at::kFloat);
   }
   if (!reference) return unet_->forward(x, t, conditioning.context, conditioning.added).to(at::kFloat);
   // reference_device = "cpu": the copy visits the batch's device for this pass only.
@@ -474,8 +470,8 @@ at::Tensor DiffusionBackbone::sample(const at::Tensor& condition, at::Generator&
   at::NoGradGuard no_grad;
   const int64_t n = condition.size(0);
   const int64_t side = latent_size();
-  const auto device = condition.device();
-  const at::Tensor cond = condition.to(at::kFloat);
+  const auto device = device_;
+  const at::Tensor cond = condition.to(device, at::kFloat);
   const bool guided = guidance_scale_ != 1.0;
   at::Tensor rows = cond;
   if (guided) {
@@ -526,9 +522,10 @@ void DiffusionBackbone::save_weights(const fs::path& file) const {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& item : unet_->named_parameters()) {
     auto it = adapted.find(item.key());
+    // Merged one layer at a time, in float32 whatever the base's storage dtype.
     tensors.emplace_back(item.key(), it == adapted.end()
-                                         ? item.value()
-                                         : it->second->base + at::mm(it->second->up, it->second->down) * scale);
+                                         ? item.value().to(at::kFloat)
+                                         : it->second->base.to(at::kFloat) + at::mm(it->second->up, it->second->down) * scale);
   }
   for (const auto& item : unet_->named_buffers()) tensors.emplace_back(item.key(), item.value());
   if (!file.parent_path().empty()) fs::create_directories(file.parent_path());
@@ -563,11 +560,11 @@ at::Tensor DiffusionBackbone::encode_images(const at::Tensor& images) {
          std::string(c10::str(images.sizes())));
   }
   at::NoGradGuard no_grad;
-  compat::CpuAutocast autocast(bfloat16(), at::kBFloat16);
+  AutocastRegion autocast(vae_device().type(), bfloat16());
   // uint8 [0, 255] -> [-1, 1], channels first. The posterior mean, not a draw: cached latents
   // stay deterministic (the draw's noise is ~1e-2 of the latent scale for SD VAEs).
-  const at::Tensor x = (images.permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0).to(frozen_dtype_);
-  return (vae_->encode(x).mean * vae_->config().scaling_factor).to(at::kFloat);
+  const at::Tensor x = (images.to(vae_device()).permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0).to(frozen_dtype_);
+  return (vae_->encode(x).mean * vae_->config().scaling_factor).to(at::kCPU, at::kFloat);
 }
 
 at::Tensor DiffusionBackbone::decode_samples(const at::Tensor& samples) const {
@@ -577,9 +574,9 @@ at::Tensor DiffusionBackbone::decode_samples(const at::Tensor& samples) const {
          std::string(c10::str(samples.sizes())));
   }
   at::NoGradGuard no_grad;
-  compat::CpuAutocast autocast(bfloat16(), at::kBFloat16);
+  AutocastRegion autocast(vae_device().type(), bfloat16());
   AutoencoderKL vae = vae_;  // the holder's forward is not const
-  const at::Tensor latents = (samples.to(at::kFloat) / vae->config().scaling_factor).to(frozen_dtype_);
+  const at::Tensor latents = (samples.to(vae_device(), at::kFloat) / vae->config().scaling_factor).to(frozen_dtype_);
   const at::Tensor x = vae->decode(latents).to(at::kFloat);
   // [-1, 1] -> uint8 [N, H, W, C]
   return ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();

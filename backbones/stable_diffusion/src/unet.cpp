@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "dedpo/sd/checkpoint.hpp"
+#include "dedpo/sd/lora.hpp"
 #include "json_config.hpp"
 
 namespace dedpo::sd {
@@ -275,9 +276,19 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     emb = emb + aug;
   }
 
-  // Runs one block as fn(inputs), checkpointed when gradient checkpointing is on.
+  // Runs one block as fn(inputs), checkpointed when gradient checkpointing is on. The replay in
+  // backward re-activates the LoRA adapters this forward saw, and names them as parameters, so that
+  // they get their gradients.
+  const LoraAdapters* adapters = ActiveAdapters::current();
   auto run_block = [&](const torch::nn::Module& block, const CheckpointedFn& fn, const std::vector<at::Tensor>& inputs) {
-    return gradient_checkpointing_ ? checkpoint(fn, inputs, block.parameters()) : fn(inputs);
+    if (!gradient_checkpointing_) return fn(inputs);
+    std::vector<at::Tensor> parameters = block.parameters();
+    if (adapters != nullptr) parameters.insert(parameters.end(), adapters->parameters().begin(), adapters->parameters().end());
+    const CheckpointedFn with_adapters = [fn, adapters](const std::vector<at::Tensor>& in) {
+      ActiveAdapters active(adapters);
+      return fn(in);
+    };
+    return checkpoint(with_adapters, inputs, parameters);
   };
 
   at::Tensor x = c.center_input_sample ? 2.0 * sample - 1.0 : sample;

@@ -21,6 +21,7 @@ struct AnnotatorContext {
   // (journals of answers, downloads); shared by every annotator and run there, so file names
   // must say whose they are. The trainer creates it.
   std::filesystem::path cache_dir;
+  c10::Device device = c10::kCPU;  // the run's device: where a model of the annotator's own computes
 };
 
 // A synthetic annotator: ĝ(y) = its probability that A is preferred, for every pair.

@@ -8,6 +8,7 @@
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <torch/nn/module.h>
 
 #include "dedpo/plugin.hpp"
@@ -15,6 +16,9 @@
 namespace dedpo {
 
 struct BackboneContext {
+  // Where the run trains: prepare() puts the trainable model there, and the frozen parts there or,
+  // where the plugin's options say so, on the host.
+  c10::Device device = c10::kCPU;
   std::filesystem::path cache_dir;      // for derived artefacts (encoded data, reference weights)
   std::filesystem::path initial_weights;  // empty = the backbone's own initialisation
   std::uint64_t seed = 0;

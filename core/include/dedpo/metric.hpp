@@ -14,6 +14,7 @@ struct MetricContext {
   Backbone& backbone;        // trained model plus its frozen reference
   const PairDataset* data;   // the training pairs, when the run had any
   std::uint64_t seed = 0;    // evaluation seed: the same for every run of a grid
+  c10::Device device = c10::kCPU;  // the run's device: where a scorer of the metric's own computes
 };
 
 class Metric : public Plugin {

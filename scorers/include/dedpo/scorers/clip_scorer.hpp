@@ -55,8 +55,11 @@ class ClipScorer {
   at::Tensor cosine(const std::vector<at::Tensor>& images, const std::vector<std::string>& prompts);
   // exp(logit_scale): the factor CLIP (and PickScore) multiplies cosines with.
   double logit_scale() const;
+  // Moves the model to `device`: inputs go there, scores come back on the host.
+  void to(c10::Device device);
 
  private:
+  c10::Device device_ = c10::kCPU;
   sd::ClipModel model_{nullptr};
   std::unique_ptr<sd::ClipTokenizer> tokenizer_;
   ClipImageProcessorConfig processor_;
@@ -82,9 +85,11 @@ class AestheticScorer {
   // file has one, is not loaded) and the head file.
   AestheticScorer(const std::filesystem::path& clip_folder, const std::filesystem::path& head_file,
                   const std::filesystem::path& weights = {});
-  at::Tensor score(const std::vector<at::Tensor>& images);  // [N] float
+  at::Tensor score(const std::vector<at::Tensor>& images);  // [N] float, on the host
+  void to(c10::Device device);                              // where the models run
 
  private:
+  c10::Device device_ = c10::kCPU;
   sd::ClipVisionModelWithProjection vision_{nullptr};
   AestheticHead head_{nullptr};
   ClipImageProcessorConfig processor_;

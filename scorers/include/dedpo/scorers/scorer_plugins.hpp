@@ -32,9 +32,11 @@ class ImageScorer {
   virtual ~ImageScorer() = default;
   // uint8 [H, W, 3] images and their prompts -> [N] float.
   virtual at::Tensor score(const std::vector<at::Tensor>& images, const std::vector<std::string>& prompts) = 0;
+  virtual void to(c10::Device device) = 0;  // where the scorer's models run
 };
 
-std::unique_ptr<ImageScorer> make_image_scorer(ScoreKind kind, const Options& options);
+// The scorer of `kind` with its model on `device` (scores come back on the host).
+std::unique_ptr<ImageScorer> make_image_scorer(ScoreKind kind, const Options& options, c10::Device device);
 
 // Options every scorer plugin has; the aesthetic ones add "head".
 #define DEDPO_SCORER_OPTIONS                                                                           \

@@ -14,8 +14,13 @@
 
 namespace dedpo::sd {
 
-// softmax(q·kᵀ/√D)·v over `heads` heads of D = C / heads (compat::attention: fused where the
-// LibTorch version has it). q: [B, Sq, C], k / v: [B, Sk, C] -> [B, Sq, C].
+// softmax(q·kᵀ/√D + mask)·v per head through at::scaled_dot_product_attention (flash or
+// memory-efficient kernels on CUDA, the flash kernel on the CPU: the scores are never
+// materialised). q: [B, H, Sq, D]; k, v: [B, H, Sk, D]; mask: undefined or an additive float mask
+// broadcastable to [B, H, Sq, Sk] -> [B, H, Sq, D].
+at::Tensor scaled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask = {});
+
+// scaled_attention over `heads` heads of D = C / heads. q: [B, Sq, C], k / v: [B, Sk, C] -> [B, Sq, C].
 at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
 
 // diffusers get_timestep_embedding (max_period 10000). timesteps: [B] -> [B, dim] float32.

@@ -22,6 +22,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include "dedpo/backbone.hpp"
+#include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
 #include "dedpo/sd/vae.hpp"
@@ -37,10 +38,10 @@
   {"prediction_type", ::dedpo::OptionType::string, "\"auto\"",                                                   \
    "\"auto\" (the scheduler config's), \"epsilon\" or \"v_prediction\"."},                                       \
   {"dtype", ::dedpo::OptionType::string, "\"float32\"",                                                          \
-   "Compute dtype: \"float32\", or \"bfloat16\" (CPU autocast; weights stay float32)."},                         \
+   "Compute dtype: \"float32\", or \"bfloat16\" (autocast on the run's device; weights stay float32)."},                         \
   {"frozen_dtype", ::dedpo::OptionType::string, "\"float32\"",                                                   \
-   "Storage dtype of the frozen modules (text encoders, VAE, the reference UNet of full fine-tuning): "          \
-   "\"float32\" or \"bfloat16\" (half their memory; the trainable UNet stays float32)."},                        \
+   "Storage dtype of the frozen modules (text encoders, VAE, the reference UNet of full fine-tuning, the "       \
+   "base UNet under LoRA): \"float32\" or \"bfloat16\" (half their memory; trainable weights stay float32)."},                        \
   {"lora_rank", ::dedpo::OptionType::integer, "0", "0 = full fine-tuning of the UNet; > 0 = LoRA rank."},        \
   {"lora_alpha", ::dedpo::OptionType::real_or_string, "\"rank\"",                                                \
    "LoRA alpha (scale = alpha / rank); \"rank\" = scale 1."},                                                    \
@@ -53,6 +54,12 @@
    "Full fine-tuning: where the frozen reference UNet lives. \"model\" = beside the trainable one; "             \
    "\"cpu\" = host memory, moved to the batch's device only for the reference pass (an accelerator "             \
    "then never holds both copies; no effect when the model runs on the CPU)."},                                  \
+  {"text_encoder_device", ::dedpo::OptionType::string, "\"model\"",                                              \
+   "Where the text encoders live and run: \"model\" = the run's device; \"cpu\" = host memory (prompts are "      \
+   "encoded once and cached, so the accelerator's memory is kept for the UNet)."},                               \
+  {"vae_device", ::dedpo::OptionType::string, "\"model\"",                                                       \
+   "Where the VAE lives and runs: \"model\" = the run's device; \"cpu\" = host memory (images are encoded "       \
+   "once and cached; decoding samples then runs on the host)."},                                                 \
   {"sampler", ::dedpo::OptionType::string, DEFAULT_SAMPLER, "Sampler of sample(): \"ddim\" or \"euler\"."},      \
   {"sample_steps", ::dedpo::OptionType::integer, "50", "Sampling steps."},                                       \
   {"guidance_scale", ::dedpo::OptionType::real, DEFAULT_GUIDANCE,                                                \
@@ -64,7 +71,6 @@ namespace dedpo::sd {
 // One LoRA-adapted Linear of the UNet.
 struct LoraLayer {
   std::string path;           // diffusers module path, e.g. "...attn1.to_q" or "...attn1.to_out.0"
-  torch::nn::Linear linear;   // the UNet's layer
   at::Tensor base;            // its frozen weight W0 [out, in]
   at::Tensor down;            // lora_A.weight [r, in]
   at::Tensor up;              // lora_B.weight [out, r]
@@ -113,7 +119,8 @@ class DiffusionBackbone : public Backbone {
   UNet2DConditionModel& reference_unet() { return reference_; }  // null with LoRA
   AutoencoderKL& vae() { return vae_; }
   const std::vector<LoraLayer>& lora_layers() const { return lora_; }
-  // The modules stored in frozen_dtype: text encoders, VAE, and the reference UNet when there is one.
+  // The modules stored in frozen_dtype: text encoders, VAE, and the reference UNet when there is
+  // one, or the base UNet under LoRA adapters.
   std::vector<torch::nn::Module*> frozen_modules();
   int64_t latent_size() const;  // resolution / VAE scale factor
 
@@ -143,9 +150,12 @@ class DiffusionBackbone : public Backbone {
   const std::filesystem::path& path() const { return path_; }
   int64_t resolution() const { return resolution_; }
   bool bfloat16() const { return dtype_ == "bfloat16"; }
+  // Where the text encoders live and run (encode_text() puts token ids there).
+  c10::Device text_device() const { return text_on_host_ ? c10::Device(c10::kCPU) : device_; }
 
  private:
   void require_prepared(const char* what) const;
+  c10::Device vae_device() const { return vae_on_host_ ? c10::Device(c10::kCPU) : device_; }
   // UNet output in float32 for the trainable model (adapters on) or the reference.
   at::Tensor run_unet(const at::Tensor& x, const at::Tensor& t, const UNetConditioning& conditioning,
                       bool reference);
@@ -165,6 +175,9 @@ class DiffusionBackbone : public Backbone {
   std::vector<std::string> lora_targets_;
   bool gradient_checkpointing_;
   bool reference_on_cpu_;
+  bool text_on_host_;
+  bool vae_on_host_;
+  c10::Device device_ = c10::kCPU;  // the run's: the trainable UNet's
   std::string sampler_;
   int64_t sample_steps_;
   double guidance_scale_;
@@ -179,6 +192,7 @@ class DiffusionBackbone : public Backbone {
   std::optional<NoiseSchedule> schedule_;
   std::shared_ptr<torch::nn::Module> lora_root_;  // model() with LoRA
   std::vector<LoraLayer> lora_;
+  LoraAdapters lora_adapters_;  // lora_ by layer, applied beside the base weights
   std::map<std::string, at::Tensor> prompt_cache_;  // prompt -> one row
   std::string encoder_fingerprint_;
 };
