@@ -14,9 +14,9 @@
 
 #include <fmt/format.h>
 
-#include "dedpo/experiment.hpp"
-#include "dedpo/registry.hpp"
-#include "dedpo/runner.hpp"
+#include "dedpo/host/experiment.hpp"
+#include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
 
 namespace fs = std::filesystem;
 
@@ -80,7 +80,7 @@ int main(int argc, char** argv) try {
     dedpo::run_experiment(experiment, registry, control);
     double wall = seconds_since(start);
     std::int64_t pairs_per_step =
-        experiment.train.integer("batch_size") * experiment.train.integer("grad_accum");
+        experiment.train.batch_size * experiment.train.grad_accum;
     return std::pair<double, std::int64_t>(wall, pairs_per_step);
   };
 

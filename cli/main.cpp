@@ -9,22 +9,21 @@
 #include <iostream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
 #include "dedpo/backbone.hpp"
-#include "dedpo/experiment.hpp"
+#include "dedpo/host/assemble.hpp"
+#include "dedpo/host/experiment.hpp"
 #include "dedpo/files.hpp"
-#include "dedpo/registry.hpp"
-#include "dedpo/runner.hpp"
-#include "dedpo/trainer.hpp"
+#include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 #include "environment.hpp"
 
 namespace fs = std::filesystem;
@@ -163,7 +162,6 @@ int command_validate(const std::vector<std::string>& args, dedpo::PluginRegistry
                                                        : std::vector<std::string>{});
   dedpo::Experiment experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
   print_problems(registry);
-  dedpo::check_plugins(experiment, registry);
   std::cout << "# " << experiment.file.string() << ": valid\n" << experiment.resolved_toml;
   return 0;
 }
@@ -291,49 +289,35 @@ int command_sample(const std::vector<std::string>& args, dedpo::PluginRegistry& 
                                                        : std::vector<std::string>{});
 
   dedpo::Experiment experiment;
-  dedpo::BackboneContext context;
+  fs::path initial_weights;
   if (values.count("run")) {
     const fs::path dir = fs::absolute(values["run"].as<std::string>());
-    const fs::path config = dir / dedpo::kConfigFile;
-    if (!fs::exists(config)) {
-      throw dedpo::Error(dir.string() + ": not a run folder (no " + dedpo::kConfigFile + ")");
-    }
-    experiment = dedpo::load_experiment_text(dedpo::read_file(config), config.string(), dir, overrides, registry);
+    experiment = dedpo::load_run_experiment(dir, overrides, registry);
     if (reference) {
       // The run's reference: the weights it started from.
-      if (!experiment.init.string("experiment").empty()) {
+      if (!experiment.init.experiment.empty()) {
         throw dedpo::Error("--reference: run " + dir.string() + " started from the trained weights of [init] experiment '" +
-                           experiment.init.string("experiment") + "'; sample that experiment's run with --run instead");
+                           experiment.init.experiment.string() + "'; sample that experiment's run with --run instead");
       }
-      context.initial_weights = experiment.init.string("weights");
+      initial_weights = experiment.init.weights;
     } else {
-      const fs::path weights = dir / dedpo::kWeightsFile;
-      if (!fs::exists(weights)) {
+      initial_weights = dir / dedpo::kWeightsFile;
+      if (!fs::exists(initial_weights)) {
         throw dedpo::Error(dir.string() + ": no " + dedpo::kWeightsFile +
                            " (the run has not finished; `dedpo run --resume " + dir.string() + "` completes it)");
       }
-      context.initial_weights = weights;
     }
   } else {
     experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
-    if (!experiment.init.string("experiment").empty()) {
-      throw dedpo::Error("[init] experiment = '" + experiment.init.string("experiment") +
+    if (!experiment.init.experiment.empty()) {
+      throw dedpo::Error("[init] experiment = '" + experiment.init.experiment.string() +
                          "': sample does not train it; run it (dedpo run) and sample its trained weights with "
                          "`dedpo sample --run RUN_DIR`");
     }
-    context.initial_weights = experiment.init.string("weights");
+    initial_weights = experiment.init.weights;
   }
   print_problems(registry);
-  if (!experiment.backbone) throw dedpo::Error("the experiment has no [backbone] table");
-  const std::int64_t threads = experiment.run.integer("threads");
-  at::set_num_threads(threads > 0 ? static_cast<int>(threads)
-                                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  context.cache_dir = fs::path(experiment.run.string("output")) / ".cache" / "backbone";
-  context.seed = experiment.seed();
-
-  std::shared_ptr<dedpo::Backbone> backbone =
-      registry.create<dedpo::Backbone>(experiment.backbone->plugin, experiment.backbone->options);
-  backbone->prepare(context);
+  std::shared_ptr<dedpo::Backbone> backbone = dedpo::assemble(experiment, registry, initial_weights).backbone;
 
   at::NoGradGuard no_grad;
   const fs::path out = values["out"].as<std::string>();

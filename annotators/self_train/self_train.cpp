@@ -21,21 +21,14 @@ using T = OptionType;
 
 const OptionSpec kSelfTrainOptions[] = {
     {"loss", T::string, "\"dpo\"", "Loss plugin that trains the annotator's model."},
-    {"loss_options", T::string, "\"\"",
-     "Options table body for that loss; empty = \"beta = <beta>\"."},
-    {"beta", T::real, "5000.0",
-     "beta of the implicit-reward logit h; match the loss's beta (it is passed to the loss when "
-     "loss_options is empty)."},
+    {"beta", T::real_or_string, "\"loss\"",
+     "beta of the implicit-reward logit h, also passed to the loss that trains the model; "
+     "\"loss\" = the beta of the experiment's [loss]."},
     {"steps", T::integer, "300", "Optimiser steps on the labelled pairs ([train] settings)."},
     {"n_draws", T::integer, "16", "Timestep/noise draws averaged per pair for h."},
     {"batch_size", T::integer, "2048", "Pairs per scoring batch."},
     {"temperature", T::real, "1.0", "g = sigmoid(h / temperature): > 1 softens, < 1 sharpens."},
 };
-
-std::string format_real(double value) {
-  std::string text = std::to_string(value);  // always has a decimal point: a TOML float
-  return text;
-}
 
 class SelfTrainAnnotator : public Annotator {
  public:
@@ -44,6 +37,9 @@ class SelfTrainAnnotator : public Annotator {
     if (options.integer("n_draws") < 1) options.fail("n_draws", "must be at least 1");
     if (options.integer("batch_size") < 1) options.fail("batch_size", "must be at least 1");
     if (!(options.real("temperature") > 0)) options.fail("temperature", "must be positive");
+    if (options.is_string("beta") && options.string("beta") != "loss") {
+      options.fail("beta", "expected a number or \"loss\", got \"" + options.string("beta") + "\"");
+    }
   }
 
   bool uses_labels() const override { return true; }
@@ -56,9 +52,9 @@ class SelfTrainAnnotator : public Annotator {
       throw Error("annotator 'self_train' needs human-labelled pairs to train on, but none are "
                   "labelled (raise [train] labelled_fraction)");
     }
-    const double beta = options_.real("beta");
-    std::string loss_options = options_.string("loss_options");
-    if (loss_options.empty()) loss_options = "beta = " + format_real(beta);
+    const double beta = implicit_beta(context.services);
+    Options loss_options;
+    loss_options.set("beta", beta);
 
     std::shared_ptr<Backbone> backbone = context.services.fresh_backbone();
     std::shared_ptr<Loss> loss = context.services.make_loss(options_.string("loss"), loss_options);
@@ -90,6 +86,16 @@ class SelfTrainAnnotator : public Annotator {
   }
 
  private:
+  double implicit_beta(const ExperimentServices& services) const {
+    if (!options_.is_string("beta")) return options_.real("beta");
+    const Options& loss = services.experiment_loss_options();
+    if (!loss.contains("beta")) {
+      options_.fail("beta", "\"loss\" takes the beta of the experiment's [loss], which has none; "
+                            "give a number");
+    }
+    return loss.real("beta");
+  }
+
   Options options_;
 };
 

@@ -26,6 +26,7 @@
 #include "answer_journal.hpp"
 #include "chat_protocol.hpp"
 #include "dedpo/annotator.hpp"
+#include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/image.hpp"
 #include "dedpo/plugin.hpp"
@@ -94,22 +95,6 @@ std::string lower(std::string text) {
   return text;
 }
 
-// FNV-1a: stable across builds and platforms, unlike std::hash; names journal files.
-class Digest {
- public:
-  void add(std::string_view bytes) {
-    for (unsigned char c : bytes) hash_ = (hash_ ^ c) * 1099511628211ull;
-  }
-  std::string hex() const {
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash_));
-    return hex;
-  }
-
- private:
-  std::uint64_t hash_ = 1469598103934665603ull;
-};
-
 // Identifies data whose dataset gave no fingerprint: its prompts, files and tensors.
 std::string content_digest(const PairDataset& data) {
   Digest digest;
@@ -117,10 +102,7 @@ std::string content_digest(const PairDataset& data) {
   for (const auto* files : {&data.a_files, &data.b_files}) {
     for (const fs::path& file : *files) digest.add(file.string() + "\n");
   }
-  for (const at::Tensor* tensor : {&data.prompt_index, &data.a, &data.b}) {
-    const at::Tensor bytes = tensor->to(at::kCPU).contiguous();
-    digest.add({static_cast<const char*>(bytes.data_ptr()), bytes.nbytes()});
-  }
+  for (const at::Tensor* tensor : {&data.prompt_index, &data.a, &data.b}) digest.add(*tensor);
   return "content:" + digest.hex();
 }
 

@@ -1,6 +1,8 @@
 // The `toy` backbone: world, MLP denoiser, DDPM noising, DDIM / DDPM sampling, weights I/O.
 #include "toy_backbone.hpp"
 
+#include "dedpo/digest.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <set>
@@ -35,15 +37,6 @@ std::string world_description(const WorldConfig& c) {
       << " modes=" << c.n_modes << " spread=" << c.mode_spread << " std=" << c.mode_std
       << " width=" << c.preference_width << " quality=" << c.quality_weight;
   return out.str();
-}
-
-std::uint64_t fnv1a(const void* data, std::size_t size, std::uint64_t hash) {
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < size; ++i) {
-    hash ^= bytes[i];
-    hash *= 0x100000001b3ull;
-  }
-  return hash;
 }
 
 // Random draws on the generator's device, then moved to where the data lives.
@@ -355,23 +348,13 @@ void ToyBackbone::load_weights(const std::filesystem::path& file) {
 
 std::string ToyBackbone::reference_identity() const {
   require_prepared("reference_identity");
-  std::string text = world_description(world_.config());
-  std::uint64_t hash = fnv1a(text.data(), text.size(), 0xcbf29ce484222325ull);
+  Digest identity;
+  identity.add(world_description(world_.config()));
   for (const auto& item : reference_->named_parameters()) {
-    at::Tensor value = item.value().detach().to(at::kCPU).contiguous();
-    hash = fnv1a(item.key().data(), item.key().size(), hash);
-    hash = fnv1a(value.data_ptr(), value.numel() * value.element_size(), hash);
+    identity.add(item.key());
+    identity.add(item.value());
   }
-  char buffer[17];
-  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(hash));
-  return buffer;
-}
-
-std::string hex_digest(const std::string& text) {
-  std::uint64_t hash = fnv1a(text.data(), text.size(), 0xcbf29ce484222325ull);
-  char buffer[17];
-  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(hash));
-  return buffer;
+  return identity.hex();
 }
 
 ToyBackbone& toy_backbone(Backbone& backbone, const char* plugin) {

@@ -105,7 +105,4 @@ class ToyBackbone : public Backbone {
 // The toy backbone behind a Backbone reference; dedpo::Error when it is another backbone.
 ToyBackbone& toy_backbone(Backbone& backbone, const char* plugin);
 
-// 16 hex digits (FNV-1a 64) of text: dataset fingerprints.
-std::string hex_digest(const std::string& text);
-
 }  // namespace dedpo::toy

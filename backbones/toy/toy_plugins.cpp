@@ -7,6 +7,7 @@
 
 #include "dedpo/annotator.hpp"
 #include "dedpo/dataset.hpp"
+#include "dedpo/digest.hpp"
 #include "dedpo/metric.hpp"
 #include "dedpo/plugin.hpp"
 #include "toy_backbone.hpp"
@@ -114,7 +115,7 @@ class ToyPairs : public Dataset {
     key << "toy_pairs|" << options_text(options_) << "|seed=" << context.seed << "|"
         << (from_reference ? toy.reference_identity() : "base") << "|"
         << options_text(toy.options());
-    data.fingerprint = "toy_pairs-" + hex_digest(key.str());
+    data.fingerprint = "toy_pairs-" + digest(key.str());
     return data;
   }
 
@@ -175,7 +176,7 @@ class ToyRewardMetric : public Metric {
     if (options.integer("n_samples") < 1) options.fail("n_samples", "must be at least 1");
   }
 
-  std::vector<std::pair<std::string, double>> evaluate(MetricContext& context) override {
+  Figures evaluate(MetricContext& context) override {
     ToyBackbone& toy = toy_backbone(context.backbone, "toy_reward");
     const World& world = toy.world();
     const std::int64_t n = options_.integer("n_samples");

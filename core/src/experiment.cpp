@@ -1,12 +1,12 @@
-#include "dedpo/experiment.hpp"
+#include "dedpo/host/experiment.hpp"
 
 #include <algorithm>
-#include <fstream>
 #include <set>
 #include <sstream>
 
 #include <toml++/toml.h>
 
+#include "dedpo/files.hpp"
 #include "option_table.hpp"
 
 namespace dedpo {
@@ -37,13 +37,7 @@ toml::table parse_text(std::string_view text, const std::string& origin) {
   }
 }
 
-toml::table parse_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(file.string() + ": cannot read the experiment file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_text(text.str(), file.string());
-}
+toml::table parse_file(const fs::path& file) { return parse_text(read_file(file), file.string()); }
 
 // `over` wins; tables merge key by key, everything else (arrays included) is replaced. Nodes are
 // moved, not copied: a copy would lose its source position, which error messages need.
@@ -288,44 +282,6 @@ Options core_table(const toml::table& root, const char* key, std::span<const Opt
   return detail::validate_table(table ? *table : empty, schema, origin + " [" + key + "]");
 }
 
-void require_choice(const Options& options, const char* name,
-                    std::initializer_list<std::string_view> choices) {
-  const std::string& value = options.string(name);
-  std::string list;
-  for (std::string_view choice : choices) {
-    if (value == choice) return;
-    list += (list.empty() ? "\"" : ", \"") + std::string(choice) + "\"";
-  }
-  options.fail(name, "expected one of " + list + ", got \"" + value + "\"");
-}
-
-void require_positive(const Options& options, const char* name) {
-  if (options.integer(name) <= 0) {
-    options.fail(name, "expected a positive integer, got " + std::to_string(options.integer(name)));
-  }
-}
-
-void check_train(const Options& train) {
-  require_choice(train, "objective", {"preference", "denoising"});
-  require_choice(train, "optimizer", {"adamw", "adafactor"});
-  require_choice(train, "schedule", {"constant", "linear", "cosine"});
-  require_choice(train, "precision", {"fp32", "bf16"});
-  require_positive(train, "steps");
-  require_positive(train, "batch_size");
-  require_positive(train, "grad_accum");
-  double fraction = train.real("labelled_fraction");
-  if (!(fraction > 0.0 && fraction <= 1.0)) {
-    train.fail("labelled_fraction", "expected a number in (0, 1], got " + std::to_string(fraction));
-  }
-  if (!(train.real("lr") > 0.0)) train.fail("lr", "expected a positive number");
-  double ema = train.real("ema_decay");
-  if (!(ema >= 0.0 && ema < 1.0)) train.fail("ema_decay", "expected a number in [0, 1)");
-  for (const char* name : {"warmup_steps", "checkpoint_every", "log_every"}) {
-    if (train.integer(name) < 0) train.fail(name, "expected a non-negative integer");
-  }
-  if (train.real("max_grad_norm") < 0.0) train.fail("max_grad_norm", "expected >= 0");
-}
-
 PluginSlot resolve_slot(const toml::table& table, const std::string& table_name, PluginKind kind,
                         const std::string& origin, const PluginRegistry& registry) {
   const toml::node* plugin = table.get("plugin");
@@ -352,7 +308,7 @@ PluginSlot resolve_slot(const toml::table& table, const std::string& table_name,
   Options options = detail::validate_table(
       table, std::span(entry->descriptor->options, entry->descriptor->option_count), where,
       "plugin");
-  return {table_name, kind, name, options, detail::options_to_toml(options)};
+  return {table_name, kind, name, options};
 }
 
 toml::table options_table(const Options& options) {
@@ -384,6 +340,19 @@ void drop_foreign_options(toml::table& table, const std::string& slot, PluginKin
   for (const std::string& option : foreign) table.erase(option);
 }
 
+// Constructs (and discards) every plugin the experiment names, so the plugins' own checks fail
+// at load. Plugin constructors are cheap by contract: heavy work belongs in Backbone::prepare and
+// the other methods.
+void construct_plugins(const Experiment& experiment, const PluginRegistry& registry) {
+  for (const std::optional<PluginSlot>* slot :
+       {&experiment.backbone, &experiment.data, &experiment.annotator, &experiment.loss}) {
+    if (*slot) registry.create_plugin((*slot)->kind, (*slot)->plugin, (*slot)->options);
+  }
+  for (const PluginSlot& slot : experiment.metrics) {
+    registry.create_plugin(slot.kind, slot.plugin, slot.options);
+  }
+}
+
 Experiment resolve(toml::table root, std::string origin, const fs::path& base_dir,
                    const OverrideEffects& effects, PluginRegistry& registry) {
   std::vector<std::string> known(std::begin(kTopLevelKeys), std::end(kTopLevelKeys));
@@ -396,30 +365,27 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
     throw Error(message);
   }
 
-  Experiment experiment;
-  experiment.run = core_table(root, "run", run_options_schema(), origin);
-  experiment.train = core_table(root, "train", train_options_schema(), origin);
-  experiment.eval = core_table(root, "eval", eval_options_schema(), origin);
-  experiment.init = core_table(root, "init", init_options_schema(), origin);
-  check_train(experiment.train);
-  if (experiment.run.integer("threads") < 0) experiment.run.fail("threads", "expected >= 0");
-  if (!experiment.init.string("experiment").empty() && !experiment.init.string("weights").empty()) {
-    experiment.init.fail("weights", "give either [init] experiment or [init] weights, not both");
-  }
-
+  Options run = core_table(root, "run", run_options_schema(), origin);
+  Options train = core_table(root, "train", train_options_schema(), origin);
+  Options eval = core_table(root, "eval", eval_options_schema(), origin);
+  Options init = core_table(root, "init", init_options_schema(), origin);
   // Paths are resolved against the experiment's folder once, here, so the resolved config means
   // the same from any working directory.
-  experiment.run.set("output", absolute_from(base_dir, experiment.run.string("output")).string());
+  run.set("output", absolute_from(base_dir, run.string("output")).string());
   for (const char* key : {"experiment", "weights"}) {
-    const std::string& value = experiment.init.string(key);
+    const std::string& value = init.string(key);
     if (value.empty()) continue;
     fs::path file = absolute_from(base_dir, value);
     if (!fs::exists(file)) {
-      experiment.init.fail(key, "file '" + value + "' does not exist (looked for " +
-                                    file.string() + ")");
+      init.fail(key, "file '" + value + "' does not exist (looked for " + file.string() + ")");
     }
-    experiment.init.set(key, file.string());
+    init.set(key, file.string());
   }
+  Experiment experiment;
+  experiment.train = read_train_settings(train);
+  experiment.run = read_run_settings(run, available_cuda_devices());
+  experiment.eval = read_eval_settings(eval);
+  experiment.init = read_init_settings(init);
 
   if (const toml::table* plugins = optional_table(root, "plugins", origin)) {
     for (const auto& [key, node] : *plugins) {
@@ -476,7 +442,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
     experiment.grid_toml = text.str();
   }
 
-  const std::string objective = experiment.train.string("objective");
+  const std::string& objective = train.string("objective");
   auto require = [&](const std::optional<PluginSlot>& slot, const char* table) {
     if (!slot) {
       throw Error(origin + ": [train] objective = \"" + objective + "\" needs a [" + table +
@@ -485,14 +451,15 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   };
   require(experiment.backbone, "backbone");
   require(experiment.data, "data");
-  if (objective == "preference") require(experiment.loss, "loss");
+  if (experiment.train.objective == Objective::preference) require(experiment.loss, "loss");
+  construct_plugins(experiment, registry);
 
   // The resolved configuration: every table with every option, defaults filled in.
   toml::table resolved;
-  resolved.insert("run", options_table(experiment.run));
-  resolved.insert("train", options_table(experiment.train));
-  resolved.insert("eval", options_table(experiment.eval));
-  resolved.insert("init", options_table(experiment.init));
+  resolved.insert("run", options_table(run));
+  resolved.insert("train", options_table(train));
+  resolved.insert("eval", options_table(eval));
+  resolved.insert("init", options_table(init));
   if (!experiment.plugin_paths.empty()) {
     toml::array paths;
     for (const fs::path& path : experiment.plugin_paths) paths.push_back(path.string());
@@ -557,27 +524,6 @@ Experiment load_experiment_text(std::string_view toml_text, std::string origin,
   OverrideEffects effects = apply_overrides(root, overrides);
   apply_vars(root, origin);
   return resolve(std::move(root), origin, base_dir, effects, registry);
-}
-
-void check_plugins(const Experiment& experiment, const PluginRegistry& registry) {
-  for (const std::optional<PluginSlot>* slot :
-       {&experiment.backbone, &experiment.data, &experiment.annotator, &experiment.loss}) {
-    if (*slot) registry.create_plugin((*slot)->kind, (*slot)->plugin, (*slot)->options);
-  }
-  for (const PluginSlot& slot : experiment.metrics) {
-    registry.create_plugin(slot.kind, slot.plugin, slot.options);
-  }
-}
-
-std::string digest(std::string_view text) {
-  std::uint64_t hash = 1469598103934665603ull;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 1099511628211ull;
-  }
-  char buffer[17];
-  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(hash));
-  return buffer;
 }
 
 }  // namespace dedpo

@@ -3,7 +3,7 @@
 #include <sstream>
 #include <vector>
 
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 
 namespace dedpo::detail {
 

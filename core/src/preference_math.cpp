@@ -152,8 +152,9 @@ at::Tensor all_mean(const at::Tensor& values, const at::Tensor& mask, const Pair
 
 // ---- checks and diagnostics ------------------------------------------------------------------
 
-void check_terms(const PairTerms& terms, std::string_view loss_name, bool needs_reference,
-                 bool needs_annotator) {
+void check_terms(const PairTerms& terms, std::string_view loss_name, const Loss& loss) {
+  const bool needs_reference = loss.needs_reference();
+  const bool needs_annotator = loss.needs_annotator();
   const std::string name(loss_name);
   auto require = [&](const at::Tensor& t, const char* field, std::int64_t batch) {
     if (!t.defined()) throw Error(name + ": PairTerms::" + field + " is undefined");
@@ -187,8 +188,8 @@ void check_terms(const PairTerms& terms, std::string_view loss_name, bool needs_
   }
 }
 
-Diagnostics preference_diagnostics(const PairTerms& terms, const at::Tensor& h) {
-  Diagnostics out;
+Figures preference_diagnostics(const PairTerms& terms, const at::Tensor& h) {
+  Figures out;
   at::Tensor labelled = terms.is_labelled.detach().to(at::kCPU, at::kBool).contiguous();
   at::Tensor z = host(terms.human_label);
   const std::int64_t batch = labelled.size(0);

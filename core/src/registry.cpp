@@ -1,8 +1,9 @@
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 
 #include <algorithm>
 #include <cstdlib>
 #include <set>
+#include <variant>
 
 #include <boost/dll/shared_library.hpp>
 #include <toml++/toml.h>
@@ -198,6 +199,17 @@ Options PluginRegistry::resolve_options(PluginKind kind, std::string_view name,
     throw Error(where + ":" + std::to_string(error.source().begin.line) + ":" +
                 std::to_string(error.source().begin.column) + ": " +
                 std::string(error.description()));
+  }
+  return detail::validate_table(
+      table, std::span(entry.descriptor->options, entry.descriptor->option_count), where);
+}
+
+Options PluginRegistry::complete_options(PluginKind kind, std::string_view name,
+                                         const Options& given, std::string where) const {
+  const PluginEntry& entry = find(kind, name);
+  toml::table table;
+  for (const auto& [key, value] : given.values()) {
+    std::visit([&, &key = key](const auto& v) { table.insert(key, v); }, value);
   }
   return detail::validate_table(
       table, std::span(entry.descriptor->options, entry.descriptor->option_count), where);

@@ -86,7 +86,7 @@ class DedpoLoss final : public dedpo::Loss {
   bool needs_annotator() const override { return true; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "dedpo", true, true);
+    dedpo::check_terms(terms, "dedpo", *this);
     // lambda comes from previous batches only: the estimate of this batch stays unbiased.
     const double estimate = lambda_estimate();
     const bool warm = state_[kSeen] >= static_cast<double>(warmup_) && !std::isnan(estimate);
@@ -108,7 +108,7 @@ class DedpoLoss final : public dedpo::Loss {
       loss = lambda * pseudo + correction;
     }
 
-    dedpo::Diagnostics diagnostics = dedpo::preference_diagnostics(terms, h);
+    dedpo::Figures diagnostics = dedpo::preference_diagnostics(terms, h);
     diagnostics.emplace_back("lambda", lambda);
     {
       at::NoGradGuard no_grad;
@@ -157,7 +157,7 @@ class DedpoLoss final : public dedpo::Loss {
   // Scores on this batch's labelled pairs: s_z = sigmoid(h) - z (zero for a dropped tie, whose
   // human term is zero), s_g = sigmoid(h) - g; the per-pair gradients are these times grad h.
   void update_moments(const at::Tensor& h, const dedpo::LabelView& labels, const at::Tensor& g,
-                      dedpo::Diagnostics& diagnostics) {
+                      dedpo::Figures& diagnostics) {
     at::Tensor p = at::sigmoid(h.detach()).to(at::kCPU, at::kDouble);
     at::Tensor s_z = at::where(labels.use.to(at::kCPU), p - labels.target.to(at::kCPU, at::kDouble),
                                at::zeros_like(p));

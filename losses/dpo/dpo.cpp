@@ -26,7 +26,7 @@ class DpoLoss final : public dedpo::Loss {
   bool needs_annotator() const override { return false; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "dpo", true, false);
+    dedpo::check_terms(terms, "dpo", *this);
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, h.scalar_type());
     at::Tensor loss = dedpo::labelled_mean(dedpo::bce_with_logits(h, labels.target), labels.use, terms);

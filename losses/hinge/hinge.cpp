@@ -29,7 +29,7 @@ class HingeLoss final : public dedpo::Loss {
   bool needs_annotator() const override { return false; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "hinge", true, false);
+    dedpo::check_terms(terms, "hinge", *this);
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, h.scalar_type());
     at::Tensor per_pair = labels.target * at::relu(margin_ - h) +

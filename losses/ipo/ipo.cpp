@@ -29,7 +29,7 @@ class IpoLoss final : public dedpo::Loss {
   bool needs_annotator() const override { return false; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "ipo", true, false);
+    dedpo::check_terms(terms, "ipo", *this);
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, h.scalar_type());
     const double margin = 1.0 / (2.0 * tau_);

@@ -35,7 +35,7 @@ class NaiveSslDpoLoss final : public dedpo::Loss {
   bool needs_annotator() const override { return true; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "naive_ssl_dpo", true, true);
+    dedpo::check_terms(terms, "naive_ssl_dpo", *this);
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     const at::ScalarType dtype = h.scalar_type();
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, dtype);
@@ -47,7 +47,7 @@ class NaiveSslDpoLoss final : public dedpo::Loss {
     at::Tensor loss =
         dedpo::all_mean(dedpo::bce_with_logits(h, target), use, terms, "naive_ssl_dpo");
 
-    dedpo::Diagnostics diagnostics = dedpo::preference_diagnostics(terms, h);
+    dedpo::Figures diagnostics = dedpo::preference_diagnostics(terms, h);
     diagnostics.emplace_back(
         "pseudo_labelled_pairs",
         labels.unlabelled.logical_and(confident).sum().item<double>());

@@ -31,7 +31,7 @@ class RdpoLoss final : public dedpo::Loss {
   bool needs_annotator() const override { return false; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "rdpo", true, false);
+    dedpo::check_terms(terms, "rdpo", *this);
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, h.scalar_type());
     at::Tensor target = (labels.target - epsilon_) / (1.0 - 2.0 * epsilon_);

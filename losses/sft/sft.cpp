@@ -23,13 +23,13 @@ class SftLoss final : public dedpo::Loss {
   bool needs_reference() const override { return false; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
-    dedpo::check_terms(terms, "sft", false, false);
+    dedpo::check_terms(terms, "sft", *this);
     at::ScalarType dtype = dedpo::compute_dtype(terms.model_err_a);
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, dtype);
     at::Tensor preferred = labels.target * terms.model_err_a.to(dtype) +
                            (1.0 - labels.target) * terms.model_err_b.to(dtype);
     at::Tensor loss = dedpo::labelled_mean(preferred, labels.use, terms);
-    dedpo::Diagnostics diagnostics = dedpo::preference_diagnostics(terms, at::Tensor());
+    dedpo::Figures diagnostics = dedpo::preference_diagnostics(terms, at::Tensor());
     diagnostics.emplace_back("preferred_err_mean", loss.detach().item<double>());
     return {loss, std::move(diagnostics)};
   }

@@ -16,7 +16,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "dedpo/dataset.hpp"
-#include "dedpo/experiment.hpp"
+#include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/image.hpp"
 #include "dedpo/plugin.hpp"

@@ -146,7 +146,7 @@ ScorerMetric::ScorerMetric(const Options& options, ScoreKind kind) : options_(op
   }
 }
 
-std::vector<std::pair<std::string, double>> ScorerMetric::evaluate(MetricContext& context) {
+Figures ScorerMetric::evaluate(MetricContext& context) {
   std::vector<PromptSet> sets;
   for (const fs::path& file : split_path_list(options_.string("prompts"))) {
     sets.push_back(read_prompt_set(file, options_.integer("max_prompts")));
@@ -175,11 +175,11 @@ std::vector<std::pair<std::string, double>> ScorerMetric::evaluate(MetricContext
 
   const std::string prefix = prefix_of(kind_);
   const std::string main = kind_ == ScoreKind::hpsv2 ? "hpsv2_avg" : prefix;
-  std::vector<std::pair<std::string, double>> figures;
+  Figures figures;
   for (bool from_reference : {false, true}) {
     if (from_reference && !with_reference) break;
     const std::string suffix = from_reference ? "_ref" : "";
-    std::vector<std::pair<std::string, double>> per_set;
+    Figures per_set;
     double sum = 0;
     for (std::size_t s = 0; s < sets.size(); ++s) {
       // Each file its own seed: its images do not depend on the other files' lengths.
@@ -191,6 +191,20 @@ std::vector<std::pair<std::string, double>> ScorerMetric::evaluate(MetricContext
     if (sets.size() > 1) figures.insert(figures.end(), per_set.begin(), per_set.end());
   }
   return figures;
+}
+
+std::string ScorerMetric::title(const std::string& figure) const {
+  const bool reference = figure.ends_with("_ref");
+  const std::string own = reference ? figure.substr(0, figure.size() - 4) : figure;
+  const char* paper = nullptr;
+  switch (kind_) {
+    case ScoreKind::pickscore: paper = own == "pickscore" ? "PS" : nullptr; break;
+    case ScoreKind::hpsv2: paper = own == "hpsv2_avg" ? "HPSv2 Avg" : nullptr; break;
+    case ScoreKind::aesthetic: paper = own == "aesthetic" ? "AS" : nullptr; break;
+    case ScoreKind::clip_score: paper = own == "clip_score" ? "CLIP" : nullptr; break;
+  }
+  if (paper == nullptr) return figure;
+  return reference ? std::string(paper) + " (ref)" : std::string(paper);
 }
 
 }  // namespace dedpo::scorers

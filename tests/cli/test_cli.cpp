@@ -97,6 +97,15 @@ TEST(Cli, ValidateChecksEverythingAndRunsNothing) {
   EXPECT_THAT(result.output, HasSubstr("--set expects KEY=VALUE"));
 }
 
+TEST(Cli, RunRefusesABadPluginOptionBeforePreparingAnything) {
+  TempDir dir;
+  write_file(dir / "exp.toml", kTinyRun);
+  auto result = run_dedpo("run " + (dir / "exp.toml").string() + " --set loss.beta=-1.0");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo'): option 'beta'"));
+  EXPECT_FALSE(fs::exists(dir / "runs"));  // no run folder, so no backbone was prepared
+}
+
 TEST(Cli, EveryRunGetsItsOwnFolder) {
   TempDir dir;
   write_file(dir / "exp.toml", kTinyRun);

@@ -8,7 +8,7 @@
 #include <ATen/ATen.h>
 
 #include "dedpo/loss.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;

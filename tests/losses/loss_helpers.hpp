@@ -16,7 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "dedpo/loss.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 
 namespace loss_test {
 

@@ -4,7 +4,7 @@
 #include <random>
 
 #include "dedpo/error.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 #include "loss_helpers.hpp"
 
 using namespace loss_test;

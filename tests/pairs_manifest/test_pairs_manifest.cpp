@@ -24,7 +24,8 @@
 #include "dedpo/backbone.hpp"
 #include "dedpo/dataset.hpp"
 #include "dedpo/image.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
+#include "no_services.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -351,16 +352,7 @@ TEST(PairsManifest, TwoLoadersFillingOneCacheAtOnceEncodeEachImageOnce) {
 // ---------------------------------------------------------------------------------------------
 // The `file` annotator
 
-struct NoServices : dedpo::ExperimentServices {
-  std::shared_ptr<dedpo::Backbone> fresh_backbone() override { throw dedpo::Error("unused"); }
-  std::shared_ptr<dedpo::Loss> make_loss(const std::string&, const std::string&) override {
-    throw dedpo::Error("unused");
-  }
-  void train(dedpo::Backbone&, dedpo::Loss&, const dedpo::PairDataset&, const at::Tensor&,
-             const at::Tensor&, std::int64_t, std::uint64_t) override {
-    throw dedpo::Error("unused");
-  }
-};
+using dedpo::test::NoServices;
 
 class FileAnnotator : public ::testing::Test {
  protected:

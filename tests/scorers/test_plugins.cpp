@@ -14,9 +14,10 @@
 #include "dedpo/error.hpp"
 #include "dedpo/image.hpp"
 #include "dedpo/metric.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 #include "dedpo/scorers/clip_scorer.hpp"
 #include "dedpo/scorers/tiny.hpp"
+#include "no_services.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -91,16 +92,7 @@ class ScorerPlugins : public ::testing::Test {
   at::Tensor annotate(const std::string& plugin, const std::string& options, const dedpo::PairDataset& data) {
     auto annotator = registry_.create<dedpo::Annotator>(plugin, options);
     const at::Tensor labelled = at::zeros({data.size()}, at::kBool);
-    struct NoServices : dedpo::ExperimentServices {
-      std::shared_ptr<dedpo::Backbone> fresh_backbone() override { throw dedpo::Error("not used"); }
-      std::shared_ptr<dedpo::Loss> make_loss(const std::string&, const std::string&) override {
-        throw dedpo::Error("not used");
-      }
-      void train(dedpo::Backbone&, dedpo::Loss&, const dedpo::PairDataset&, const at::Tensor&, const at::Tensor&,
-                 std::int64_t, std::uint64_t) override {
-        throw dedpo::Error("not used");
-      }
-    } services;
+    dedpo::test::NoServices services;
     dedpo::AnnotatorContext context{data, labelled, backbone_, services, 0};
     return annotator->annotate(context);
   }

@@ -20,7 +20,7 @@
 #include "dedpo/backbone.hpp"
 #include "dedpo/image.hpp"
 #include "dedpo/loss.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 #include "dedpo/safetensors.hpp"
 #include "dedpo/sd/clip.hpp"
 #include "dedpo/sd/diffusion_backbone.hpp"

@@ -14,8 +14,9 @@
 #include "dedpo/annotator.hpp"
 #include "dedpo/dataset.hpp"
 #include "dedpo/metric.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 #include "dedpo/services.hpp"
+#include "no_services.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -60,17 +61,7 @@ dedpo::PairDataset base_pairs(dedpo::Backbone& backbone, std::int64_t n, std::ui
   return data->pairs(context);
 }
 
-class NoServices : public dedpo::ExperimentServices {
- public:
-  std::shared_ptr<dedpo::Backbone> fresh_backbone() override { throw dedpo::Error("none"); }
-  std::shared_ptr<dedpo::Loss> make_loss(const std::string&, const std::string&) override {
-    throw dedpo::Error("none");
-  }
-  void train(dedpo::Backbone&, dedpo::Loss&, const dedpo::PairDataset&, const at::Tensor&,
-             const at::Tensor&, std::int64_t, std::uint64_t) override {
-    throw dedpo::Error("none");
-  }
-};
+using dedpo::test::NoServices;
 
 TEST(ToyWorld, LoadsAllPluginsOfTheLibrary) {
   auto& r = registry();
@@ -299,11 +290,12 @@ class NudgeServices : public NoServices {
  public:
   std::shared_ptr<dedpo::Backbone> fresh_backbone() override { return prepared_toy("", 7); }
   std::shared_ptr<dedpo::Loss> make_loss(const std::string& name,
-                                         const std::string& options) override {
+                                         const dedpo::Options& options) override {
     loss_name = name;
     loss_options = options;
     return nullptr;
   }
+  const dedpo::Options& experiment_loss_options() const override { return experiment_loss; }
   void train(dedpo::Backbone& backbone, dedpo::Loss&, const dedpo::PairDataset&,
              const at::Tensor& is_labelled, const at::Tensor&, std::int64_t steps,
              std::uint64_t) override {
@@ -313,7 +305,8 @@ class NudgeServices : public NoServices {
     at::NoGradGuard no_grad;
     for (auto& p : backbone.model().parameters()) p.add_(0.01);
   }
-  std::string loss_name, loss_options;
+  std::string loss_name;
+  dedpo::Options loss_options, experiment_loss;
   std::int64_t trained_on = -1, trained_steps = -1;
 };
 
@@ -327,7 +320,7 @@ TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
   dedpo::AnnotatorContext context{data, labelled, *backbone, services, 4};
   at::Tensor g0 = untrained->annotate(context);
   EXPECT_EQ(services.loss_name, "dpo");
-  EXPECT_NE(services.loss_options.find("beta = 50"), std::string::npos) << services.loss_options;
+  EXPECT_DOUBLE_EQ(services.loss_options.real("beta"), 50.0);
   EXPECT_EQ(services.trained_on, 100);
   EXPECT_TRUE(at::allclose(g0, at::full({500}, 0.5f)));  // model == reference: no preference
 

@@ -5,10 +5,10 @@
 
 #include <gtest/gtest.h>
 
-#include "dedpo/experiment.hpp"
-#include "dedpo/registry.hpp"
-#include "dedpo/runner.hpp"
-#include "dedpo/trainer.hpp"
+#include "dedpo/host/experiment.hpp"
+#include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 #include "test_support.hpp"
 #include "trainer_test_util.hpp"
 
@@ -69,7 +69,7 @@ TEST(Grid, FailingCaseDoesNotStopTheOthersAndRerunSkipsFinishedRuns) {
 
   auto lines = csv_lines(grid / "results.csv");
   ASSERT_EQ(lines.size(), 5u);
-  EXPECT_EQ(lines[0], "run,loss,annotator,labeled_fraction,seed,test_error,test_weight_norm");
+  EXPECT_EQ(lines[0], "run,loss,annotator,labelled_fraction,seed,test_error,test_weight_norm");
   EXPECT_EQ(lines[1].rfind("ok__run.seed=0__train.labelled_fraction=0.5,test_dpo,,0.5,0,", 0), 0u)
       << lines[1];
   std::string summary = test::read_text(grid / "summary.md");
@@ -120,6 +120,12 @@ TEST(Report, MeanAndConfidenceIntervalOverSeeds) {
   make_run("dpo__run.seed=0__train.labelled_fraction=1.0", 0, 1.0, 5.0);
   fs::create_directories(temp / "dpo__run.seed=1__train.labelled_fraction=1.0");  // unfinished
   std::ofstream(temp / "dpo__run.seed=1__train.labelled_fraction=1.0" / kConfigFile) << "";
+  // The launcher's index of the runs: which method and plot line each belongs to.
+  std::ofstream(temp / "grid.json") << R"({"runs": {
+      "dpo__run.seed=0__train.labelled_fraction=0.5": {"method": "dpo__train.labelled_fraction=0.5", "line": "dpo"},
+      "dpo__run.seed=1__train.labelled_fraction=0.5": {"method": "dpo__train.labelled_fraction=0.5", "line": "dpo"},
+      "dpo__run.seed=2__train.labelled_fraction=0.5": {"method": "dpo__train.labelled_fraction=0.5", "line": "dpo"},
+      "dpo__run.seed=0__train.labelled_fraction=1.0": {"method": "dpo__train.labelled_fraction=1.0", "line": "dpo"}}})";
   std::string summary = write_report(temp.path());
   // mean 2, sd 1, t(0.975, 2) = 4.303: 2 ± 2.5
   EXPECT_NE(summary.find("2 ± 2.5"), std::string::npos) << summary;
@@ -129,7 +135,7 @@ TEST(Report, MeanAndConfidenceIntervalOverSeeds) {
       << summary;
   auto lines = csv_lines(temp / "results.csv");
   ASSERT_EQ(lines.size(), 5u);
-  EXPECT_EQ(lines[0], "run,loss,annotator,labeled_fraction,seed,reward");
+  EXPECT_EQ(lines[0], "run,loss,annotator,labelled_fraction,seed,reward");
   EXPECT_EQ(lines[1], "dpo__run.seed=0__train.labelled_fraction=0.5,dpo,oracle,0.5,0,1");
   std::string svg = test::read_text(temp / "reward.svg");
   EXPECT_NE(svg.find("<svg"), std::string::npos);

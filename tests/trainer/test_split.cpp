@@ -10,10 +10,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "dedpo/experiment.hpp"
-#include "dedpo/registry.hpp"
-#include "dedpo/runner.hpp"
-#include "dedpo/trainer.hpp"
+#include "dedpo/host/experiment.hpp"
+#include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 #include "test_support.hpp"
 #include "trainer_test_util.hpp"
 
@@ -123,10 +123,10 @@ TEST(Split, BadOptionsAreNamed) {
   PluginRegistry registry = fixture_registry();
   EXPECT_THAT([&] { run(registry, temp.path(), {{"train.split", "sideways"}}); },
               ::testing::ThrowsMessage<Error>(::testing::HasSubstr(
-                  "option 'split': expected \"random\" or \"by_prompt\", got \"sideways\"")));
+                  "option 'split': expected one of \"random\", \"by_prompt\", got \"sideways\"")));
   EXPECT_THAT([&] { run(registry, temp.path(), {{"train.ties", "half"}}); },
               ::testing::ThrowsMessage<Error>(::testing::HasSubstr(
-                  "option 'ties': expected \"keep\" or \"drop\", got \"half\"")));
+                  "option 'ties': expected one of \"keep\", \"drop\", got \"half\"")));
 }
 
 }  // namespace

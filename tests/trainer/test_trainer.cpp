@@ -10,10 +10,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 
-#include "dedpo/experiment.hpp"
-#include "dedpo/registry.hpp"
-#include "dedpo/runner.hpp"
-#include "dedpo/trainer.hpp"
+#include "dedpo/host/experiment.hpp"
+#include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 #include "test_support.hpp"
 #include "trainer_test_util.hpp"
 
@@ -25,15 +25,14 @@ using namespace dedpo::trainer_test;
 // Unit: schedule and Adafactor
 
 TEST(Schedule, WarmupThenDecay) {
-  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "constant", 0), 0.25);
-  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "constant", 3), 1.0);
-  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "constant", 13), 1.0);
-  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "linear", 4), 1.0);
-  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, "linear", 9), 0.5);
-  EXPECT_NEAR(scheduled_lr(1.0, 0, 10, "cosine", 5), 0.5, 1e-12);
-  EXPECT_NEAR(scheduled_lr(2.0, 0, 10, "cosine", 0), 2.0, 1e-12);
-  EXPECT_NEAR(scheduled_lr(1.0, 0, 10, "linear", 10), 0.0, 1e-12);
-  EXPECT_THROW(scheduled_lr(1.0, 0, 10, "exponential", 1), Error);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, LrSchedule::constant, 0), 0.25);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, LrSchedule::constant, 3), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, LrSchedule::constant, 13), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, LrSchedule::linear, 4), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, LrSchedule::linear, 9), 0.5);
+  EXPECT_NEAR(scheduled_lr(1.0, 0, 10, LrSchedule::cosine, 5), 0.5, 1e-12);
+  EXPECT_NEAR(scheduled_lr(2.0, 0, 10, LrSchedule::cosine, 0), 2.0, 1e-12);
+  EXPECT_NEAR(scheduled_lr(1.0, 0, 10, LrSchedule::linear, 10), 0.0, 1e-12);
 }
 
 TEST(Adafactor, FactoredAndFullUpdatesMatchTheFormulas) {

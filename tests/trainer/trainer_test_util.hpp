@@ -11,10 +11,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 
-#include "dedpo/experiment.hpp"
-#include "dedpo/registry.hpp"
-#include "dedpo/runner.hpp"
-#include "dedpo/trainer.hpp"
+#include "dedpo/host/experiment.hpp"
+#include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 
 namespace dedpo::test {
 inline std::string read_text(const std::filesystem::path& file) {

@@ -243,7 +243,9 @@ class TestAnnotator final : public Annotator {
     at::Tensor shift = at::zeros({1});
     if (train_steps_ > 0) {
       auto backbone = c.services.fresh_backbone();
-      auto loss = c.services.make_loss("test_dpo", "beta = 5.0");
+      Options loss_options;
+      loss_options.set("beta", 5.0);
+      auto loss = c.services.make_loss("test_dpo", loss_options);
       c.services.train(*backbone, *loss, c.data, c.is_labelled, at::Tensor(), train_steps_, c.seed);
       at::NoGradGuard no_grad;
       shift = backbone->model().parameters()[3].detach().sum().reshape({1});
@@ -259,7 +261,7 @@ class TestAnnotator final : public Annotator {
 class TestMetric final : public Metric {
  public:
   explicit TestMetric(const Options&) {}
-  std::vector<std::pair<std::string, double>> evaluate(MetricContext& c) override {
+  Figures evaluate(MetricContext& c) override {
     double norm = 0.0;
     for (const auto& p : c.backbone.model().parameters()) norm += p.pow(2).sum().item<double>();
     double error = 0.0;

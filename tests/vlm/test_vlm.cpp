@@ -25,8 +25,9 @@
 
 #include "dedpo/annotator.hpp"
 #include "dedpo/image.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 #include "dedpo/services.hpp"
+#include "no_services.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -265,15 +266,7 @@ class ImageBackbone final : public dedpo::Backbone {
   torch::nn::Module model_;
 };
 
-class NoServices final : public dedpo::ExperimentServices {
- public:
-  std::shared_ptr<dedpo::Backbone> fresh_backbone() override { return nullptr; }
-  std::shared_ptr<dedpo::Loss> make_loss(const std::string&, const std::string&) override {
-    return nullptr;
-  }
-  void train(dedpo::Backbone&, dedpo::Loss&, const dedpo::PairDataset&, const at::Tensor&,
-             const at::Tensor&, std::int64_t, std::uint64_t) override {}
-};
+using dedpo::test::NoServices;
 
 class VlmAnnotatorTest : public ::testing::Test {
  protected:

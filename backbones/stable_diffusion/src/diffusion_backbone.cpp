@@ -12,7 +12,7 @@
 #include <torch/version.h>
 
 #include "dedpo/autocast.hpp"
-#include "dedpo/experiment.hpp"
+#include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/safetensors.hpp"
 #include "json_config.hpp"
@@ -60,11 +60,6 @@ UNetConditioning conditioning_in(const UNetConditioning& conditioning, at::Scala
   UNetConditioning out{conditioning.context.to(dtype), conditioning.added};
   if (out.added) out.added->text_embeds = out.added->text_embeds.to(dtype);
   return out;
-}
-
-std::string tensor_digest(const at::Tensor& tensor) {
-  const at::Tensor value = tensor.detach().cpu().contiguous();
-  return digest(std::string_view(static_cast<const char*>(value.data_ptr()), value.numel() * value.element_size()));
 }
 
 }  // namespace

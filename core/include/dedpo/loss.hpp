@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "dedpo/figures.hpp"
 #include "dedpo/plugin.hpp"
 
 namespace dedpo {
@@ -35,7 +36,7 @@ struct PairTerms {
 struct LossResult {
   at::Tensor loss;  // scalar, differentiable
   // Named figures for metrics.jsonl (implicit accuracy, mean logit, λ in use, ...).
-  std::vector<std::pair<std::string, double>> diagnostics;
+  Figures diagnostics;
 };
 
 class Loss : public Plugin {

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "dedpo/figures.hpp"
 #include "dedpo/backbone.hpp"
 #include "dedpo/data.hpp"
 #include "dedpo/plugin.hpp"
@@ -22,7 +23,11 @@ class Metric : public Plugin {
   static constexpr PluginKind kind = PluginKind::metric;
 
   // Named figures, written to the run's results and the grid's results.csv.
-  virtual std::vector<std::pair<std::string, double>> evaluate(MetricContext& context) = 0;
+  virtual Figures evaluate(MetricContext& context) = 0;
+
+  // The column title of one of its figures in grid summaries (the paper's "PS" for
+  // "pickscore"); the figure's own name by default. Runs record the titles in results.json.
+  virtual std::string title(const std::string& figure) const { return figure; }
 };
 
 }  // namespace dedpo

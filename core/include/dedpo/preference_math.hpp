@@ -97,11 +97,8 @@ at::Tensor masked_sum(const at::Tensor& values, const at::Tensor& mask);
 // ---- checks and diagnostics ------------------------------------------------------------------
 
 // Throws dedpo::Error "<loss_name>: ..." when the batch is empty or inconsistent (shapes, missing
-// reference/annotator tensors the loss needs, pool sizes).
-void check_terms(const PairTerms& terms, std::string_view loss_name, bool needs_reference,
-                 bool needs_annotator);
-
-using Diagnostics = std::vector<std::pair<std::string, double>>;
+// reference/annotator tensors that `loss` says it needs, pool sizes).
+void check_terms(const PairTerms& terms, std::string_view loss_name, const Loss& loss);
 
 // Common figures for metrics.jsonl:
 //   pairs, labelled_pairs, unlabelled_pairs, tie_pairs   counts in this batch
@@ -111,6 +108,6 @@ using Diagnostics = std::vector<std::pair<std::string, double>>;
 //   model_diff_mean     mean of e_theta(A) - e_theta(B);  ref_diff_mean: same for the reference
 //   reward_margin_mean  mean of (e_ref(A)-e_theta(A)) - (e_ref(B)-e_theta(B)) = 2h/beta
 // `h` may be undefined (losses without a logit, e.g. sft).
-Diagnostics preference_diagnostics(const PairTerms& terms, const at::Tensor& h);
+Figures preference_diagnostics(const PairTerms& terms, const at::Tensor& h);
 
 }  // namespace dedpo

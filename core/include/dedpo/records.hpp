@@ -3,8 +3,8 @@
 // CSV (RFC 4180: a header row naming the columns, fields quoted with "..." and "" inside quotes,
 // quoted fields may span lines). Each record keeps the line it starts on, so errors can name it;
 // a line that cannot be parsed becomes a record with `error` set instead of stopping the read,
-// so callers that skip bad input can count it. Header-only: a plugin using it links
-// nlohmann_json::nlohmann_json itself.
+// so callers that skip bad input can count it. A plugin using it links
+// nlohmann_json::nlohmann_json itself (the records hold JSON).
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -13,7 +13,6 @@
 #include <nlohmann/json.hpp>
 
 #include "dedpo/error.hpp"
-#include "dedpo/files.hpp"
 
 namespace dedpo {
 
@@ -26,125 +25,13 @@ struct Record {
 enum class RecordFormat { jsonl, csv };
 
 // From the file's extension: .jsonl, .ndjson -> JSONL; .csv -> CSV.
-inline RecordFormat record_format_of(const std::filesystem::path& file) {
-  const std::string extension = file.extension().string();
-  if (extension == ".jsonl" || extension == ".ndjson") return RecordFormat::jsonl;
-  if (extension == ".csv") return RecordFormat::csv;
-  throw Error(file.string() + ": unknown table format '" + extension +
-              "' (expected a .jsonl, .ndjson or .csv file)");
-}
-
-namespace detail {
-
-inline std::vector<Record> parse_jsonl(const std::string& text) {
-  std::vector<Record> records;
-  std::int64_t line_number = 0;
-  std::size_t start = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    std::string line = text.substr(start, end - start);
-    start = end + 1;
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    Record record;
-    record.line = line_number;
-    try {
-      record.fields = nlohmann::json::parse(line);
-      if (!record.fields.is_object()) {
-        record.fields = nlohmann::json();
-        record.error = "expected a JSON object {...}";
-      }
-    } catch (const nlohmann::json::parse_error& error) {
-      record.error = std::string("malformed JSON: ") + error.what();
-    }
-    records.push_back(std::move(record));
-  }
-  return records;
-}
-
-// One CSV row from `text` at `position` (advanced past the row). False when the row has an
-// unterminated quote; `lines` counts the line breaks the row consumed.
-inline bool parse_csv_row(const std::string& text, std::size_t& position,
-                          std::vector<std::string>& cells, std::int64_t& lines) {
-  cells.assign(1, std::string());
-  bool quoted = false;
-  while (position < text.size()) {
-    char c = text[position++];
-    if (quoted) {
-      if (c == '"') {
-        if (position < text.size() && text[position] == '"') {
-          cells.back() += '"';
-          ++position;
-        } else {
-          quoted = false;
-        }
-      } else {
-        if (c == '\n') ++lines;
-        cells.back() += c;
-      }
-    } else if (c == '"') {
-      quoted = true;
-    } else if (c == ',') {
-      cells.emplace_back();
-    } else if (c == '\n') {
-      ++lines;
-      break;
-    } else if (c != '\r') {
-      cells.back() += c;
-    }
-  }
-  return !quoted;
-}
-
-inline std::vector<Record> parse_csv(const std::string& text, const std::string& name) {
-  std::vector<Record> records;
-  std::size_t position = 0;
-  std::int64_t line = 1;
-  std::vector<std::string> header, cells;
-  // The header: the first non-blank row.
-  while (position < text.size() && header.empty()) {
-    std::int64_t consumed = 0;
-    if (!parse_csv_row(text, position, cells, consumed)) {
-      throw Error(name + ":" + std::to_string(line) + ": unterminated quote in the header row");
-    }
-    if (!(cells.size() == 1 && cells[0].empty())) header = cells;
-    line += consumed;
-  }
-  if (header.empty()) throw Error(name + ": no header row (expected column names)");
-  while (position < text.size()) {
-    Record record;
-    record.line = line;
-    std::int64_t consumed = 0;
-    bool complete = parse_csv_row(text, position, cells, consumed);
-    line += consumed;
-    if (cells.size() == 1 && cells[0].empty() && complete) continue;  // a blank line
-    if (!complete) {
-      record.error = "unterminated quoted field";
-    } else if (cells.size() != header.size()) {
-      record.error = "expected " + std::to_string(header.size()) + " fields (as the header), got " +
-                     std::to_string(cells.size());
-    } else {
-      record.fields = nlohmann::json::object();
-      for (std::size_t i = 0; i < header.size(); ++i) record.fields[header[i]] = cells[i];
-    }
-    records.push_back(std::move(record));
-  }
-  return records;
-}
-
-}  // namespace detail
+RecordFormat record_format_of(const std::filesystem::path& file);
 
 // Every record of `file`; blank lines are skipped. Throws only when the file cannot be read (or
 // a CSV file has no header row); bad lines come back as records with `error` set.
-inline std::vector<Record> read_records(const std::filesystem::path& file, RecordFormat format) {
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(file, error)) throw Error(file.string() + ": file not found");
-  std::string text = read_file(file);
-  if (text.starts_with("\xEF\xBB\xBF")) text.erase(0, 3);  // a UTF-8 byte-order mark
-  return format == RecordFormat::jsonl ? detail::parse_jsonl(text)
-                                       : detail::parse_csv(text, file.string());
-}
+std::vector<Record> read_records(const std::filesystem::path& file, RecordFormat format);
+
+// A CSV field as written: quoted (with "" for ") when it holds a comma, quote or line break.
+std::string csv_field(const std::string& text);
 
 }  // namespace dedpo

@@ -10,6 +10,7 @@
 #include "dedpo/backbone.hpp"
 #include "dedpo/data.hpp"
 #include "dedpo/loss.hpp"
+#include "dedpo/options.hpp"
 
 namespace dedpo {
 
@@ -21,10 +22,13 @@ class ExperimentServices {
   // (same initial weights), independent of it.
   virtual std::shared_ptr<Backbone> fresh_backbone() = 0;
 
-  // A loss plugin by name; `options_toml` is the body of its options table, validated against
-  // the plugin's schema like an experiment's [loss] table.
-  virtual std::shared_ptr<Loss> make_loss(const std::string& name,
-                                          const std::string& options_toml) = 0;
+  // A loss plugin by name, validated like an experiment's [loss] table; `options` names only
+  // the values to set, the others take the plugin's defaults.
+  virtual std::shared_ptr<Loss> make_loss(const std::string& name, const Options& options) = 0;
+
+  // The options of the experiment's own [loss] (validated, defaults filled; empty when it has
+  // none), for plugins whose model must match the loss (self_train's beta).
+  virtual const Options& experiment_loss_options() const = 0;
 
   // Trains `backbone` for `steps` optimiser steps with the experiment's [train] settings (no
   // checkpoints, no metrics file). `annotator_prob` may be undefined when `loss` needs none.

@@ -95,7 +95,9 @@ class ScorerAnnotator : public Annotator {
 class ScorerMetric : public Metric {
  public:
   ScorerMetric(const Options& options, ScoreKind kind);
-  std::vector<std::pair<std::string, double>> evaluate(MetricContext& context) override;
+  Figures evaluate(MetricContext& context) override;
+  // The paper's column names: "PS", "HPSv2 Avg", "AS", "CLIP"; "_ref" figures add " (ref)".
+  std::string title(const std::string& figure) const override;
 
  private:
   Options options_;

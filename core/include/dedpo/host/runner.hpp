@@ -7,8 +7,9 @@
 #include <utility>
 #include <vector>
 
-#include "dedpo/experiment.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/figures.hpp"
+#include "dedpo/host/experiment.hpp"
+#include "dedpo/host/registry.hpp"
 
 namespace dedpo {
 
@@ -22,7 +23,7 @@ struct RunControl {
 
 struct RunResult {
   std::filesystem::path run_dir;
-  std::vector<std::pair<std::string, double>> metrics;  // final evaluation
+  Figures metrics;  // final evaluation
   std::int64_t steps_done = 0;
   std::int64_t skipped_steps = 0;  // steps the NaN/inf guard skipped
   bool finished = false;           // false when stopped by RunControl::stop_after_steps
@@ -35,13 +36,17 @@ RunResult run_experiment(const Experiment& experiment, PluginRegistry& registry,
 RunResult resume_run(const std::filesystem::path& run_dir, PluginRegistry& registry,
                      const RunControl& control = {});
 
+// A run folder's experiment (its config.toml) loaded again, after `overrides`; Error when
+// `run_dir` is no run folder.
+Experiment load_run_experiment(const std::filesystem::path& run_dir,
+                               std::span<const Override> overrides, PluginRegistry& registry);
+
 // Evaluates a finished run's trained weights with its experiment's [[metrics]] and [eval] (after
 // `overrides`, e.g. eval.seed=7), the reference being the run's initial weights as in training.
 // The figures join the run's results.json (same names are replaced) and, for a run of a grid
 // (a results.csv beside it), the grid's report is rewritten. Returns the figures.
-std::vector<std::pair<std::string, double>> evaluate_run(const std::filesystem::path& run_dir,
-                                                         std::span<const Override> overrides,
-                                                         PluginRegistry& registry);
+Figures evaluate_run(const std::filesystem::path& run_dir, std::span<const Override> overrides,
+                     PluginRegistry& registry);
 
 struct GridControl {
   int jobs = 1;

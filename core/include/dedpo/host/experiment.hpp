@@ -1,6 +1,6 @@
 #pragma once
 // An experiment is a TOML file: core tables ([run], [train], [eval], [init], [plugins]) validated
-// against the core's schemas below, and one table per plugin slot naming `plugin = "..."` plus
+// into typed settings (dedpo/host/settings.hpp), and one table per plugin slot naming `plugin = "..."` plus
 // that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
 // overrides `a.b=value` apply last.
 #include <filesystem>
@@ -9,41 +9,35 @@
 #include <string>
 #include <vector>
 
+#include "dedpo/host/settings.hpp"
 #include "dedpo/options.hpp"
 #include "dedpo/plugin.hpp"
-#include "dedpo/registry.hpp"
+#include "dedpo/host/registry.hpp"
 
 namespace dedpo {
-
-// The core's own tables, with their schemas (shown by `dedpo plugins show run|train|eval|init`).
-std::span<const OptionSpec> run_options_schema();
-std::span<const OptionSpec> train_options_schema();
-std::span<const OptionSpec> eval_options_schema();
-std::span<const OptionSpec> init_options_schema();
 
 struct PluginSlot {
   std::string table;          // "loss", "metrics[1]", ...
   PluginKind kind;
   std::string plugin;         // plugin name
   Options options;            // validated, defaults filled
-  std::string options_toml;   // the same options as a TOML table body
 };
 
+// The experiment resolved once: typed core settings and validated plugin slots. Loading
+// constructs every plugin it names once, so checks a schema cannot express (ranges, keywords)
+// fail at load, before any run starts.
 struct Experiment {
   std::filesystem::path file;   // absolute; empty for an experiment built from text
   std::string resolved_toml;    // fully merged and validated, defaults filled: written beside every run
-  Options run;                  // [run]
-  Options train;                // [train]
-  Options eval;                 // [eval]
-  Options init;                 // [init]: where the backbone's initial weights come from
+  RunSettings run;              // [run]
+  TrainSettings train;          // [train]
+  EvalSettings eval;            // [eval]
+  InitSettings init;            // [init]: where the backbone's initial weights come from
   std::optional<PluginSlot> backbone, data, annotator, loss;
   std::vector<PluginSlot> metrics;  // [[metrics]]
   std::vector<std::filesystem::path> plugin_paths;  // [plugins] paths, absolute
   // [grid]: dotted key -> TOML array literal, and named cases; kept as text, expanded by `grid`.
   std::string grid_toml;
-
-  std::string name() const { return run.string("name"); }
-  std::uint64_t seed() const { return static_cast<std::uint64_t>(run.integer("seed")); }
 };
 
 // One `a.b.c=value` override; the value is parsed as a TOML value, or taken as a bare string when
@@ -55,7 +49,7 @@ struct Override {
 Override parse_override(std::string_view text);  // Error when there is no '=' or the key is empty
 
 // Reads the file, resolves `base` chains and overrides, loads the plugin folders it names into
-// `registry` and validates everything against the schemas. Errors name file, line and column (TOML
+// `registry`, validates everything against the schemas and constructs each plugin once. Errors name file, line and column (TOML
 // syntax), or file, table and key (schema).
 Experiment load_experiment(const std::filesystem::path& file, std::span<const Override> overrides,
                            PluginRegistry& registry);
@@ -63,13 +57,5 @@ Experiment load_experiment(const std::filesystem::path& file, std::span<const Ov
 Experiment load_experiment_text(std::string_view toml_text, std::string origin,
                                 const std::filesystem::path& base_dir,
                                 std::span<const Override> overrides, PluginRegistry& registry);
-
-// Constructs (and discards) every plugin the experiment names, so checks a schema cannot express
-// (ranges, keywords) fail now rather than mid-run. Plugin constructors are cheap by contract:
-// heavy work belongs in Backbone::prepare and the other methods.
-void check_plugins(const Experiment& experiment, const PluginRegistry& registry);
-
-// Stable hex digest (FNV-1a 64) of text: run and cache keys.
-std::string digest(std::string_view text);
 
 }  // namespace dedpo

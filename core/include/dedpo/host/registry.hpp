@@ -50,6 +50,11 @@ class PluginRegistry {
   Options resolve_options(PluginKind kind, std::string_view name, std::string_view options_toml,
                           std::string where) const;
 
+  // The same for values given in code (a plugin building another): `given` names only the
+  // options to set; the others take their defaults.
+  Options complete_options(PluginKind kind, std::string_view name, const Options& given,
+                           std::string where) const;
+
   std::shared_ptr<Plugin> create_plugin(PluginKind kind, std::string_view name,
                                         const Options& options) const;
 

@@ -1,12 +1,15 @@
 #pragma once
 // Pieces of the trainer that are useful on their own (and unit-tested): the learning-rate
-// schedule, the Adafactor optimiser and the names of the files in a run folder.
+// schedule, the Adafactor optimiser and the names of the files in a run folder. The trainer
+// itself lives in core/src/train/ (the step loop and its parts) and core/src/run/ (run folders,
+// checkpoints, caches, the run/resume/eval drivers).
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+
+#include "dedpo/host/settings.hpp"
 
 namespace dedpo {
 
@@ -20,10 +23,10 @@ inline constexpr const char* kCheckpointDir = "checkpoint";   // step-<N>.pt and
 inline constexpr const char* kSplitFile = "split.csv";        // labelled split of the pairs
 
 // Learning rate of optimiser step `step` (0-based) of `total`: linear warm-up over
-// `warmup_steps` (step 0 gets lr/warmup), then "constant", "linear" or "cosine" decay to 0 at
-// `total`. Throws dedpo::Error for an unknown schedule.
+// `warmup_steps` (step 0 gets lr/warmup), then constant, or linear or cosine decay to 0 at
+// `total`.
 double scheduled_lr(double peak_lr, std::int64_t warmup_steps, std::int64_t total_steps,
-                    std::string_view schedule, std::int64_t step);
+                    LrSchedule schedule, std::int64_t step);
 
 // Adafactor (Shazeer & Stern 2018) without relative step sizes and without parameter scaling:
 // the given lr is the step size. Second moments are factored over the last two dimensions of

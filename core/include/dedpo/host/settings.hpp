@@ -1,0 +1,96 @@
+#pragma once
+// The core's own experiment tables ([run], [train], [eval], [init]) as typed settings. Each is
+// read and checked once, when the experiment loads (core/src/run/settings.cpp owns every rule),
+// so the run never compares strings or checks a range again.
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <c10/core/Device.h>
+
+#include "dedpo/options.hpp"
+
+namespace dedpo {
+
+// The tables' schemas (shown by `dedpo plugins show run|train|eval|init`).
+std::span<const OptionSpec> run_options_schema();
+std::span<const OptionSpec> train_options_schema();
+std::span<const OptionSpec> eval_options_schema();
+std::span<const OptionSpec> init_options_schema();
+
+// [run] device as written: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda"
+// (the first CUDA device) or "cuda:N".
+struct DeviceRequest {
+  enum class Kind { automatic, cpu, cuda };
+  Kind kind = Kind::automatic;
+  int index = 0;  // for cuda
+};
+// Error naming the accepted forms when `text` is none of them.
+DeviceRequest parse_device(std::string_view text);
+// The device a request gets on a machine with `cuda_devices` CUDA devices; an Error that names
+// the device asked for and what the machine has when it cannot be had.
+c10::Device resolve_device(const DeviceRequest& request, int cuda_devices);
+// The CUDA devices LibTorch sees here (0 without CUDA).
+int available_cuda_devices();
+
+struct RunSettings {
+  std::string name;               // run folders are <output>/<name>-<n>
+  std::uint64_t seed = 0;
+  std::filesystem::path output;   // absolute
+  int threads = 0;                // LibTorch intra-op threads; 0 = one per core
+  c10::Device device = c10::Device(c10::kCPU);  // resolved on this machine
+};
+
+enum class Objective { preference, denoising };
+enum class OptimizerKind { adamw, adafactor };
+enum class LrSchedule { constant, linear, cosine };
+enum class Precision { fp32, bf16 };
+enum class LabelSplit { random, by_prompt };
+enum class TiePolicy { keep, drop };
+
+struct TrainSettings {
+  Objective objective = Objective::preference;
+  std::int64_t steps = 1;
+  std::int64_t batch_size = 1;
+  std::int64_t grad_accum = 1;
+  double labelled_fraction = 1.0;  // in (0, 1]
+  LabelSplit split = LabelSplit::random;
+  TiePolicy ties = TiePolicy::keep;
+  OptimizerKind optimizer = OptimizerKind::adamw;
+  double lr = 1e-4;
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  std::int64_t warmup_steps = 0;
+  LrSchedule schedule = LrSchedule::constant;
+  double max_grad_norm = 0.0;  // 0 = no clipping
+  Precision precision = Precision::fp32;
+  double ema_decay = 0.0;      // 0 = no EMA
+  std::int64_t checkpoint_every = 0;  // 0 = only at the end
+  std::int64_t log_every = 1;
+};
+
+struct EvalSettings {
+  std::uint64_t seed = 0;
+  std::int64_t every = 0;  // 0 = only after training
+};
+
+// Where the backbone's initial weights come from; both empty = the backbone's own.
+struct InitSettings {
+  std::filesystem::path experiment;  // absolute: an experiment whose trained weights are used
+  std::filesystem::path weights;     // absolute: a weights file
+};
+
+// Each throws Options::fail's "<where>: option '<name>': <problem>" for a bad value.
+RunSettings read_run_settings(const Options& run, int cuda_devices);
+TrainSettings read_train_settings(const Options& train);
+EvalSettings read_eval_settings(const Options& eval);
+InitSettings read_init_settings(const Options& init);
+
+// The option's spelling, for logs.
+const char* to_string(LabelSplit split);
+
+}  // namespace dedpo

@@ -1,0 +1,27 @@
+#pragma once
+// grid.json in a grid folder: for each run folder, the method it belongs to (the run without its
+// seed) and its line in the plots (also without its labelled fraction). The launcher names them
+// from the grid's cases and axes, so the report never parses folder names.
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+
+namespace dedpo {
+
+inline constexpr const char* kGridIndexFile = "grid.json";
+
+struct GridRunLabels {
+  std::string method;  // summary.md rows: runs that differ only in their seed
+  std::string line;    // plot lines: runs that differ only in seed and labelled fraction
+};
+using GridIndex = std::map<std::string, GridRunLabels>;  // by run folder name
+
+// Text fit for a file name: letters, digits and . - _ + kept, anything else '_'.
+std::string file_name_safe(std::string_view text);
+
+void write_grid_index(const std::filesystem::path& grid_dir, const GridIndex& index);
+// Empty when the folder has no grid.json (runs gathered by hand).
+GridIndex read_grid_index(const std::filesystem::path& grid_dir);
+
+}  // namespace dedpo

@@ -1,0 +1,223 @@
+// The core-owned experiment tables: their schemas and every rule on their values.
+#include "dedpo/host/settings.hpp"
+
+#include <algorithm>
+#include <initializer_list>
+#include <utility>
+
+#include <fmt/format.h>
+#include <torch/cuda.h>
+
+namespace dedpo {
+namespace {
+
+using T = OptionType;
+
+const OptionSpec kRunOptions[] = {
+    {"name", T::string, "\"experiment\"", "Run name; the run folder is <output>/<name>-<n>."},
+    {"seed", T::integer, "0", "Seed of everything random in the run (data split, noise, init)."},
+    {"output", T::string, "\"runs\"",
+     "Folder that receives run folders, relative to the experiment file."},
+    {"threads", T::integer, "0", "LibTorch intra-op threads; 0 = one per core."},
+    {"device", T::string, "\"auto\"",
+     "\"auto\" (CUDA when the machine has it, else the CPU), \"cpu\", \"cuda\" or \"cuda:N\"."},
+};
+
+const OptionSpec kTrainOptions[] = {
+    {"objective", T::string, "\"preference\"",
+     "\"preference\": pairs and the [loss] plugin; \"denoising\": single samples, plain "
+     "diffusion loss (trains a reference model)."},
+    {"steps", T::integer, "1000", "Optimiser steps."},
+    {"batch_size", T::integer, "64", "Pairs (or samples) per optimiser micro-batch."},
+    {"grad_accum", T::integer, "1", "Micro-batches accumulated per optimiser step."},
+    {"labelled_fraction", T::real, "1.0",
+     "Fraction of the data's human labels training may use; the rest are unlabelled."},
+    {"split", T::string, "\"random\"",
+     "How the labelled subset is drawn: \"random\" (uniform over labelled pairs) or "
+     "\"by_prompt\" (stratified: each prompt gets its share of labels, rounded). Written to the "
+     "run folder's split.csv."},
+    {"ties", T::string, "\"keep\"",
+     "Pairs whose human label is a tie (0.5): \"keep\" them as 0.5 or \"drop\" them from the "
+     "data before the split; the count is logged and in results.json."},
+    {"optimizer", T::string, "\"adamw\"", "\"adamw\" or \"adafactor\"."},
+    {"lr", T::real, "1e-4", "Peak learning rate."},
+    {"weight_decay", T::real, "0.0", "Decoupled weight decay."},
+    {"adam_beta1", T::real, "0.9", "AdamW first-moment decay."},
+    {"adam_beta2", T::real, "0.999", "AdamW second-moment decay."},
+    {"adam_eps", T::real, "1e-8", "AdamW epsilon."},
+    {"warmup_steps", T::integer, "0", "Linear learning-rate warm-up steps."},
+    {"schedule", T::string, "\"constant\"",
+     "Learning rate after warm-up: \"constant\", \"linear\" or \"cosine\" decay to 0."},
+    {"max_grad_norm", T::real, "0.0", "Clip the global gradient norm to this; 0 = off."},
+    {"precision", T::string, "\"fp32\"", "\"fp32\" or \"bf16\" (autocast)."},
+    {"ema_decay", T::real, "0.0", "Exponential moving average of the weights; 0 = off."},
+    {"checkpoint_every", T::integer, "0", "Checkpoint every N steps; 0 = only at the end."},
+    {"log_every", T::integer, "10", "Write metrics.jsonl every N steps; 0 = every step."},
+};
+
+const OptionSpec kEvalOptions[] = {
+    {"seed", T::integer, "1234",
+     "Evaluation seed: the same for every run, so runs are compared on the same noise."},
+    {"every", T::integer, "0", "Also evaluate every N steps; 0 = only after training."},
+};
+
+const OptionSpec kInitOptions[] = {
+    {"experiment", T::string, "\"\"",
+     "Experiment file whose final weights initialise the backbone (and its reference); run "
+     "once and cached by its resolved configuration."},
+    {"weights", T::string, "\"\"", "Weights file that initialises the backbone."},
+};
+
+// The option's value as one of `choices`; the error lists them all.
+template <class E>
+E read_choice(const Options& options, std::string_view name,
+              std::initializer_list<std::pair<std::string_view, E>> choices) {
+  const std::string& value = options.string(name);
+  std::string list;
+  for (const auto& [spelling, choice] : choices) {
+    if (value == spelling) return choice;
+    list += (list.empty() ? "\"" : ", \"") + std::string(spelling) + "\"";
+  }
+  options.fail(name, "expected one of " + list + ", got \"" + value + "\"");
+}
+
+std::int64_t positive(const Options& options, std::string_view name) {
+  const std::int64_t value = options.integer(name);
+  if (value <= 0) options.fail(name, "expected a positive integer, got " + std::to_string(value));
+  return value;
+}
+
+std::int64_t non_negative(const Options& options, std::string_view name) {
+  const std::int64_t value = options.integer(name);
+  if (value < 0) {
+    options.fail(name, "expected a non-negative integer, got " + std::to_string(value));
+  }
+  return value;
+}
+
+// The real option's value when `accepts` it, else the error names `range`.
+template <class Accepts>
+double real_in(const Options& options, std::string_view name, const char* range,
+               Accepts accepts) {
+  const double value = options.real(name);
+  if (!accepts(value)) {
+    options.fail(name, fmt::format("expected a number in {}, got {}", range, value));
+  }
+  return value;
+}
+
+std::string cuda_devices_text(int cuda_devices) {
+  if (cuda_devices == 0) return "this machine has no CUDA device (LibTorch sees none)";
+  if (cuda_devices == 1) return "this machine has one CUDA device, cuda:0";
+  return "this machine has " + std::to_string(cuda_devices) + " CUDA devices, cuda:0 to cuda:" +
+         std::to_string(cuda_devices - 1);
+}
+
+}  // namespace
+
+DeviceRequest parse_device(std::string_view text) {
+  if (text == "auto") return {DeviceRequest::Kind::automatic, 0};
+  if (text == "cpu") return {DeviceRequest::Kind::cpu, 0};
+  if (text == "cuda") return {DeviceRequest::Kind::cuda, 0};
+  if (text.starts_with("cuda:") && text.size() > 5 && text.size() <= 8 &&
+      std::all_of(text.begin() + 5, text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return {DeviceRequest::Kind::cuda, std::stoi(std::string(text.substr(5)))};
+  }
+  throw Error("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + std::string(text) +
+              "\"");
+}
+
+c10::Device resolve_device(const DeviceRequest& request, int cuda_devices) {
+  switch (request.kind) {
+    case DeviceRequest::Kind::automatic:
+      return cuda_devices > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+    case DeviceRequest::Kind::cpu:
+      return c10::Device(c10::kCPU);
+    case DeviceRequest::Kind::cuda:
+      if (request.index >= cuda_devices) {
+        throw Error("asked for cuda:" + std::to_string(request.index) + ", but " +
+                    cuda_devices_text(cuda_devices) + "; use \"auto\" or \"cpu\"");
+      }
+      return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(request.index));
+  }
+  throw Error("unknown device request");
+}
+
+int available_cuda_devices() {
+  return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+}
+
+RunSettings read_run_settings(const Options& run, int cuda_devices) {
+  RunSettings settings;
+  settings.name = run.string("name");
+  settings.seed = static_cast<std::uint64_t>(run.integer("seed"));
+  settings.output = run.string("output");
+  const std::int64_t threads = non_negative(run, "threads");
+  settings.threads = static_cast<int>(threads);
+  try {
+    settings.device = resolve_device(parse_device(run.string("device")), cuda_devices);
+  } catch (const Error& error) {
+    run.fail("device", error.what());
+  }
+  return settings;
+}
+
+TrainSettings read_train_settings(const Options& train) {
+  TrainSettings s;
+  s.objective = read_choice<Objective>(
+      train, "objective",
+      {{"preference", Objective::preference}, {"denoising", Objective::denoising}});
+  s.steps = positive(train, "steps");
+  s.batch_size = positive(train, "batch_size");
+  s.grad_accum = positive(train, "grad_accum");
+  s.labelled_fraction = real_in(train, "labelled_fraction", "(0, 1]",
+                                [](double v) { return v > 0.0 && v <= 1.0; });
+  s.split = read_choice<LabelSplit>(
+      train, "split", {{"random", LabelSplit::random}, {"by_prompt", LabelSplit::by_prompt}});
+  s.ties = read_choice<TiePolicy>(train, "ties",
+                                  {{"keep", TiePolicy::keep}, {"drop", TiePolicy::drop}});
+  s.optimizer = read_choice<OptimizerKind>(
+      train, "optimizer", {{"adamw", OptimizerKind::adamw}, {"adafactor", OptimizerKind::adafactor}});
+  s.lr = real_in(train, "lr", "(0, inf)", [](double v) { return v > 0.0; });
+  s.weight_decay = real_in(train, "weight_decay", "[0, inf)", [](double v) { return v >= 0.0; });
+  auto unit = [](double v) { return v >= 0.0 && v < 1.0; };
+  s.adam_beta1 = real_in(train, "adam_beta1", "[0, 1)", unit);
+  s.adam_beta2 = real_in(train, "adam_beta2", "[0, 1)", unit);
+  s.adam_eps = real_in(train, "adam_eps", "(0, inf)", [](double v) { return v > 0.0; });
+  s.warmup_steps = non_negative(train, "warmup_steps");
+  s.schedule = read_choice<LrSchedule>(train, "schedule",
+                                       {{"constant", LrSchedule::constant},
+                                        {"linear", LrSchedule::linear},
+                                        {"cosine", LrSchedule::cosine}});
+  s.max_grad_norm = real_in(train, "max_grad_norm", "[0, inf) (0 = off)",
+                            [](double v) { return v >= 0.0; });
+  s.precision = read_choice<Precision>(train, "precision",
+                                       {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}});
+  s.ema_decay = real_in(train, "ema_decay", "[0, 1) (0 = off)", unit);
+  s.checkpoint_every = non_negative(train, "checkpoint_every");
+  s.log_every = std::max<std::int64_t>(1, non_negative(train, "log_every"));
+  return s;
+}
+
+EvalSettings read_eval_settings(const Options& eval) {
+  return {static_cast<std::uint64_t>(eval.integer("seed")), non_negative(eval, "every")};
+}
+
+InitSettings read_init_settings(const Options& init) {
+  InitSettings settings{init.string("experiment"), init.string("weights")};
+  if (!settings.experiment.empty() && !settings.weights.empty()) {
+    init.fail("weights", "give either [init] experiment or [init] weights, not both");
+  }
+  return settings;
+}
+
+const char* to_string(LabelSplit split) {
+  return split == LabelSplit::by_prompt ? "by_prompt" : "random";
+}
+
+std::span<const OptionSpec> run_options_schema() { return kRunOptions; }
+std::span<const OptionSpec> train_options_schema() { return kTrainOptions; }
+std::span<const OptionSpec> eval_options_schema() { return kEvalOptions; }
+std::span<const OptionSpec> init_options_schema() { return kInitOptions; }
+
+}  // namespace dedpo

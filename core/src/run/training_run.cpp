@@ -1,0 +1,253 @@
+#include "run/training_run.hpp"
+
+#include <chrono>
+#include <fstream>
+#include <optional>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "dedpo/files.hpp"
+#include "dedpo/host/assemble.hpp"
+#include "dedpo/host/trainer.hpp"
+#include "run/caches.hpp"
+#include "run/checkpoint.hpp"
+#include "run/init.hpp"
+#include "run/labelled_split.hpp"
+#include "run/progress.hpp"
+#include "run/run_folder.hpp"
+#include "run/services.hpp"
+#include "train/trainer.hpp"
+
+namespace dedpo {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// What the trainer trains on; it must outlive the trainer, which points into it.
+struct TrainingData {
+  std::optional<PairDataset> pairs;
+  std::optional<SampleDataset> samples;
+  json report = json::object();  // results.json "data"
+};
+
+// The run folder; a fresh start in a reused folder forgets what a previous attempt left.
+fs::path open_run_dir(const Experiment& experiment, const RunControl& control, RunStart start) {
+  fs::path run_dir = make_run_dir(experiment, control);
+  if (start == RunStart::fresh) {
+    std::error_code error;
+    fs::remove_all(run_dir / kCheckpointDir, error);
+    fs::remove(run_dir / kMetricsFile, error);
+    fs::remove(run_dir / kResultsFile, error);
+    write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
+  }
+  return run_dir;
+}
+
+// The annotator's probabilities for the pairs, when the loss needs them.
+at::Tensor annotator_probabilities(const Experiment& experiment, Assembly& parts,
+                                   const PairDataset& pairs, const at::Tensor& is_labelled,
+                                   RunServices& services, const InitialWeights& init,
+                                   RunLog& log) {
+  if (!parts.loss->needs_annotator()) return {};
+  if (!parts.annotator) {
+    throw Error("the loss '" + experiment.loss->plugin +
+                "' needs an annotator, but the experiment has no [annotator] table");
+  }
+  const fs::path annotator_cache = cache_dir(experiment) / "annotator";
+  fs::create_directories(annotator_cache);
+  AnnotatorContext context{pairs,    is_labelled,         *parts.backbone,
+                           services, experiment.run.seed, annotator_cache};
+  return annotate_cached(experiment, *parts.annotator, context, init, log);
+}
+
+// Loads the data for the objective and hands it to the trainer: for preferences, ties, the
+// labelled split (split.csv) and the annotations.
+void set_objective(const Experiment& experiment, Assembly& parts, Trainer& trainer,
+                   TrainingData& data, RunServices& services, const InitialWeights& init,
+                   const fs::path& run_dir, RunLog& log) {
+  DatasetContext data_context{*parts.backbone, cache_dir(experiment) / "data",
+                              experiment.run.seed};
+  const fs::path prompt_cache = cache_dir(experiment) / "prompts";
+  const TrainSettings& settings = experiment.train;
+  if (settings.objective == Objective::denoising) {
+    data.samples = parts.dataset->samples(data_context);
+    log.line(fmt::format("{} samples (denoising objective)", data.samples->size()));
+    trainer.set_denoising(*data.samples, encode_prompts_cached(*parts.backbone,
+                                                               data.samples->prompts, prompt_cache));
+    return;
+  }
+  data.pairs = parts.dataset->pairs(data_context);
+  PairDataset& pairs = *data.pairs;
+  std::int64_t ties = (pairs.human_label.to(at::kFloat) == 0.5f).sum().item<std::int64_t>();
+  if (settings.ties == TiePolicy::drop) drop_tied_pairs(pairs);
+  at::Tensor is_labelled =
+      choose_labelled(pairs, settings.labelled_fraction, experiment.run.seed, settings.split);
+  write_split_file(run_dir / kSplitFile, pairs, is_labelled);
+  log_data_report(pairs, is_labelled, ties, settings, log, data.report);
+  at::Tensor annotator_prob =
+      annotator_probabilities(experiment, parts, pairs, is_labelled, services, init, log);
+  trainer.set_preference(*parts.loss, pairs, is_labelled, annotator_prob,
+                         encode_prompts_cached(*parts.backbone, pairs.prompts, prompt_cache));
+}
+
+void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunLog& log) {
+  fs::path checkpoint = latest_checkpoint(run_dir);
+  if (!checkpoint.empty()) {
+    load_checkpoint(checkpoint, trainer);
+    log.line(fmt::format("loaded {} (step {})", checkpoint.filename().string(),
+                         trainer.step_index()));
+  } else {
+    log.line("no checkpoint: starting from step 0");
+  }
+  truncate_metrics(run_dir / kMetricsFile, trainer.step_index());
+}
+
+// The steps left: metrics.jsonl lines, evaluations and checkpoints on their schedules. False
+// when RunControl::stop_after_steps stopped it first.
+bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer,
+                 const PairDataset* eval_pairs, const RunControl& control,
+                 const fs::path& run_dir, std::ofstream& metrics_out, RunLog& log) {
+  const TrainSettings& settings = experiment.train;
+  const std::int64_t eval_every = experiment.eval.every;
+  std::int64_t session_steps = 0;
+  ProgressBar progress(control.progress_bar, trainer.step_index(), settings.steps);
+  while (trainer.step_index() < settings.steps) {
+    if (control.stop_after_steps > 0 && session_steps >= control.stop_after_steps) return false;
+    StepReport report = trainer.step();
+    ++session_steps;
+    const std::int64_t step = trainer.step_index();
+    const bool last = step == settings.steps;
+    const bool evaluate = eval_every > 0 && step % eval_every == 0 && !last;
+    if (step % settings.log_every == 0 || evaluate || last || report.skipped) {
+      json line = {{"step", step},          {"loss", report.loss},
+                   {"lr", report.lr},       {"grad_norm", report.grad_norm},
+                   {"skipped", trainer.skipped()}, {"skipped_step", report.skipped}};
+      for (const auto& [name, value] : report.diagnostics) line[name] = value;
+      if (evaluate) {
+        Figures values = trainer.ema().with_averages([&] {
+          return evaluate_metrics(parts.metrics, *parts.backbone, eval_pairs, experiment.eval.seed);
+        });
+        for (const auto& [name, value] : values) line["eval/" + name] = value;
+      }
+      metrics_out << line.dump() << "\n";
+      metrics_out.flush();
+    }
+    if (report.skipped) {
+      log.line(fmt::format("step {}: non-finite loss or gradient (loss {}, grad norm {}); "
+                           "step skipped",
+                           step, report.loss, report.grad_norm));
+    }
+    if (settings.checkpoint_every > 0 && step % settings.checkpoint_every == 0 && !last) {
+      save_checkpoint(run_dir, trainer);
+    }
+    progress.update(step, report.loss);
+  }
+  return true;
+}
+
+// The end of a run: last checkpoint, final weights (the EMA when kept), the final evaluation
+// and results.json, whose presence marks the run finished.
+void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
+                const TrainingData& data, std::chrono::steady_clock::time_point started,
+                std::ofstream& metrics_out, RunLog& log, RunResult& result) {
+  const fs::path& run_dir = result.run_dir;
+  const fs::path last_checkpoint = latest_checkpoint(run_dir);
+  if (last_checkpoint.empty() || last_checkpoint != checkpoint_file(run_dir, trainer)) {
+    save_checkpoint(run_dir, trainer);
+  }
+  trainer.ema().copy_averages_into_params();
+  parts.backbone->save_weights(run_dir / kWeightsFile);
+  result.metrics = evaluate_metrics(parts.metrics, *parts.backbone,
+                                    data.pairs ? &*data.pairs : nullptr, experiment.eval.seed);
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  json final_line = {{"step", trainer.step_index()}, {"skipped", trainer.skipped()}};
+  for (const auto& [name, value] : result.metrics) final_line["eval/" + name] = value;
+  metrics_out << final_line.dump() << "\n";
+  metrics_out.flush();
+
+  const bool used_annotator = parts.loss && parts.loss->needs_annotator() && experiment.annotator;
+  json results = {{"metrics", figures_json(result.metrics)},
+                  {"steps", trainer.step_index()},
+                  {"skipped_steps", trainer.skipped()},
+                  {"wall_time_s", wall},
+                  {"data", data.report},
+                  {"titles", figure_titles(parts.metrics, result.metrics)},
+                  // The annotator the loss actually used ("" when none): reports name it.
+                  {"annotator", used_annotator ? experiment.annotator->plugin : std::string()},
+                  {"finished", true}};
+  write_file_atomic(run_dir / kResultsFile, results.dump(2) + "\n");
+  result.finished = true;
+  std::string summary = fmt::format("finished: {} steps, {} skipped (non-finite), {:.1f} s",
+                                    trainer.step_index(), trainer.skipped(), wall);
+  for (const auto& [name, value] : result.metrics) {
+    summary += fmt::format(", {} = {:.6g}", name, value);
+  }
+  log.line(summary);
+}
+
+}  // namespace
+
+Figures evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone& backbone,
+                         const PairDataset* pairs, std::uint64_t seed) {
+  Figures out;
+  at::NoGradGuard no_grad;
+  for (auto& metric : metrics) {
+    MetricContext context{backbone, pairs, seed};
+    for (auto& entry : metric->evaluate(context)) out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+json figure_titles(const std::vector<std::shared_ptr<Metric>>& metrics, const Figures& figures) {
+  json titles = json::object();
+  for (const auto& metric : metrics) {
+    for (const auto& [name, value] : figures) {
+      const std::string title = metric->title(name);
+      if (title != name) titles[name] = title;
+    }
+  }
+  return titles;
+}
+
+RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
+                      const RunControl& control, RunStart start) {
+  const auto started = std::chrono::steady_clock::now();
+  const fs::path run_dir = open_run_dir(experiment, control, start);
+  RunLog log(run_dir / kLogFile);
+  try {
+    log.line((start == RunStart::resume ? "resuming " : "starting ") + run_dir.string());
+    const InitialWeights init = resolve_init(experiment, registry, log);
+    Assembly parts = assemble(experiment, registry, init.file);
+    RunServices services(experiment, registry, parts.backbone_context);
+    Trainer trainer(*parts.backbone, experiment.train, experiment.run.seed, experiment.train.steps);
+    TrainingData data;
+    set_objective(experiment, parts, trainer, data, services, init, run_dir, log);
+    if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, log);
+
+    std::ofstream metrics_out(run_dir / kMetricsFile, std::ios::app);
+    RunResult result;
+    result.run_dir = run_dir;
+    const PairDataset* eval_pairs = data.pairs ? &*data.pairs : nullptr;
+    const bool completed =
+        train_steps(experiment, parts, trainer, eval_pairs, control, run_dir, metrics_out, log);
+    result.steps_done = trainer.step_index();
+    result.skipped_steps = trainer.skipped();
+    if (!completed) {
+      log.line(fmt::format("stopped after step {} (as if killed)", trainer.step_index()));
+      return result;
+    }
+    finish_run(experiment, parts, trainer, data, started, metrics_out, log, result);
+    return result;
+  } catch (const std::exception& error) {
+    log.line(std::string("error: ") + error.what());
+    // A fresh exception made here: the caught one may live in a plugin library (its vtable and
+    // message) that is unloaded when the caller's registry goes away before the catch.
+    throw Error(error.what());
+  }
+}
+
+}  // namespace dedpo

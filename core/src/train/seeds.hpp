@@ -1,0 +1,24 @@
+#pragma once
+// Seeds of a run's random streams: each stream gets its own generator derived from the run's
+// seed, so adding a draw to one stream never shifts another.
+#include <cstdint>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Generator.h>
+
+namespace dedpo {
+
+enum class RandomStream : std::uint64_t { noise = 1, data_order = 2, label_split = 3 };
+
+inline std::uint64_t derive_seed(std::uint64_t seed, RandomStream stream) {  // splitmix64
+  std::uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (static_cast<std::uint64_t>(stream) + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+inline at::Generator make_generator(std::uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+}  // namespace dedpo

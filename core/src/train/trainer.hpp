@@ -1,0 +1,80 @@
+#pragma once
+// The step loop: one optimiser step at a time on the preference or the denoising objective,
+// with gradient accumulation, the NaN/inf guard, clipping, the schedule and EMA.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+#include <torch/serialize/archive.h>
+
+#include "dedpo/backbone.hpp"
+#include "dedpo/data.hpp"
+#include "dedpo/figures.hpp"
+#include "dedpo/host/settings.hpp"
+#include "dedpo/loss.hpp"
+#include "train/ema.hpp"
+#include "train/optimizer.hpp"
+#include "train/sampler.hpp"
+
+namespace dedpo {
+
+struct StepReport {
+  double loss = 0.0;
+  double grad_norm = 0.0;
+  double lr = 0.0;
+  bool skipped = false;  // non-finite loss or gradient: no update
+  Figures diagnostics;   // the loss's, averaged over micro-batches
+};
+
+class Trainer {
+ public:
+  Trainer(Backbone& backbone, const TrainSettings& settings, std::uint64_t seed,
+          std::int64_t total_steps);
+
+  // Preference objective. `is_labelled` [N] bool; `annotator_prob` [N] or undefined;
+  // `condition` [P, ...] the encoded prompts of `data`.
+  void set_preference(Loss& loss, const PairDataset& data, const at::Tensor& is_labelled,
+                      const at::Tensor& annotator_prob, at::Tensor condition);
+  void set_denoising(const SampleDataset& data, at::Tensor condition);
+
+  StepReport step();
+
+  std::int64_t step_index() const { return step_; }
+  std::int64_t skipped() const { return skipped_; }
+  Ema& ema() { return ema_; }
+
+  // The trainer's part of a checkpoint; defined in run/checkpoint.cpp, the format's one owner.
+  void save(torch::serialize::OutputArchive& archive) const;
+  void load(torch::serialize::InputArchive& archive);
+
+ private:
+  at::Tensor preference_loss(Figures& diagnostics);
+  at::Tensor denoising_loss();
+  void clip_or_skip(StepReport& report);
+
+  Backbone& backbone_;
+  TrainSettings settings_;
+  std::int64_t total_steps_;
+  at::Generator noise_;
+  std::uint64_t data_seed_;
+  std::vector<at::Tensor> params_;
+  std::unique_ptr<Optimizer> optimizer_;
+  Ema ema_;
+  Sampler sampler_;
+
+  Loss* loss_ = nullptr;
+  const PairDataset* pairs_ = nullptr;
+  const SampleDataset* samples_ = nullptr;
+  at::Tensor condition_, is_labelled_, visible_label_, annotator_prob_;
+  std::int64_t n_labelled_ = 0, n_unlabelled_ = 0;
+
+  std::int64_t step_ = 0;
+  std::int64_t skipped_ = 0;
+};
+
+// The model's trainable parameters, in model() order (what the optimiser and EMA hold).
+std::vector<at::Tensor> trainable_parameters(Backbone& backbone);
+
+}  // namespace dedpo

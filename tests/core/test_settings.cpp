@@ -1,0 +1,126 @@
+// The typed core settings: one rule per [run] / [train] / [eval] option, each bad value named,
+// and run.device for every form it takes.
+#include "experiment_test.hpp"
+
+namespace {
+
+// The minimal experiment after one override; the error text when it does not load.
+class SettingsTest : public ExperimentTest {
+ protected:
+  void SetUp() override {
+    ExperimentTest::SetUp();
+    write_file(dir / "exp.toml", kMinimal);
+  }
+  dedpo::Experiment load_with(const std::string& key, const std::string& value) {
+    return load("exp.toml", {{key, value}});
+  }
+  std::string error_with(const std::string& key, const std::string& value) {
+    return error_of("exp.toml", {{key, value}});
+  }
+};
+
+}  // namespace
+
+TEST_F(SettingsTest, EveryBadTrainValueIsNamedWithWhatWasExpected) {
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"objective", "\"ranking\"", "expected one of \"preference\", \"denoising\", got \"ranking\""},
+      {"steps", "0", "expected a positive integer, got 0"},
+      {"batch_size", "0", "expected a positive integer, got 0"},
+      {"grad_accum", "-1", "expected a positive integer, got -1"},
+      {"labelled_fraction", "0.0", "expected a number in (0, 1], got 0"},
+      {"labelled_fraction", "1.5", "expected a number in (0, 1], got 1.5"},
+      {"split", "\"sideways\"", "expected one of \"random\", \"by_prompt\", got \"sideways\""},
+      {"ties", "\"half\"", "expected one of \"keep\", \"drop\", got \"half\""},
+      {"optimizer", "\"sgd\"", "expected one of \"adamw\", \"adafactor\", got \"sgd\""},
+      {"lr", "0.0", "expected a number in (0, inf), got 0"},
+      {"weight_decay", "-0.1", "expected a number in [0, inf), got -0.1"},
+      {"adam_beta1", "1.0", "expected a number in [0, 1), got 1"},
+      {"adam_beta2", "-0.5", "expected a number in [0, 1), got -0.5"},
+      {"adam_eps", "0.0", "expected a number in (0, inf), got 0"},
+      {"warmup_steps", "-1", "expected a non-negative integer, got -1"},
+      {"schedule", "\"exponential\"",
+       "expected one of \"constant\", \"linear\", \"cosine\", got \"exponential\""},
+      {"max_grad_norm", "-1.0", "expected a number in [0, inf) (0 = off), got -1"},
+      {"precision", "\"fp16\"", "expected one of \"fp32\", \"bf16\", got \"fp16\""},
+      {"ema_decay", "1.0", "expected a number in [0, 1) (0 = off), got 1"},
+      {"checkpoint_every", "-2", "expected a non-negative integer, got -2"},
+      {"log_every", "-1", "expected a non-negative integer, got -1"},
+  };
+  for (const auto& [key, value, message] : cases) {
+    EXPECT_EQ(error_with("train." + key, value),
+              path("exp.toml") + " [train]: option '" + key + "': " + message);
+  }
+}
+
+TEST_F(SettingsTest, GoodValuesAreTyped) {
+  dedpo::Experiment e = load_with("train.split", "\"by_prompt\"");
+  EXPECT_EQ(e.train.split, dedpo::LabelSplit::by_prompt);
+  EXPECT_EQ(e.train.objective, dedpo::Objective::preference);
+  EXPECT_EQ(e.train.log_every, 10);
+  EXPECT_EQ(load_with("train.log_every", "0").train.log_every, 1);  // 0 = every step
+  EXPECT_EQ(load_with("train.labelled_fraction", "1.0").train.labelled_fraction, 1.0);
+  EXPECT_EQ(load_with("train.schedule", "\"cosine\"").train.schedule, dedpo::LrSchedule::cosine);
+  EXPECT_EQ(load_with("train.optimizer", "\"adafactor\"").train.optimizer,
+            dedpo::OptimizerKind::adafactor);
+  EXPECT_EQ(load_with("train.precision", "\"bf16\"").train.precision, dedpo::Precision::bf16);
+  EXPECT_EQ(load_with("train.ties", "\"drop\"").train.ties, dedpo::TiePolicy::drop);
+}
+
+TEST_F(SettingsTest, BadRunAndEvalValuesAreNamed) {
+  EXPECT_EQ(error_with("run.threads", "-1"),
+            path("exp.toml") + " [run]: option 'threads': expected a non-negative integer, got -1");
+  EXPECT_EQ(error_with("eval.every", "-1"),
+            path("exp.toml") + " [eval]: option 'every': expected a non-negative integer, got -1");
+}
+
+TEST(Device, EveryFormParses) {
+  using Kind = dedpo::DeviceRequest::Kind;
+  EXPECT_EQ(dedpo::parse_device("auto").kind, Kind::automatic);
+  EXPECT_EQ(dedpo::parse_device("cpu").kind, Kind::cpu);
+  EXPECT_EQ(dedpo::parse_device("cuda").kind, Kind::cuda);
+  EXPECT_EQ(dedpo::parse_device("cuda").index, 0);
+  EXPECT_EQ(dedpo::parse_device("cuda:3").index, 3);
+  for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "cuda:99999", ""}) {
+    EXPECT_THAT([&] { dedpo::parse_device(bad); },
+                testing::ThrowsMessage<dedpo::Error>(HasSubstr(
+                    "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + std::string(bad) +
+                    "\"")));
+  }
+}
+
+TEST(Device, ResolvesAgainstTheDevicesAMachineHas) {
+  const c10::Device cpu(c10::kCPU);
+  auto resolve = [](const char* text, int cuda_devices) {
+    return dedpo::resolve_device(dedpo::parse_device(text), cuda_devices);
+  };
+  EXPECT_EQ(resolve("auto", 0), cpu);
+  EXPECT_EQ(resolve("auto", 2), c10::Device(c10::kCUDA, 0));
+  EXPECT_EQ(resolve("cpu", 0), cpu);
+  EXPECT_EQ(resolve("cpu", 2), cpu);
+  EXPECT_EQ(resolve("cuda", 1), c10::Device(c10::kCUDA, 0));
+  EXPECT_EQ(resolve("cuda:1", 2), c10::Device(c10::kCUDA, 1));
+  EXPECT_THAT([&] { resolve("cuda", 0); },
+              testing::ThrowsMessage<dedpo::Error>(
+                  "asked for cuda:0, but this machine has no CUDA device (LibTorch sees none); "
+                  "use \"auto\" or \"cpu\""));
+  EXPECT_THAT([&] { resolve("cuda:1", 1); },
+              testing::ThrowsMessage<dedpo::Error>(
+                  "asked for cuda:1, but this machine has one CUDA device, cuda:0; use \"auto\" "
+                  "or \"cpu\""));
+  EXPECT_THAT([&] { resolve("cuda:2", 2); },
+              testing::ThrowsMessage<dedpo::Error>(HasSubstr("has 2 CUDA devices, cuda:0 to cuda:1")));
+}
+
+TEST_F(SettingsTest, DeviceIsResolvedWhenTheExperimentLoads) {
+  const int cuda = dedpo::available_cuda_devices();
+  EXPECT_EQ(load_with("run.device", "\"cpu\"").run.device, c10::Device(c10::kCPU));
+  EXPECT_EQ(load_with("run.device", "\"auto\"").run.device,
+            cuda > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU));
+  EXPECT_THAT(error_with("run.device", "\"tpu\""),
+              HasSubstr("exp.toml [run]: option 'device': expected \"auto\", \"cpu\""));
+  EXPECT_THAT(error_with("run.device", "\"cuda:" + std::to_string(cuda) + "\""),
+              HasSubstr("exp.toml [run]: option 'device': asked for cuda:" + std::to_string(cuda)));
+  if (cuda == 0) {
+    EXPECT_THAT(error_with("run.device", "\"cuda\""), HasSubstr("no CUDA device"));
+  }
+}
