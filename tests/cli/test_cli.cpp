@@ -2,6 +2,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -104,6 +111,31 @@ TEST(Cli, RunRefusesABadPluginOptionBeforePreparingAnything) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo'): option 'beta'"));
   EXPECT_FALSE(fs::exists(dir / "runs"));  // no run folder, so no backbone was prepared
+}
+
+TEST(Cli, Bfloat16WeightsWithFloat32MastersLowerTheToyLoss) {
+  TempDir dir;
+  write_file(dir / "exp.toml", kTinyRun);
+  auto result = run_dedpo("run " + (dir / "exp.toml").string() +
+                          " --no-progress --set train.precision='\"bf16\"' --set train.weights_dtype='\"bfloat16\"'"
+                          " --set loss.plugin='\"dpo\"' --set train.labelled_fraction=1.0 --set train.steps=40 --set train.log_every=1"
+                          " --set train.lr=1e-3");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  std::vector<double> losses;
+  std::istringstream lines(dedpo::test::read_file(dir / "runs" / "tiny-1" / "metrics.jsonl"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto entry = nlohmann::json::parse(line);
+    if (entry.contains("loss")) losses.push_back(entry["loss"].get<double>());
+  }
+  ASSERT_EQ(losses.size(), 40u);
+  EXPECT_NEAR(losses.front(), std::log(2.0), 1e-2);  // the model starts as its reference
+  double first = 0, last = 0;
+  for (int i = 0; i < 10; ++i) {
+    first += losses[static_cast<std::size_t>(i)];
+    last += losses[losses.size() - 1 - static_cast<std::size_t>(i)];
+  }
+  EXPECT_LT(last, first);
 }
 
 TEST(Cli, EveryRunGetsItsOwnFolder) {

@@ -2,6 +2,7 @@
 // sdxl), loaded through the plugin registry as a run loads it.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "dedpo/backbone.hpp"
@@ -561,6 +563,18 @@ TEST(SdxlCli, SampleWritesPngs) {
 // The path through the program: `dedpo run` trains DeDPO for a few steps on pairs read
 // from images of several sizes (so each side carries its own original size and crop), saves, and
 // `dedpo sample --run` reloads the run's weights and writes PNGs.
+// The losses a run logged in metrics.jsonl, in step order.
+std::vector<double> logged_losses(const fs::path& run) {
+  std::vector<double> losses;
+  std::istringstream lines(dedpo::test::read_file(run / "metrics.jsonl"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto entry = nlohmann::json::parse(line);
+    if (entry.contains("loss")) losses.push_back(entry["loss"].get<double>());
+  }
+  return losses;
+}
+
 TEST(SdxlCli, DedpoRunOnImagePairsThenSampleTheRun) {
   const fs::path dir = scratch() / "run";
   std::string manifest, annotations = "id,g\n";
@@ -605,6 +619,18 @@ TEST(SdxlCli, DedpoRunOnImagePairsThenSampleTheRun) {
   ASSERT_TRUE(fs::exists(dir / "trained" / "0-0.png")) << result.output;
   EXPECT_EQ(png_size(dir / "trained" / "0-0.png"), std::make_pair(16, 16));
   EXPECT_NE(dedpo::test::read_file(dir / "trained" / "0-0.png"), dedpo::test::read_file(dir / "ref" / "0-0.png"));
+
+  // The same run with bfloat16 weights (float32 masters in the optimiser) under bf16 autocast and
+  // DPO on the human labels: the loss goes down from log 2 (model = reference at step 1).
+  result = dedpo::test::run_dedpo("run '" + experiment.string() +
+                                  "' --set run.name='\"bf16\"' --set train.precision='\"bf16\"'"
+                                  " --set train.weights_dtype='\"bfloat16\"' --set loss.plugin='\"dpo\"'"
+                                  " --set train.labelled_fraction=1.0 --set train.steps=12 --set train.lr=1e-3 --set train.log_every=1");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const std::vector<double> losses = logged_losses(dir / "runs" / "bf16-1");
+  ASSERT_EQ(losses.size(), 12u);
+  EXPECT_NEAR(losses.front(), std::log(2.0), 1e-2);
+  EXPECT_LT((losses[9] + losses[10] + losses[11]) / 3, (losses[0] + losses[1] + losses[2]) / 3);
 }
 
 }  // namespace

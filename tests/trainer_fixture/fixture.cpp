@@ -64,6 +64,8 @@ class TestLinearBackbone final : public Backbone {
       dst[i].copy_(src[i]);
       dst[i].set_requires_grad(false);
     }
+    model_.to(context.device);
+    reference_.to(context.device);
   }
 
   torch::nn::Module& model() override { return model_; }
@@ -240,6 +242,9 @@ class TestAnnotator final : public Annotator {
       : uses_labels_(o.boolean("uses_labels")), train_steps_(o.integer("train_steps")) {}
   bool uses_labels() const override { return uses_labels_; }
   at::Tensor annotate(AnnotatorContext& c) override {
+    if (c.backbone.model().parameters().front().device() != c.device) {
+      throw Error("test_annotator: given device " + c.device.str() + ", the backbone is elsewhere");
+    }
     at::Tensor shift = at::zeros({1});
     if (train_steps_ > 0) {
       auto backbone = c.services.fresh_backbone();
@@ -248,7 +253,7 @@ class TestAnnotator final : public Annotator {
       auto loss = c.services.make_loss("test_dpo", loss_options);
       c.services.train(*backbone, *loss, c.data, c.is_labelled, at::Tensor(), train_steps_, c.seed);
       at::NoGradGuard no_grad;
-      shift = backbone->model().parameters()[3].detach().sum().reshape({1});
+      shift = backbone->model().parameters()[3].detach().sum().reshape({1}).to(at::kCPU);
     }
     return at::sigmoid(c.data.a.sum(1) - c.data.b.sum(1) + shift);
   }
@@ -272,7 +277,9 @@ class TestMetric final : public Metric {
       DenoisingErrors e = c.backbone.denoising_errors(batch, g, true);
       error = (e.model_a.mean() + e.model_b.mean()).item<double>() / 2;
     }
-    return {{"test_weight_norm", std::sqrt(norm)}, {"test_error", error}};
+    // 1 when the metric was told the device the backbone trained on.
+    const bool same_device = c.backbone.model().parameters().front().device() == c.device;
+    return {{"test_weight_norm", std::sqrt(norm)}, {"test_error", error}, {"test_on_run_device", same_device ? 1.0 : 0.0}};
   }
 };
 

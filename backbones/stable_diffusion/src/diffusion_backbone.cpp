@@ -9,8 +9,6 @@
 #include <set>
 #include <sstream>
 
-#include <torch/version.h>
-
 #include "dedpo/autocast.hpp"
 #include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
@@ -135,11 +133,6 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     options.fail("frozen_dtype", "expected \"float32\" or \"bfloat16\"");
   }
   if (frozen_dtype == "bfloat16") frozen_dtype_ = at::kBFloat16;
-#if TORCH_VERSION_MAJOR < 2
-  // LibTorch 1.13's CPU autocast leaves group_norm out of its float32 list: bfloat16 conv outputs
-  // then meet float32 GroupNorm weights and the forward fails.
-  if (dtype_ == "bfloat16") options.fail("dtype", "\"bfloat16\" needs LibTorch >= 2.0 (CPU autocast of GroupNorm)");
-#endif
   if (lora_rank_ < 0) options.fail("lora_rank", "expected an integer >= 0");
   if (options.is_string("lora_alpha")) {
     if (options.string("lora_alpha") != "rank") options.fail("lora_alpha", "expected a number or \"rank\"");

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "dedpo/host/accelerator.hpp"
 #include "run/run_folder.hpp"
 
 namespace dedpo {
@@ -16,14 +17,6 @@ void apply_threads(const RunSettings& run) {
   at::set_num_threads(run.threads > 0 ? run.threads : cores);
 }
 
-// Tensors are placed on the CPU so far; the device flows from the plan so that placement can
-// follow it.
-void require_cpu(const RunSettings& run) {
-  if (run.device.is_cpu()) return;
-  throw Error("[run] device resolved to " + run.device.str() +
-              ", but this trainer places tensors on the CPU only so far; set [run] device = "
-              "\"cpu\"");
-}
 
 template <class T>
 std::shared_ptr<T> make(const PluginRegistry& registry, const std::optional<PluginSlot>& slot) {
@@ -43,9 +36,11 @@ std::shared_ptr<Backbone> make_backbone(const Experiment& experiment,
 
 Assembly assemble(const Experiment& experiment, const PluginRegistry& registry,
                   const std::filesystem::path& initial_weights) {
-  require_cpu(experiment.run);
   apply_threads(experiment.run);
+  apply_device_numerics({.deterministic = experiment.run.deterministic, .tf32 = experiment.run.tf32});
+  reset_peak_device_memory(experiment.run.device);
   Assembly parts;
+  parts.backbone_context.device = experiment.run.device;
   parts.backbone_context.cache_dir = cache_dir(experiment) / "backbone";
   parts.backbone_context.initial_weights = initial_weights;
   parts.backbone_context.seed = experiment.run.seed;

@@ -43,6 +43,7 @@ void Trainer::save(torch::serialize::OutputArchive& archive) const {
   torch::serialize::OutputArchive model;
   backbone_.model().save(model);
   archive.write(kModel, model);
+  masters_.save(archive);
   torch::serialize::OutputArchive optimizer;
   optimizer_->save(optimizer);
   archive.write("optimizer", optimizer);
@@ -65,6 +66,7 @@ void Trainer::load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive model;
   archive.read(kModel, model);
   backbone_.model().load(model);
+  masters_.load(archive);
   torch::serialize::InputArchive optimizer;
   archive.read("optimizer", optimizer);
   optimizer_->load(optimizer);

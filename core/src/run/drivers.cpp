@@ -58,7 +58,8 @@ Figures evaluate_run(const fs::path& run_dir, std::span<const Override> override
     if (experiment.train.ties == TiePolicy::drop) drop_tied_pairs(*pairs);  // as the run did
   }
   const Figures figures = evaluate_metrics(parts.metrics, *parts.backbone,
-                                           pairs ? &*pairs : nullptr, experiment.eval.seed);
+                                           pairs ? &*pairs : nullptr, experiment.eval.seed,
+                                           experiment.run.device);
 
   // New figures join (or replace) the run's results, so reports show them beside the others.
   json results = json::parse(read_file(dir / kResultsFile));

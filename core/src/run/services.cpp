@@ -31,7 +31,7 @@ void RunServices::train(Backbone& backbone, Loss& loss, const PairDataset& data,
   if (loss.needs_annotator() && !annotator_prob.defined()) {
     throw Error("services.train: the loss needs annotator probabilities, none were given");
   }
-  Trainer trainer(backbone, experiment_.train, seed, steps);
+  Trainer trainer(backbone, experiment_.train, context_.device, seed, steps);
   trainer.set_preference(loss, data, is_labelled, annotator_prob,
                          encode_prompts_cached(backbone, data.prompts, cache_dir(experiment_) / "prompts"));
   while (trainer.step_index() < steps) trainer.step();

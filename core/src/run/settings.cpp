@@ -21,6 +21,11 @@ const OptionSpec kRunOptions[] = {
     {"threads", T::integer, "0", "LibTorch intra-op threads; 0 = one per core."},
     {"device", T::string, "\"auto\"",
      "\"auto\" (CUDA when the machine has it, else the CPU), \"cpu\", \"cuda\" or \"cuda:N\"."},
+    {"deterministic", T::boolean, "false",
+     "Deterministic kernels only (cuDNN without autotuning, cuBLAS with a fixed workspace): the same "
+     "seed on the same GPU gives the same weights; an op without a deterministic kernel fails."},
+    {"tf32", T::boolean, "false",
+     "TF32 tensor cores for float32 matmuls and convolutions on CUDA (faster, ~3 significant digits)."},
 };
 
 const OptionSpec kTrainOptions[] = {
@@ -50,6 +55,9 @@ const OptionSpec kTrainOptions[] = {
      "Learning rate after warm-up: \"constant\", \"linear\" or \"cosine\" decay to 0."},
     {"max_grad_norm", T::real, "0.0", "Clip the global gradient norm to this; 0 = off."},
     {"precision", T::string, "\"fp32\"", "\"fp32\" or \"bf16\" (autocast)."},
+    {"weights_dtype", T::string, "\"float32\"",
+     "Storage of the trainable weights: \"float32\", or \"bfloat16\" (half their memory and their "
+     "gradients'; the optimiser keeps float32 master copies; needs precision = \"bf16\")."},
     {"ema_decay", T::real, "0.0", "Exponential moving average of the weights; 0 = off."},
     {"checkpoint_every", T::integer, "0", "Checkpoint every N steps; 0 = only at the end."},
     {"log_every", T::integer, "10", "Write metrics.jsonl every N steps; 0 = every step."},
@@ -159,6 +167,8 @@ RunSettings read_run_settings(const Options& run, int cuda_devices) {
   } catch (const Error& error) {
     run.fail("device", error.what());
   }
+  settings.deterministic = run.boolean("deterministic");
+  settings.tf32 = run.boolean("tf32");
   return settings;
 }
 
@@ -194,6 +204,15 @@ TrainSettings read_train_settings(const Options& train) {
   s.precision = read_choice<Precision>(train, "precision",
                                        {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}});
   s.ema_decay = real_in(train, "ema_decay", "[0, 1) (0 = off)", unit);
+  s.weights_dtype = read_choice<WeightsDtype>(
+      train, "weights_dtype", {{"float32", WeightsDtype::float32}, {"bfloat16", WeightsDtype::bfloat16}});
+  if (s.weights_dtype == WeightsDtype::bfloat16 && s.precision != Precision::bf16) {
+    train.fail("weights_dtype", "\"bfloat16\" needs precision = \"bf16\" (the model then computes under autocast)");
+  }
+  if (s.weights_dtype == WeightsDtype::bfloat16 && s.ema_decay > 0.0) {
+    train.fail("weights_dtype", "\"bfloat16\" with ema_decay > 0 is not supported: the average would be kept "
+                                "in the weights' 8-bit mantissa; use weights_dtype = \"float32\" with EMA");
+  }
   s.checkpoint_every = non_negative(train, "checkpoint_every");
   s.log_every = std::max<std::int64_t>(1, non_negative(train, "log_every"));
   return s;

@@ -9,7 +9,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "dedpo/autocast.hpp"
 #include "dedpo/files.hpp"
+#include "dedpo/host/accelerator.hpp"
 #include "dedpo/host/assemble.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "run/caches.hpp"
@@ -60,7 +62,8 @@ at::Tensor annotator_probabilities(const Experiment& experiment, Assembly& parts
   const fs::path annotator_cache = cache_dir(experiment) / "annotator";
   fs::create_directories(annotator_cache);
   AnnotatorContext context{pairs,    is_labelled,         *parts.backbone,
-                           services, experiment.run.seed, annotator_cache};
+                           services, experiment.run.seed, annotator_cache,
+                           experiment.run.device};
   return annotate_cached(experiment, *parts.annotator, context, init, log);
 }
 
@@ -128,8 +131,12 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
                    {"skipped", trainer.skipped()}, {"skipped_step", report.skipped}};
       for (const auto& [name, value] : report.diagnostics) line[name] = value;
       if (evaluate) {
+        // bfloat16 weights compute under autocast, as in the training steps.
+        AutocastRegion autocast(experiment.run.device.type(),
+                                experiment.train.weights_dtype == WeightsDtype::bfloat16);
         Figures values = trainer.ema().with_averages([&] {
-          return evaluate_metrics(parts.metrics, *parts.backbone, eval_pairs, experiment.eval.seed);
+          return evaluate_metrics(parts.metrics, *parts.backbone, eval_pairs, experiment.eval.seed,
+                                  experiment.run.device);
         });
         for (const auto& [name, value] : values) line["eval/" + name] = value;
       }
@@ -160,9 +167,11 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
     save_checkpoint(run_dir, trainer);
   }
   trainer.ema().copy_averages_into_params();
+  trainer.finish_weights();
   parts.backbone->save_weights(run_dir / kWeightsFile);
   result.metrics = evaluate_metrics(parts.metrics, *parts.backbone,
-                                    data.pairs ? &*data.pairs : nullptr, experiment.eval.seed);
+                                    data.pairs ? &*data.pairs : nullptr, experiment.eval.seed,
+                                    experiment.run.device);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   json final_line = {{"step", trainer.step_index()}, {"skipped", trainer.skipped()}};
   for (const auto& [name, value] : result.metrics) final_line["eval/" + name] = value;
@@ -170,7 +179,11 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
   metrics_out.flush();
 
   const bool used_annotator = parts.loss && parts.loss->needs_annotator() && experiment.annotator;
+  const MemoryPeaks peaks = memory_peaks(experiment.run.device);
   json results = {{"metrics", figures_json(result.metrics)},
+                  {"device", experiment.run.device.str()},
+                  {"peak_rss_bytes", peaks.host_bytes},
+                  {"peak_device_memory_bytes", peaks.device_bytes ? json(*peaks.device_bytes) : json(nullptr)},
                   {"steps", trainer.step_index()},
                   {"skipped_steps", trainer.skipped()},
                   {"wall_time_s", wall},
@@ -181,8 +194,14 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
                   {"finished", true}};
   write_file_atomic(run_dir / kResultsFile, results.dump(2) + "\n");
   result.finished = true;
-  std::string summary = fmt::format("finished: {} steps, {} skipped (non-finite), {:.1f} s",
-                                    trainer.step_index(), trainer.skipped(), wall);
+  std::string summary = fmt::format("finished: {} steps, {} skipped (non-finite), {:.1f} s, peak host "
+                                    "memory {:.0f} MiB",
+                                    trainer.step_index(), trainer.skipped(), wall,
+                                    static_cast<double>(peaks.host_bytes) / (1 << 20));
+  if (peaks.device_bytes) {
+    summary += fmt::format(", peak {} memory {:.0f} MiB (caching allocator)", experiment.run.device.str(),
+                           static_cast<double>(*peaks.device_bytes) / (1 << 20));
+  }
   for (const auto& [name, value] : result.metrics) {
     summary += fmt::format(", {} = {:.6g}", name, value);
   }
@@ -192,11 +211,11 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
 }  // namespace
 
 Figures evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone& backbone,
-                         const PairDataset* pairs, std::uint64_t seed) {
+                         const PairDataset* pairs, std::uint64_t seed, c10::Device device) {
   Figures out;
   at::NoGradGuard no_grad;
   for (auto& metric : metrics) {
-    MetricContext context{backbone, pairs, seed};
+    MetricContext context{backbone, pairs, seed, device};
     for (auto& entry : metric->evaluate(context)) out.push_back(std::move(entry));
   }
   return out;
@@ -223,7 +242,8 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
     const InitialWeights init = resolve_init(experiment, registry, log);
     Assembly parts = assemble(experiment, registry, init.file);
     RunServices services(experiment, registry, parts.backbone_context);
-    Trainer trainer(*parts.backbone, experiment.train, experiment.run.seed, experiment.train.steps);
+    Trainer trainer(*parts.backbone, experiment.train, experiment.run.device, experiment.run.seed,
+                    experiment.train.steps);
     TrainingData data;
     set_objective(experiment, parts, trainer, data, services, init, run_dir, log);
     if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, log);

@@ -21,7 +21,7 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
 
 // Every metric's figures on the backbone as it is, in the order of [[metrics]].
 Figures evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone& backbone,
-                         const PairDataset* pairs, std::uint64_t seed);
+                         const PairDataset* pairs, std::uint64_t seed, c10::Device device);
 
 // results.json "titles": the summary column titles the metrics declare for their figures, where
 // they differ from the figures' names.

@@ -23,9 +23,14 @@ std::vector<at::Tensor> trainable_parameters(Backbone& backbone) {
 
 namespace {
 
-std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone) {
+// The trainable parameters, stored in `dtype` from here on.
+std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, WeightsDtype dtype) {
   std::vector<at::Tensor> params = trainable_parameters(backbone);
   if (params.empty()) throw Error("the backbone's model has no trainable parameters");
+  if (dtype == WeightsDtype::bfloat16) {
+    at::NoGradGuard no_grad;
+    for (at::Tensor& p : params) p.set_data(p.detach().to(at::kBFloat16));
+  }
   return params;
 }
 
@@ -44,28 +49,37 @@ void accumulate(Figures& total, const Figures& more) {
 
 }  // namespace
 
-Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, std::uint64_t seed,
-                 std::int64_t total_steps)
+Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device device,
+                 std::uint64_t seed, std::int64_t total_steps)
     : backbone_(backbone),
       settings_(settings),
+      device_(device),
       total_steps_(total_steps),
       noise_(make_generator(derive_seed(seed, RandomStream::noise))),
       data_seed_(derive_seed(seed, RandomStream::data_order)),
-      params_(checked_trainable_parameters(backbone)),
-      optimizer_(make_optimizer(params_, settings_)),
+      params_(checked_trainable_parameters(backbone, settings.weights_dtype)),
+      masters_(params_),
+      optimizer_(make_optimizer(masters_.masters(), settings_)),
       ema_(params_, settings_.ema_decay) {}
+
+at::Tensor Trainer::to_device(const at::Tensor& host) const {
+  if (host.device() == device_) return host;
+  // Pinned (page-locked) memory lets the copy run asynchronously on the device's stream; the
+  // caching host allocator keeps the block until that copy is done.
+  return device_.is_cuda() ? host.pin_memory().to(device_, /*non_blocking=*/true) : host.to(device_);
+}
 
 void Trainer::set_preference(Loss& loss, const PairDataset& data, const at::Tensor& is_labelled,
                              const at::Tensor& annotator_prob, at::Tensor condition) {
   loss_ = &loss;
   pairs_ = &data;
-  is_labelled_ = is_labelled.to(at::kBool);
-  annotator_prob_ = annotator_prob;
+  is_labelled_ = is_labelled.to(at::kCPU, at::kBool);
+  annotator_prob_ = annotator_prob.defined() ? annotator_prob.to(at::kCPU) : annotator_prob;
   n_labelled_ = is_labelled_.sum().item<std::int64_t>();
   n_unlabelled_ = data.size() - n_labelled_;
   at::Tensor label = data.human_label.to(at::kFloat);
   visible_label_ = at::where(is_labelled_, label, at::full_like(label, NAN));
-  condition_ = std::move(condition);
+  condition_ = condition.to(at::kCPU);
   at::Tensor pool = loss.pool() == PairPool::labelled ? at::nonzero(is_labelled_).flatten()
                                                       : at::arange(data.size(), at::kLong);
   if (pool.size(0) == 0) {
@@ -80,7 +94,7 @@ void Trainer::set_preference(Loss& loss, const PairDataset& data, const at::Tens
 void Trainer::set_denoising(const SampleDataset& data, at::Tensor condition) {
   samples_ = &data;
   if (data.size() == 0) throw Error("the dataset has no samples");
-  condition_ = std::move(condition);
+  condition_ = condition.to(at::kCPU);
   sampler_ = Sampler(at::arange(data.size(), at::kLong), data_seed_);
 }
 
@@ -96,13 +110,14 @@ StepReport Trainer::step() {
   for (std::int64_t micro = 0; micro < settings_.grad_accum; ++micro) {
     at::Tensor loss;
     {
-      AutocastRegion autocast(c10::DeviceType::CPU, settings_.precision == Precision::bf16);
+      AutocastRegion autocast(device_.type(), settings_.precision == Precision::bf16);
       loss = pairs_ != nullptr ? preference_loss(report.diagnostics) : denoising_loss();
     }
     loss = loss.to(at::kFloat);
     loss_sum += loss.item<double>();
     if (loss.requires_grad()) (loss / micro_batches).backward();
   }
+  masters_.gradients_to_masters();
   for (auto& [name, value] : report.diagnostics) value /= micro_batches;
   report.loss = loss_sum / micro_batches;
   clip_or_skip(report);
@@ -113,15 +128,16 @@ StepReport Trainer::step() {
 // The NaN/inf guard (a non-finite step changes nothing and is counted), else clipping to
 // max_grad_norm, the optimiser step and the EMA update.
 void Trainer::clip_or_skip(StepReport& report) {
+  const std::vector<at::Tensor>& masters = masters_.masters();
   double squared = 0.0;
-  for (const at::Tensor& p : params_) {
+  for (const at::Tensor& p : masters) {
     if (p.grad().defined()) squared += p.grad().to(at::kDouble).pow(2).sum().item<double>();
   }
   report.grad_norm = std::sqrt(squared);
   if (!std::isfinite(report.loss) || !std::isfinite(report.grad_norm)) {
     report.skipped = true;
     ++skipped_;
-    for (at::Tensor& p : params_) {
+    for (const at::Tensor& p : masters) {
       if (p.grad().defined()) p.mutable_grad().reset();
     }
     return;
@@ -129,31 +145,32 @@ void Trainer::clip_or_skip(StepReport& report) {
   if (settings_.max_grad_norm > 0.0 && report.grad_norm > settings_.max_grad_norm) {
     at::NoGradGuard no_grad;
     double scale = settings_.max_grad_norm / (report.grad_norm + 1e-6);
-    for (at::Tensor& p : params_) {
-      if (p.grad().defined()) p.mutable_grad().mul_(scale);
+    for (const at::Tensor& p : masters) {
+      if (p.grad().defined()) p.grad().mul_(scale);
     }
   }
   optimizer_->step(report.lr);
+  masters_.masters_to_weights();
   ema_.update();
 }
 
 at::Tensor Trainer::preference_loss(Figures& diagnostics) {
   at::Tensor index = sampler_.next(settings_.batch_size);
   PairBatch batch;
-  batch.a = pairs_->a.index_select(0, index);
-  batch.b = pairs_->b.index_select(0, index);
-  batch.condition = condition_.index_select(0, pairs_->prompt_index.index_select(0, index));
-  if (pairs_->a_info.defined()) batch.a_info = pairs_->a_info.index_select(0, index);
-  if (pairs_->b_info.defined()) batch.b_info = pairs_->b_info.index_select(0, index);
+  batch.a = to_device(pairs_->a.index_select(0, index));
+  batch.b = to_device(pairs_->b.index_select(0, index));
+  batch.condition = to_device(condition_.index_select(0, pairs_->prompt_index.index_select(0, index)));
+  if (pairs_->a_info.defined()) batch.a_info = to_device(pairs_->a_info.index_select(0, index));
+  if (pairs_->b_info.defined()) batch.b_info = to_device(pairs_->b_info.index_select(0, index));
   DenoisingErrors errors = backbone_.denoising_errors(batch, noise_, loss_->needs_reference());
   PairTerms terms;
   terms.model_err_a = errors.model_a;
   terms.model_err_b = errors.model_b;
   terms.ref_err_a = errors.ref_a;
   terms.ref_err_b = errors.ref_b;
-  terms.human_label = visible_label_.index_select(0, index);
-  terms.is_labelled = is_labelled_.index_select(0, index);
-  if (annotator_prob_.defined()) terms.annotator_prob = annotator_prob_.index_select(0, index);
+  terms.human_label = to_device(visible_label_.index_select(0, index));
+  terms.is_labelled = to_device(is_labelled_.index_select(0, index));
+  if (annotator_prob_.defined()) terms.annotator_prob = to_device(annotator_prob_.index_select(0, index));
   terms.n_labelled = n_labelled_;
   terms.n_unlabelled = n_unlabelled_;
   terms.drawn_from = loss_->pool();
@@ -164,8 +181,8 @@ at::Tensor Trainer::preference_loss(Figures& diagnostics) {
 
 at::Tensor Trainer::denoising_loss() {
   at::Tensor index = sampler_.next(settings_.batch_size);
-  at::Tensor samples = samples_->samples.index_select(0, index);
-  at::Tensor condition = condition_.index_select(0, samples_->prompt_index.index_select(0, index));
+  at::Tensor samples = to_device(samples_->samples.index_select(0, index));
+  at::Tensor condition = to_device(condition_.index_select(0, samples_->prompt_index.index_select(0, index)));
   return backbone_.denoising_loss(samples, condition, noise_).mean();
 }
 

@@ -15,6 +15,7 @@
 #include "dedpo/host/settings.hpp"
 #include "dedpo/loss.hpp"
 #include "train/ema.hpp"
+#include "train/master_weights.hpp"
 #include "train/optimizer.hpp"
 #include "train/sampler.hpp"
 
@@ -30,7 +31,9 @@ struct StepReport {
 
 class Trainer {
  public:
-  Trainer(Backbone& backbone, const TrainSettings& settings, std::uint64_t seed,
+  // Batches go to `device` (the backbone's, from BackboneContext::device); the data stays on the
+  // host, each batch is gathered there and copied over from pinned memory.
+  Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device device, std::uint64_t seed,
           std::int64_t total_steps);
 
   // Preference objective. `is_labelled` [N] bool; `annotator_prob` [N] or undefined;
@@ -44,6 +47,8 @@ class Trainer {
   std::int64_t step_index() const { return step_; }
   std::int64_t skipped() const { return skipped_; }
   Ema& ema() { return ema_; }
+  // After the last step: bfloat16 weights take their float32 masters' values and dtype.
+  void finish_weights() { masters_.weights_become_masters(); }
 
   // The trainer's part of a checkpoint; defined in run/checkpoint.cpp, the format's one owner.
   void save(torch::serialize::OutputArchive& archive) const;
@@ -53,13 +58,16 @@ class Trainer {
   at::Tensor preference_loss(Figures& diagnostics);
   at::Tensor denoising_loss();
   void clip_or_skip(StepReport& report);
+  at::Tensor to_device(const at::Tensor& host) const;
 
   Backbone& backbone_;
   TrainSettings settings_;
+  c10::Device device_;
   std::int64_t total_steps_;
   at::Generator noise_;
   std::uint64_t data_seed_;
-  std::vector<at::Tensor> params_;
+  std::vector<at::Tensor> params_;  // the model's, in weights_dtype
+  MasterWeights masters_;           // what the optimiser updates (params_ themselves in float32)
   std::unique_ptr<Optimizer> optimizer_;
   Ema ema_;
   Sampler sampler_;

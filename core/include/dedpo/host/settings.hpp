@@ -41,12 +41,15 @@ struct RunSettings {
   std::filesystem::path output;   // absolute
   int threads = 0;                // LibTorch intra-op threads; 0 = one per core
   c10::Device device = c10::Device(c10::kCPU);  // resolved on this machine
+  bool deterministic = false;     // deterministic kernels only (dedpo/host/accelerator.hpp)
+  bool tf32 = false;              // TF32 tensor cores for float32 matmuls and convolutions on CUDA
 };
 
 enum class Objective { preference, denoising };
 enum class OptimizerKind { adamw, adafactor };
 enum class LrSchedule { constant, linear, cosine };
 enum class Precision { fp32, bf16 };
+enum class WeightsDtype { float32, bfloat16 };
 enum class LabelSplit { random, by_prompt };
 enum class TiePolicy { keep, drop };
 
@@ -68,6 +71,7 @@ struct TrainSettings {
   LrSchedule schedule = LrSchedule::constant;
   double max_grad_norm = 0.0;  // 0 = no clipping
   Precision precision = Precision::fp32;
+  WeightsDtype weights_dtype = WeightsDtype::float32;  // bfloat16: float32 masters in the optimiser
   double ema_decay = 0.0;      // 0 = no EMA
   std::int64_t checkpoint_every = 0;  // 0 = only at the end
   std::int64_t log_every = 1;
