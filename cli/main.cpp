@@ -137,8 +137,10 @@ int command_plugins(const std::vector<std::string>& args, dedpo::PluginRegistry&
       names.emplace_back(entry->descriptor->name);
       if (name != entry->descriptor->name) continue;
       const dedpo::PluginDescriptor& d = *entry->descriptor;
-      std::cout << fmt::format("{} '{}' {} ({})\n  {}\noptions:\n", dedpo::to_string(kind), d.name,
-                               d.version, entry->library.string(), d.description);
+      std::cout << fmt::format("{} '{}' {} ({})\n  {}\n  built with {}, {}, LibTorch {}\noptions:\n",
+                               dedpo::to_string(kind), d.name, d.version, entry->library.string(),
+                               d.description, entry->build->compiler, entry->build->standard_library,
+                               entry->build->libtorch);
       print_schema(std::span(d.options, d.option_count));
       shown = true;
     }

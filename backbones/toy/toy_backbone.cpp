@@ -15,6 +15,15 @@
 namespace dedpo::toy {
 namespace {
 
+ToyBackbone::Sampler read_sampler(const Options& options) {
+  const std::string& sampler = options.string("sampler");
+  if (sampler == "ddim") return ToyBackbone::Sampler::ddim;
+  if (sampler != "ddpm") {
+    options.fail("sampler", "must be \"ddim\" or \"ddpm\", got \"" + sampler + "\"");
+  }
+  return ToyBackbone::Sampler::ddpm;
+}
+
 constexpr double kPi = 3.14159265358979323846;
 
 WorldConfig world_config(const Options& options) {
@@ -109,7 +118,7 @@ ToyBackbone::ToyBackbone(const Options& options)
       prompt_embedding_(options.integer("prompt_embedding")),
       timesteps_(options.integer("timesteps")),
       sample_steps_(options.integer("sample_steps")),
-      sampler_(options.string("sampler")) {
+      sampler_(read_sampler(options)) {
   if (width_ < 1) options.fail("width", "must be at least 1");
   if (depth_ < 1) options.fail("depth", "must be at least 1");
   if (time_embedding_ < 2) options.fail("time_embedding", "must be at least 2");
@@ -118,9 +127,6 @@ ToyBackbone::ToyBackbone(const Options& options)
   if (sample_steps_ < 1 || sample_steps_ > timesteps_) {
     options.fail("sample_steps", "must be between 1 and timesteps (" +
                                      std::to_string(timesteps_) + ")");
-  }
-  if (sampler_ != "ddim" && sampler_ != "ddpm") {
-    options.fail("sampler", "must be \"ddim\" or \"ddpm\", got \"" + sampler_ + "\"");
   }
   const std::string& schedule = options.string("schedule");
   auto f64 = at::TensorOptions().dtype(at::kDouble);
@@ -261,7 +267,7 @@ at::Tensor ToyBackbone::sample(const at::Tensor& condition, at::Generator& gener
   at::Tensor x = randn_like_on({N, world_.dim()}, generator, options);
   auto step_tensor = [&](std::int64_t t) { return at::full({N}, t, options.dtype(at::kLong)); };
 
-  if (sampler_ == "ddim") {
+  if (sampler_ == Sampler::ddim) {
     // Evenly spaced timesteps from T-1 down to 0 (deterministic, eta = 0).
     std::vector<std::int64_t> steps;
     for (std::int64_t i = 0; i < sample_steps_; ++i) {

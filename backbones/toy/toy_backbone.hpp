@@ -64,6 +64,8 @@ class ToyDenoiserImpl : public torch::nn::Module {
 
 class ToyBackbone : public Backbone {
  public:
+  enum class Sampler { ddpm, ddim };  // option "sampler"
+
   explicit ToyBackbone(const Options& options);
 
   void prepare(const BackboneContext& context) override;
@@ -95,7 +97,7 @@ class ToyBackbone : public Backbone {
   Options options_;
   World world_;
   std::int64_t width_, depth_, time_embedding_, prompt_embedding_, timesteps_, sample_steps_;
-  std::string sampler_;
+  Sampler sampler_;
   double clip_ = 0;  // DDIM: |predicted x0| bound, the world's data range
   at::Tensor betas_, alphas_cumprod_;  // [T] double-checked float
   std::shared_ptr<ToyDenoiserImpl> model_, reference_;

@@ -36,6 +36,14 @@ inline at::Generator make_generator(std::uint64_t seed) {
   return at::detail::createCPUGenerator(seed);
 }
 
+// An independent seed per use of the run's seed (splitmix64), one `salt` per plugin.
+inline std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t salt) {
+  std::uint64_t z = seed + 0x9E3779B97F4A7C15ull * (salt + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 class World {
  public:
   explicit World(const WorldConfig& config) : config_(config) {

@@ -353,8 +353,7 @@ void construct_plugins(const Experiment& experiment, const PluginRegistry& regis
   }
 }
 
-Experiment resolve(toml::table root, std::string origin, const fs::path& base_dir,
-                   const OverrideEffects& effects, PluginRegistry& registry) {
+void reject_unknown_top_level_keys(const toml::table& root, const std::string& origin) {
   std::vector<std::string> known(std::begin(kTopLevelKeys), std::end(kTopLevelKeys));
   for (const auto& [key, node] : root) {
     if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
@@ -364,54 +363,70 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
     if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
     throw Error(message);
   }
+}
 
-  Options run = core_table(root, "run", run_options_schema(), origin);
-  Options train = core_table(root, "train", train_options_schema(), origin);
-  Options eval = core_table(root, "eval", eval_options_schema(), origin);
-  Options init = core_table(root, "init", init_options_schema(), origin);
-  // Paths are resolved against the experiment's folder once, here, so the resolved config means
-  // the same from any working directory.
-  run.set("output", absolute_from(base_dir, run.string("output")).string());
+// The core tables as validated, before they become typed settings (the resolved config writes
+// them back).
+struct CoreTables {
+  Options run, train, eval, init;
+};
+
+// Validates [run], [train], [eval] and [init]. Paths are resolved against the experiment's folder
+// once, here, so the resolved config means the same from any working directory.
+CoreTables read_core_tables(const toml::table& root, const std::string& origin,
+                            const fs::path& base_dir) {
+  CoreTables tables{core_table(root, "run", run_options_schema(), origin),
+                    core_table(root, "train", train_options_schema(), origin),
+                    core_table(root, "eval", eval_options_schema(), origin),
+                    core_table(root, "init", init_options_schema(), origin)};
+  tables.run.set("output", absolute_from(base_dir, tables.run.string("output")).string());
   for (const char* key : {"experiment", "weights"}) {
-    const std::string& value = init.string(key);
+    const std::string& value = tables.init.string(key);
     if (value.empty()) continue;
     fs::path file = absolute_from(base_dir, value);
     if (!fs::exists(file)) {
-      init.fail(key, "file '" + value + "' does not exist (looked for " + file.string() + ")");
+      tables.init.fail(key, "file '" + value + "' does not exist (looked for " + file.string() + ")");
     }
-    init.set(key, file.string());
+    tables.init.set(key, file.string());
   }
-  Experiment experiment;
-  experiment.train = read_train_settings(train);
-  experiment.run = read_run_settings(run, available_cuda_devices());
-  experiment.eval = read_eval_settings(eval);
-  experiment.init = read_init_settings(init);
+  return tables;
+}
 
-  if (const toml::table* plugins = optional_table(root, "plugins", origin)) {
-    for (const auto& [key, node] : *plugins) {
-      if (key.str() != "paths" || !node.is_array()) {
-        throw Error(detail::location(node) + origin +
-                    " [plugins]: expected only paths = [\"folder\", ...]");
+// [plugins] paths: loads each folder or library into the registry; returns them, absolute.
+std::vector<fs::path> load_plugin_paths(const toml::table& root, const std::string& origin,
+                                        const fs::path& base_dir, PluginRegistry& registry) {
+  std::vector<fs::path> loaded;
+  const toml::table* plugins = optional_table(root, "plugins", origin);
+  if (!plugins) return loaded;
+  for (const auto& [key, node] : *plugins) {
+    if (key.str() != "paths" || !node.is_array()) {
+      throw Error(detail::location(node) + origin +
+                  " [plugins]: expected only paths = [\"folder\", ...]");
+    }
+    for (const toml::node& item : *node.as_array()) {
+      if (!item.is_string()) {
+        throw Error(detail::location(item) + origin + " [plugins] paths: expected strings");
       }
-      for (const toml::node& item : *node.as_array()) {
-        if (!item.is_string()) {
-          throw Error(detail::location(item) + origin + " [plugins] paths: expected strings");
-        }
-        fs::path path = absolute_from(base_dir, item.as_string()->get());
-        if (fs::is_directory(path)) {
-          registry.load_directory(path);
-        } else if (fs::exists(path)) {
-          registry.load_library(path);
-        } else {
-          throw Error(detail::location(item) + origin + " [plugins] paths: '" +
-                      item.as_string()->get() + "' does not exist (looked for " + path.string() +
-                      ")");
-        }
-        experiment.plugin_paths.push_back(path);
+      fs::path path = absolute_from(base_dir, item.as_string()->get());
+      if (fs::is_directory(path)) {
+        registry.load_directory(path);
+      } else if (fs::exists(path)) {
+        registry.load_library(path);
+      } else {
+        throw Error(detail::location(item) + origin + " [plugins] paths: '" +
+                    item.as_string()->get() + "' does not exist (looked for " + path.string() +
+                    ")");
       }
+      loaded.push_back(path);
     }
   }
+  return loaded;
+}
 
+// The plugin tables: one per slot and [[metrics]].
+void resolve_plugin_slots(toml::table& root, const std::string& origin,
+                          const OverrideEffects& effects, const PluginRegistry& registry,
+                          Experiment& experiment) {
   for (const SlotSpec& slot : kSlots) {
     if (const toml::table* table = optional_table(root, slot.table, origin)) {
       drop_foreign_options(*root[slot.table].as_table(), slot.table, slot.kind, effects, registry);
@@ -436,30 +451,15 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
                                                 PluginKind::metric, origin, registry));
     }
   }
-  if (const toml::table* grid = optional_table(root, "grid", origin)) {
-    std::ostringstream text;
-    text << *grid;
-    experiment.grid_toml = text.str();
-  }
+}
 
-  const std::string& objective = train.string("objective");
-  auto require = [&](const std::optional<PluginSlot>& slot, const char* table) {
-    if (!slot) {
-      throw Error(origin + ": [train] objective = \"" + objective + "\" needs a [" + table +
-                  "] table");
-    }
-  };
-  require(experiment.backbone, "backbone");
-  require(experiment.data, "data");
-  if (experiment.train.objective == Objective::preference) require(experiment.loss, "loss");
-  construct_plugins(experiment, registry);
-
-  // The resolved configuration: every table with every option, defaults filled in.
+// The resolved configuration: every table with every option, defaults filled in.
+std::string resolved_config(const CoreTables& tables, const Experiment& experiment) {
   toml::table resolved;
-  resolved.insert("run", options_table(run));
-  resolved.insert("train", options_table(train));
-  resolved.insert("eval", options_table(eval));
-  resolved.insert("init", options_table(init));
+  resolved.insert("run", options_table(tables.run));
+  resolved.insert("train", options_table(tables.train));
+  resolved.insert("eval", options_table(tables.eval));
+  resolved.insert("init", options_table(tables.init));
   if (!experiment.plugin_paths.empty()) {
     toml::array paths;
     for (const fs::path& path : experiment.plugin_paths) paths.push_back(path.string());
@@ -482,7 +482,38 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   for (auto&& [key, child] : resolved) escape_dollars(child);
   std::ostringstream text;
   text << resolved;
-  experiment.resolved_toml = text.str() + "\n";
+  return text.str() + "\n";
+}
+
+Experiment resolve(toml::table root, std::string origin, const fs::path& base_dir,
+                   const OverrideEffects& effects, PluginRegistry& registry) {
+  reject_unknown_top_level_keys(root, origin);
+  const CoreTables tables = read_core_tables(root, origin, base_dir);
+  Experiment experiment;
+  experiment.train = read_train_settings(tables.train);
+  experiment.run = read_run_settings(tables.run, available_cuda_devices());
+  experiment.eval = read_eval_settings(tables.eval);
+  experiment.init = read_init_settings(tables.init);
+  experiment.plugin_paths = load_plugin_paths(root, origin, base_dir, registry);
+  resolve_plugin_slots(root, origin, effects, registry, experiment);
+  if (const toml::table* grid = optional_table(root, "grid", origin)) {
+    std::ostringstream text;
+    text << *grid;
+    experiment.grid_toml = text.str();
+  }
+
+  const std::string& objective = tables.train.string("objective");
+  auto require = [&](const std::optional<PluginSlot>& slot, const char* table) {
+    if (!slot) {
+      throw Error(origin + ": [train] objective = \"" + objective + "\" needs a [" + table +
+                  "] table");
+    }
+  };
+  require(experiment.backbone, "backbone");
+  require(experiment.data, "data");
+  if (experiment.train.objective == Objective::preference) require(experiment.loss, "loss");
+  construct_plugins(experiment, registry);
+  experiment.resolved_toml = resolved_config(tables, experiment);
   return experiment;
 }
 

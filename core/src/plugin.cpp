@@ -24,6 +24,11 @@ const char* to_string(PluginKind kind) {
 
 Plugin::~Plugin() = default;
 
+const BuildInfo& host_build_info() {
+  static const BuildInfo info = DEDPO_BUILD_INFO;
+  return info;
+}
+
 Error::~Error() = default;
 
 void Loss::load_state(const std::vector<double>& state) {

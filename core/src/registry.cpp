@@ -100,6 +100,13 @@ bool PluginRegistry::load_library(const fs::path& file) {
                 " bytes, found " + std::to_string(info.struct_size) +
                 " (built against another dedpo SDK)");
   }
+  auto text = [](const char* field) { return std::string(field ? field : "unknown"); };
+  if (text(info.build.libtorch) != host_build_info().libtorch) {
+    return fail("built against LibTorch " + text(info.build.libtorch) + " (" +
+                text(info.build.compiler) + ", " + text(info.build.standard_library) +
+                "), but this program uses LibTorch " + host_build_info().libtorch +
+                "; rebuild the plugin against this LibTorch");
+  }
 
   // All or nothing: a library with one bad entry contributes no plugin.
   std::vector<PluginEntry> added;
@@ -123,7 +130,7 @@ bool PluginRegistry::load_library(const fs::path& file) {
         return fail("duplicate plugin " + label + " within the library");
       }
     }
-    added.push_back({&descriptor, canonical, library});
+    added.push_back({&descriptor, &info.build, canonical, library});
   }
   entries_.insert(entries_.end(), added.begin(), added.end());
   return true;

@@ -52,19 +52,25 @@ TEST(Loader, BrokenLibrariesEachGiveOneSpecificErrorAndTheRestStillLoads) {
               HasSubstr("plugin metadata size mismatch: expected " +
                         std::to_string(sizeof(dedpo::LibraryInfo)) + " bytes, found " +
                         std::to_string(sizeof(dedpo::LibraryInfo) + 8)));
+  EXPECT_THAT(problem_for(registry, "dedpo_fixture_other_libtorch.so"),
+              HasSubstr("built against LibTorch 0.0.1-fixture (" + std::string(DEDPO_COMPILER) +
+                        ", " + DEDPO_STANDARD_LIBRARY + "), but this program uses LibTorch " +
+                        TORCH_VERSION + "; rebuild the plugin against this LibTorch"));
   EXPECT_THAT(problem_for(registry, "dedpo_fixture_no_entry.so"),
               HasSubstr("not a dedpo plugin library: entry symbol 'dedpo_library_info' not found"));
   EXPECT_THAT(problem_for(registry, "dedpo_fixture_duplicate.so"),
               HasSubstr("duplicate plugin loss 'fixture_loss': already provided by " +
                         (kGood / "dedpo_fixture_good.so").string()));
   EXPECT_THAT(problem_for(registry, "fixture_not_elf.so"), HasSubstr("cannot load library"));
-  EXPECT_EQ(registry.problems().size(), 5u);
+  EXPECT_EQ(registry.problems().size(), 6u);
 
   // The good plugin survived, and is the first one loaded, not the duplicate.
   const dedpo::PluginEntry& entry = registry.find(PluginKind::loss, "fixture_loss");
   EXPECT_STREQ(entry.descriptor->version, "0.1.0");
+  EXPECT_STREQ(entry.build->libtorch, dedpo::host_build_info().libtorch);
   EXPECT_EQ(registry.plugins(PluginKind::loss).size(), 1u);
   EXPECT_EQ(registry.try_find(PluginKind::loss, "fixture_bad_abi"), nullptr);
+  EXPECT_EQ(registry.try_find(PluginKind::loss, "fixture_other_libtorch"), nullptr);
 }
 
 TEST(Loader, MissingFolderAndUnknownPluginAreReported) {

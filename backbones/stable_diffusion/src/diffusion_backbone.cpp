@@ -79,8 +79,10 @@ fs::path component_weights_file(const fs::path& folder, const std::string& base,
 }
 
 void load_component(torch::nn::Module& module, const fs::path& file, const std::string& who, const std::string& what) {
+  // Older transformers checkpoints of CLIP text encoders store this buffer; newer ones do not.
+  static const std::vector<std::string> kOptionalKeys = {"text_model.embeddings.position_ids"};
   try {
-    safetensors::load_into(module, file);
+    safetensors::load_into(module, file, kOptionalKeys);
   } catch (const Error& e) {
     throw Error(who + ": loading the " + what + ": " + e.what());
   }

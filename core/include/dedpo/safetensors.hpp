@@ -72,9 +72,10 @@ void save(const std::filesystem::path& path, const std::map<std::string, at::Ten
 // Copies a file into `module`'s named_parameters() and named_buffers() by exact name, converting
 // the dtype to the parameter's. Every key of the file must be used and every parameter/buffer
 // filled, else one dedpo::Error lists the missing and the unexpected keys; keys in
-// `ignored_keys` may be absent or present (default: CLIP's `text_model.embeddings.position_ids`).
-// A shape mismatch names the key, the expected and the found shape.
+// `ignored_keys` may be absent or present (keys some writers of the format add, such as older
+// CLIP checkpoints' position_ids). A shape mismatch names the key, the expected and the found
+// shape.
 void load_into(torch::nn::Module& module, const std::filesystem::path& path,
-               const std::vector<std::string>& ignored_keys = {"text_model.embeddings.position_ids"});
+               const std::vector<std::string>& ignored_keys = {});
 
 }  // namespace dedpo::safetensors

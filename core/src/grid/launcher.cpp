@@ -193,34 +193,27 @@ pid_t spawn(const std::vector<std::string>& args, const fs::path& output) {
   return pid;
 }
 
-}  // namespace
+struct Job {
+  const GridRun* run;
+  fs::path dir;
+  std::vector<std::string> args;  // the dedpo program's command line
+};
 
-int run_grid(const fs::path& file, std::span<const Override> overrides, const GridControl& control,
-             PluginRegistry& registry) {
-  Experiment experiment = load_experiment(file, overrides, registry);
-  if (experiment.grid_toml.empty()) throw Error(file.string() + ": has no [grid] table");
-  std::vector<GridRun> runs = expand_grid(experiment.grid_toml);
-  fs::path grid_dir = experiment.run.output / (experiment.run.name + "-grid");
-  fs::create_directories(grid_dir);
-  if (control.program.empty()) throw Error("run_grid: no program to run the cases with");
-  fs::path experiment_file = experiment.file.empty() ? fs::absolute(file) : experiment.file;
-
-  struct Job {
-    const GridRun* run;
-    fs::path dir;
-    std::vector<std::string> args;
-  };
-  GridIndex index;
-  for (const GridRun& run : runs) index[run.name] = run.labels;
-  write_grid_index(grid_dir, index);
-
+// The runs still to do, as commands: finished runs are skipped, interrupted ones resumed, and
+// stale ones (made from another configuration) counted and never reused.
+struct JobPlan {
   std::deque<Job> queue;
-  std::size_t skipped = 0;
+  std::size_t finished = 0;
   int stale = 0;
+};
+
+JobPlan plan_jobs(const fs::path& file, const fs::path& experiment_file, const fs::path& grid_dir,
+                  const std::vector<GridRun>& runs, std::span<const Override> overrides,
+                  const GridControl& control, PluginRegistry& registry) {
+  JobPlan plan;
   for (const GridRun& run : runs) {
     fs::path dir = grid_dir / run.name;
     std::error_code error;
-    // A run made from another configuration (the file was edited since) is never reused.
     if (fs::exists(dir / kConfigFile, error)) {
       std::vector<Override> all(overrides.begin(), overrides.end());
       all.insert(all.end(), run.overrides.begin(), run.overrides.end());
@@ -229,12 +222,12 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
             "stale run {}: its config.toml differs from what the experiment now resolves to; "
             "remove the folder (or change run.name) to run it again\n",
             dir.string());
-        ++stale;
+        ++plan.stale;
         continue;
       }
     }
     if (fs::exists(dir / kResultsFile, error)) {
-      ++skipped;
+      ++plan.finished;
       continue;
     }
     Job job{&run, dir, {control.program.string(), "run"}};
@@ -249,14 +242,15 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
       job.args.insert(job.args.end(), {"--run-dir", dir.string()});
     }
     job.args.push_back("--no-progress");
-    queue.push_back(std::move(job));
+    plan.queue.push_back(std::move(job));
   }
-  std::cerr << fmt::format("grid {}: {} runs, {} already finished, {} to run ({} at once)\n",
-                           grid_dir.string(), runs.size(), skipped, queue.size(),
-                           std::max(1, control.jobs));
+  return plan;
+}
 
+// Runs the queue, control.jobs child processes at a time; returns the number that failed.
+int run_jobs(std::deque<Job> queue, const GridControl& control) {
   std::map<pid_t, std::pair<Job, std::chrono::steady_clock::time_point>> running;
-  int failures = stale;
+  int failures = 0;
   std::size_t done = 0, total = queue.size();
   while (!queue.empty() || !running.empty()) {
     while (!queue.empty() && static_cast<int>(running.size()) < std::max(1, control.jobs)) {
@@ -297,6 +291,29 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
                                last_lines(job.dir / "stdout.txt", 10));
     }
   }
+  return failures;
+}
+
+}  // namespace
+
+int run_grid(const fs::path& file, std::span<const Override> overrides, const GridControl& control,
+             PluginRegistry& registry) {
+  Experiment experiment = load_experiment(file, overrides, registry);
+  if (experiment.grid_toml.empty()) throw Error(file.string() + ": has no [grid] table");
+  std::vector<GridRun> runs = expand_grid(experiment.grid_toml);
+  fs::path grid_dir = experiment.run.output / (experiment.run.name + "-grid");
+  fs::create_directories(grid_dir);
+  if (control.program.empty()) throw Error("run_grid: no program to run the cases with");
+  fs::path experiment_file = experiment.file.empty() ? fs::absolute(file) : experiment.file;
+  GridIndex index;
+  for (const GridRun& run : runs) index[run.name] = run.labels;
+  write_grid_index(grid_dir, index);
+
+  JobPlan plan = plan_jobs(file, experiment_file, grid_dir, runs, overrides, control, registry);
+  std::cerr << fmt::format("grid {}: {} runs, {} already finished, {} to run ({} at once)\n",
+                           grid_dir.string(), runs.size(), plan.finished, plan.queue.size(),
+                           std::max(1, control.jobs));
+  const int failures = plan.stale + run_jobs(std::move(plan.queue), control);
   std::string summary = write_report(grid_dir);
   std::cout << summary;
   if (failures > 0) {

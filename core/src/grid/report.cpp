@@ -104,7 +104,16 @@ std::string xml_escape(const std::string& text) {
   return out;
 }
 
-std::string svg_plot(const std::string& metric, const std::vector<Row>& rows) {
+// One plot line per method line: mean ± half-width over seeds at each labelled fraction.
+struct PlotPoint {
+  double x, y, h;
+};
+struct PlotData {
+  std::map<std::string, std::vector<PlotPoint>> lines;
+  double x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
+};
+
+PlotData plot_data(const std::string& metric, const std::vector<Row>& rows) {
   // line -> fraction -> values
   std::map<std::string, std::map<double, std::vector<double>>> series;
   for (const Row& row : rows) {
@@ -112,39 +121,47 @@ std::string svg_plot(const std::string& metric, const std::vector<Row>& rows) {
     if (it == row.metrics.end() || !std::isfinite(row.fraction)) continue;
     series[row.line][row.fraction].push_back(it->second);
   }
-  double x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
-  struct Point { double x, y, h; };
-  std::map<std::string, std::vector<Point>> points;
+  PlotData data;
   for (const auto& [line, by_fraction] : series) {
     for (const auto& [fraction, values] : by_fraction) {
       Stat s = stat(values);
       if (s.n == 0) continue;
       double h = std::isfinite(s.half_width) ? s.half_width : 0.0;
-      points[line].push_back({fraction, s.mean, h});
-      x_lo = std::min(x_lo, fraction);
-      x_hi = std::max(x_hi, fraction);
-      y_lo = std::min(y_lo, s.mean - h);
-      y_hi = std::max(y_hi, s.mean + h);
+      data.lines[line].push_back({fraction, s.mean, h});
+      data.x_lo = std::min(data.x_lo, fraction);
+      data.x_hi = std::max(data.x_hi, fraction);
+      data.y_lo = std::min(data.y_lo, s.mean - h);
+      data.y_hi = std::max(data.y_hi, s.mean + h);
     }
   }
-  if (points.empty()) return {};
-  if (x_hi - x_lo < 1e-12) { x_lo -= 0.05; x_hi += 0.05; }
-  if (y_hi - y_lo < 1e-12) {
-    double pad = std::max(1e-3, std::abs(y_lo) * 0.05);
-    y_lo -= pad;
-    y_hi += pad;
-  }
-  double y_pad = (y_hi - y_lo) * 0.05;
-  y_lo -= y_pad;
-  y_hi += y_pad;
-  std::vector<double> x_ticks = nice_ticks(x_lo, x_hi), y_ticks = nice_ticks(y_lo, y_hi);
-  if (!x_ticks.empty()) { x_lo = std::min(x_lo, x_ticks.front()); x_hi = std::max(x_hi, x_ticks.back()); }
-  if (!y_ticks.empty()) { y_lo = std::min(y_lo, y_ticks.front()); y_hi = std::max(y_hi, y_ticks.back()); }
+  return data;
+}
 
+// Widens the ranges to hold a single value, a margin and whole ticks; returns the ticks.
+std::pair<std::vector<double>, std::vector<double>> fit_axes(PlotData& d) {
+  if (d.x_hi - d.x_lo < 1e-12) { d.x_lo -= 0.05; d.x_hi += 0.05; }
+  if (d.y_hi - d.y_lo < 1e-12) {
+    double pad = std::max(1e-3, std::abs(d.y_lo) * 0.05);
+    d.y_lo -= pad;
+    d.y_hi += pad;
+  }
+  double y_pad = (d.y_hi - d.y_lo) * 0.05;
+  d.y_lo -= y_pad;
+  d.y_hi += y_pad;
+  std::vector<double> x_ticks = nice_ticks(d.x_lo, d.x_hi), y_ticks = nice_ticks(d.y_lo, d.y_hi);
+  if (!x_ticks.empty()) { d.x_lo = std::min(d.x_lo, x_ticks.front()); d.x_hi = std::max(d.x_hi, x_ticks.back()); }
+  if (!y_ticks.empty()) { d.y_lo = std::min(d.y_lo, y_ticks.front()); d.y_hi = std::max(d.y_hi, y_ticks.back()); }
+  return {x_ticks, y_ticks};
+}
+
+std::string svg_plot(const std::string& metric, const std::vector<Row>& rows) {
+  PlotData d = plot_data(metric, rows);
+  if (d.lines.empty()) return {};
+  const auto [x_ticks, y_ticks] = fit_axes(d);
   const double width = 760, height = 440, left = 70, right = 230, top = 40, bottom = 60;
   const double pw = width - left - right, ph = height - top - bottom;
-  auto sx = [&](double x) { return left + (x - x_lo) / (x_hi - x_lo) * pw; };
-  auto sy = [&](double y) { return top + (1.0 - (y - y_lo) / (y_hi - y_lo)) * ph; };
+  auto sx = [&](double x) { return left + (x - d.x_lo) / (d.x_hi - d.x_lo) * pw; };
+  auto sy = [&](double y) { return top + (1.0 - (y - d.y_lo) / (d.y_hi - d.y_lo)) * ph; };
   static const char* colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
                                   "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
   std::string svg = fmt::format(
@@ -174,13 +191,13 @@ std::string svg_plot(const std::string& metric, const std::vector<Row>& rows) {
       "<text transform=\"translate(18,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n",
       left, top, pw, ph, left + pw / 2, height - 18, top + ph / 2, xml_escape(metric));
   std::size_t k = 0;
-  for (const auto& [line, pts] : points) {
+  for (const auto& [line, pts] : d.lines) {
     const char* colour = colours[k % std::size(colours)];
     std::string path;
-    for (const Point& p : pts) path += fmt::format("{:.1f},{:.1f} ", sx(p.x), sy(p.y));
+    for (const PlotPoint& p : pts) path += fmt::format("{:.1f},{:.1f} ", sx(p.x), sy(p.y));
     svg += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>\n",
                        path, colour);
-    for (const Point& p : pts) {
+    for (const PlotPoint& p : pts) {
       if (p.h > 0) {
         svg += fmt::format(
             "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"{3}\"/>\n",

@@ -20,6 +20,7 @@ struct LoadProblem {
 
 struct PluginEntry {
   const PluginDescriptor* descriptor;
+  const BuildInfo* build;  // the toolchain of its library
   std::filesystem::path library;
   std::shared_ptr<void> handle;  // the loaded library; shared by every object it made
 };

@@ -1,6 +1,6 @@
 #pragma once
-// The annotator and metric classes behind the thin plugin folders annotators/{clip_score,
-// pickscore,hpsv2,aesthetic} and plugins/{clip_score,pickscore,hpsv2,aesthetic}_metric. They differ
+// The annotator and metric classes behind the plugin folders scorers/{clip_score,pickscore,hpsv2,
+// aesthetic}, one library per scorer registering both. They differ
 // only in the score (ScoreKind) and their option defaults.
 //
 // Scores s(image, prompt):
