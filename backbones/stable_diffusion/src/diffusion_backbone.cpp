@@ -32,6 +32,19 @@ std::vector<std::string> split_list(const std::string& text) {
   return out;
 }
 
+// The value the option's text names among `choices`; Options::fail names them all otherwise.
+template <class T>
+T one_of(const Options& options, const char* key, std::initializer_list<std::pair<const char*, T>> choices,
+         const std::string& note = "") {
+  const std::string& text = options.string(key);
+  std::string expected;
+  for (const auto& [name, value] : choices) {
+    if (text == name) return value;
+    expected += std::string(expected.empty() ? "" : ", ") + "\"" + name + "\"";
+  }
+  options.fail(key, "expected one of " + expected + note + ", got \"" + text + "\"");
+}
+
 // Moves a module to `device` for its lifetime and back to where it was after (even on errors).
 class ModuleOnDevice {
  public:
@@ -112,29 +125,22 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     : name_(std::move(name)),
       path_(options.string("path")),
       vae_path_(options.string("vae")),
-      prediction_type_(options.string("prediction_type")),
-      dtype_(options.string("dtype")),
-      frozen_dtype_(at::kFloat),
+      prediction_type_(one_of<std::optional<PredictionType>>(
+          options, "prediction_type",
+          {{"auto", std::nullopt}, {"epsilon", PredictionType::kEpsilon}, {"v_prediction", PredictionType::kVPrediction}})),
+      bfloat16_(one_of<bool>(options, "dtype", {{"float32", false}, {"bfloat16", true}},
+                             " (float16 has no CPU autocast)")),
+      frozen_dtype_(one_of<at::ScalarType>(options, "frozen_dtype",
+                                           {{"float32", at::kFloat}, {"bfloat16", at::kBFloat16}})),
       lora_rank_(options.integer("lora_rank")),
       lora_alpha_(0),
       lora_targets_(split_list(options.string("lora_targets"))),
       gradient_checkpointing_(options.boolean("gradient_checkpointing")),
       reference_on_cpu_(false),
-      sampler_(options.string("sampler")),
+      sampler_(one_of<SamplerKind>(options, "sampler", {{"ddim", SamplerKind::ddim}, {"euler", SamplerKind::euler}})),
       sample_steps_(options.integer("sample_steps")),
       guidance_scale_(options.real("guidance_scale")),
       resolution_(options.integer("resolution")) {
-  if (prediction_type_ != "auto" && prediction_type_ != "epsilon" && prediction_type_ != "v_prediction") {
-    options.fail("prediction_type", "expected \"auto\", \"epsilon\" or \"v_prediction\"");
-  }
-  if (dtype_ != "float32" && dtype_ != "bfloat16") {
-    options.fail("dtype", "expected \"float32\" or \"bfloat16\" (float16 has no CPU autocast)");
-  }
-  const std::string& frozen_dtype = options.string("frozen_dtype");
-  if (frozen_dtype != "float32" && frozen_dtype != "bfloat16") {
-    options.fail("frozen_dtype", "expected \"float32\" or \"bfloat16\"");
-  }
-  if (frozen_dtype == "bfloat16") frozen_dtype_ = at::kBFloat16;
   if (lora_rank_ < 0) options.fail("lora_rank", "expected an integer >= 0");
   if (options.is_string("lora_alpha")) {
     if (options.string("lora_alpha") != "rank") options.fail("lora_alpha", "expected a number or \"rank\"");
@@ -161,7 +167,6 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
                  "\"cpu\" has no effect with LoRA (lora_rank > 0): the reference is the same UNet with the adapters "
                  "off, there is no second copy to move");
   }
-  if (sampler_ != "ddim" && sampler_ != "euler") options.fail("sampler", "expected \"ddim\" or \"euler\"");
   if (sample_steps_ < 1) options.fail("sample_steps", "expected an integer >= 1");
   if (!(guidance_scale_ >= 0)) options.fail("guidance_scale", "expected a number >= 0");
   if (resolution_ < 8) options.fail("resolution", "expected an integer >= 8");
@@ -220,8 +225,7 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
   }
 
   scheduler_config_ = SchedulerConfig::from_file(path_ / "scheduler" / "scheduler_config.json");
-  if (prediction_type_ == "epsilon") scheduler_config_->prediction_type = PredictionType::kEpsilon;
-  if (prediction_type_ == "v_prediction") scheduler_config_->prediction_type = PredictionType::kVPrediction;
+  if (prediction_type_) scheduler_config_->prediction_type = *prediction_type_;
   if (scheduler_config_->prediction_type == PredictionType::kSample) {
     fail("prediction_type 'sample' is not supported for training; set option 'prediction_type'");
   }
@@ -282,7 +286,7 @@ std::string DiffusionBackbone::compute_encoder_fingerprint() {
   // parts' configs and vocabularies (*.json, *.txt; not the weight files of other frameworks that
   // hub folders also hold), and every option that changes what encode_images() / encode_prompts()
   // return.
-  std::string key = name_ + "-encoders\nresolution=" + std::to_string(resolution_) + "\ndtype=" + dtype_ +
+  std::string key = name_ + "-encoders\nresolution=" + std::to_string(resolution_) + "\ndtype=" + (bfloat16_ ? "bfloat16" : "float32") +
                     "\nfrozen_dtype=" + std::string(c10::toString(frozen_dtype_)) + "\n" +
                     text_options_fingerprint();
   std::vector<torch::nn::Module*> modules = text_modules();
@@ -479,7 +483,7 @@ at::Tensor DiffusionBackbone::sample(const at::Tensor& condition, at::Generator&
   const int64_t channels = unet_->config().in_channels;
   at::Tensor latents =
       at::randn({n, channels, side, side}, generator, at::TensorOptions().dtype(at::kFloat)).to(device);
-  if (sampler_ == "ddim") {
+  if (sampler_ == SamplerKind::ddim) {
     DDIMScheduler scheduler(*scheduler_config_);
     scheduler.set_timesteps(sample_steps_);
     const at::Tensor ts = scheduler.timesteps().cpu();

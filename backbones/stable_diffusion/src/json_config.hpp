@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dedpo/error.hpp"
+#include "dedpo/files.hpp"
 
 namespace dedpo::sd::detail {
 
@@ -27,11 +28,11 @@ class Config {
     }
   }
   static std::string read_text(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) throw Error(fmt::format("config '{}': cannot open", path.string()));
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    return buffer.str();
+    try {
+      return dedpo::read_file(path);
+    } catch (const Error&) {
+      throw Error(fmt::format("config '{}': cannot open", path.string()));
+    }
   }
   static Config file(const std::filesystem::path& path) {
     return parse(read_text(path), "'" + path.string() + "'");

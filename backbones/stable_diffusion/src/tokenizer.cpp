@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "dedpo/error.hpp"
+#include "dedpo/files.hpp"
 
 namespace dedpo::sd {
 
@@ -306,12 +307,13 @@ std::array<char32_t, 256> byte_code_points() {
   return table;
 }
 
+// dedpo::read_file, with the tokenizer's message naming which file it wanted.
 std::string read_file(const std::filesystem::path& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("tokenizer: cannot open {} '{}'", what, path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  try {
+    return dedpo::read_file(path);
+  } catch (const Error&) {
+    throw Error(fmt::format("tokenizer: cannot open {} '{}'", what, path.string()));
+  }
 }
 
 std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }

@@ -149,7 +149,7 @@ class DiffusionBackbone : public Backbone {
   const std::string& name() const { return name_; }
   const std::filesystem::path& path() const { return path_; }
   int64_t resolution() const { return resolution_; }
-  bool bfloat16() const { return dtype_ == "bfloat16"; }
+  bool bfloat16() const { return bfloat16_; }
   // Where the text encoders live and run (encode_text() puts token ids there).
   c10::Device text_device() const { return text_on_host_ ? c10::Device(c10::kCPU) : device_; }
 
@@ -167,8 +167,8 @@ class DiffusionBackbone : public Backbone {
   // Options.
   std::filesystem::path path_;
   std::filesystem::path vae_path_;  // empty = path_/vae
-  std::string prediction_type_;     // "auto" | "epsilon" | "v_prediction"
-  std::string dtype_;               // "float32" | "bfloat16"
+  std::optional<PredictionType> prediction_type_;  // none: the scheduler config's
+  bool bfloat16_;                   // compute dtype: bfloat16 autocast, else float32
   at::ScalarType frozen_dtype_;     // kFloat | kBFloat16
   int64_t lora_rank_;
   double lora_alpha_;
@@ -178,7 +178,8 @@ class DiffusionBackbone : public Backbone {
   bool text_on_host_;
   bool vae_on_host_;
   c10::Device device_ = c10::kCPU;  // the run's: the trainable UNet's
-  std::string sampler_;
+  enum class SamplerKind { ddim, euler };
+  SamplerKind sampler_;
   int64_t sample_steps_;
   double guidance_scale_;
   int64_t resolution_;
