@@ -102,11 +102,13 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
   return nullptr;
 }
 
-// FLOPs of one forward of `unet` on `batch` latents.
+// FLOPs of one forward of `unet` on `batch` latents (under bf16 autocast when `bf16`: a bf16 base
+// needs it, and the op count is the same).
 FlopCount count_forward(dedpo::sd::UNet2DConditionModel& unet, const at::Tensor& x, const at::Tensor& t,
-                        const at::Tensor& context, const std::optional<dedpo::sd::UNetAddedCond>& added) {
+                        const at::Tensor& context, const std::optional<dedpo::sd::UNetAddedCond>& added, bool bf16) {
   FlopCount count;
   at::NoGradGuard no_grad;
+  dedpo::AutocastRegion autocast(x.device().type(), bf16);
   auto handle = at::addThreadLocalCallback(
       at::RecordFunctionCallback(&count_op).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
   g_count = &count;
@@ -433,9 +435,9 @@ int main(int argc, char** argv) {
 
     const at::Tensor t500 = at::full({n}, 500, on_device.dtype(at::kLong));
     const FlopCount one = count_forward(unet, at::randn({1, config.in_channels, latent, latent}, on_device),
-                                        t500.slice(0, 0, 1), context.slice(0, 0, 1), first(added));
+                                        t500.slice(0, 0, 1), context.slice(0, 0, 1), first(added), bf16);
     const FlopCount batch = count_forward(unet, at::randn({n, config.in_channels, latent, latent}, on_device), t500,
-                                          context, added);
+                                          context, added, bf16);
     // Full fine-tuning: forward, backward to inputs and to weights (2 forwards), reference. LoRA:
     // the backward computes no gradient of the frozen weights, one forward less.
     const double step_flops = (o.lora_rank > 0 ? 3.0 : 4.0) * batch.total();

@@ -105,8 +105,10 @@ def run_worker(side, environment, args, config, pairs):
                           capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"{side} exited {done.returncode}: {tail}"}
+        stderr_lines = done.stderr.strip().splitlines() or ["no output"]
+        # dedpo's message is its first line (a backtrace may follow); Python's is its last.
+        message = stderr_lines[0] if side == "dedpo" else stderr_lines[-1]
+        return {"error": f"{side} exited {done.returncode}: {message}"}
     return json.loads(lines[-1])
 
 
