@@ -1,39 +1,54 @@
 // dedpo_bench_dpo_step <unet config.json> [--latent N] [--pairs P] [--steps S] [--warmup W]
-//                      [--threads T] [--beta B] [--checkpointing 0|1] [--compare-checkpointing]
+//                      [--threads T] [--beta B] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]
+//                      [--checkpointing 0|1] [--compare-checkpointing] [--lora-rank R] [--json]
 //
-// Times one Diffusion-DPO training step for a diffusers UNet2DConditionModel config, as the Python
-// reference side does (../shared/bench/README.md): trainable UNet forward + backward on 2P noisy
-// latents (both sides of P pairs, shared timestep and noise per pair), frozen reference forward
-// on the same 2P, the DPO loss, gradient-norm clipping at 1.0 and an AdamW step. fp32, random
-// weights and inputs (77-token conditioning; an SDXL-layout config, addition_embed_type "text_time",
-// also gets random pooled text_embeds and the fixed time_ids (R, R, 0, 0, R, R), R = 8 · latent).
+// Times one Diffusion-DPO training step for a diffusers UNet2DConditionModel config, the same step
+// as bench/dpo_step_diffusers.py (../shared/bench/README.md): trainable UNet forward + backward on
+// 2P noisy latents (both sides of P pairs, shared timestep and noise per pair), frozen reference
+// forward on the same 2P under inference mode, the DPO loss, gradient-norm clipping at 1.0 and an
+// AdamW step. Random weights and inputs (77-token conditioning; an SDXL-layout config,
+// addition_embed_type "text_time", also gets random pooled text_embeds and the fixed time_ids
+// (R, R, 0, 0, R, R), R = 8 · latent). --dtype bf16: autocast to bfloat16 around both forwards,
+// the reference stored in bfloat16, the trainable UNet (or LoRA's adapters) in float32.
 // --checkpointing 1 turns on the UNet's gradient checkpointing; --compare-checkpointing times the
 // same steps without and with it and prints both side by side (its recomputation is not counted as
-// work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step, the peak RSS, the FLOPs
-// of a step (counted per aten op: convolution, mm/addmm = linear, bmm = attention; a step is
-// 3 forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
-// machine's measured fp32 matmul rate (2048² × 2048²).
+// work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step, the peak
+// memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
+// (counted per aten op: convolution, mm/addmm = linear, bmm and fused attention = attention; a step
+// is 3 forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
+// device's matmul rate in the compute dtype, measured before the models exist. --json prints one
+// JSON line instead, for bench/dpo_step_side_by_side.py. --lora-rank R > 0 trains LoRA adapters of
+// rank R (dedpo_sd's, beside the frozen weights) on the attention projections instead of the UNet;
+// the reference is then the same UNet without them.
 #include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 #include <malloc.h>
 #include <unistd.h>
 #include <torch/types.h>  // before clip_grad.h, which assumes it
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "dedpo/autocast.hpp"
+#include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
 
@@ -79,19 +94,21 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     const auto a = sizes(1), b = sizes(2);
     g_count->attention += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
   } else if (name == "aten::_scaled_dot_product_flash_attention" || name == "aten::_scaled_dot_product_efficient_attention" ||
-             name == "aten::_scaled_dot_product_flash_attention_for_cpu") {
-    // Fused attention (scaled_attention), q: [B, H, Sq, D], k: [B, H, Sk, D]: q·kᵀ and probs·v
+             name == "aten::_scaled_dot_product_cudnn_attention" || name == "aten::_scaled_dot_product_flash_attention_for_cpu") {
+    // The fused kernels behind at::scaled_dot_product_attention, q: [B, H, Sq, D], k: [B, H, Sk, D]: q·kᵀ and probs·v
     const auto q = sizes(0), k = sizes(1);
     g_count->attention += 4.0 * q[0] * q[1] * static_cast<double>(q[2]) * static_cast<double>(k[2]) * q[3];
   }
   return nullptr;
 }
 
-// FLOPs of one forward of `unet` on `batch` latents.
+// FLOPs of one forward of `unet` on `batch` latents (under bf16 autocast when `bf16`: a bf16 base
+// needs it, and the op count is the same).
 FlopCount count_forward(dedpo::sd::UNet2DConditionModel& unet, const at::Tensor& x, const at::Tensor& t,
-                        const at::Tensor& context, const std::optional<dedpo::sd::UNetAddedCond>& added) {
+                        const at::Tensor& context, const std::optional<dedpo::sd::UNetAddedCond>& added, bool bf16) {
   FlopCount count;
   at::NoGradGuard no_grad;
+  dedpo::AutocastRegion autocast(x.device().type(), bf16);
   auto handle = at::addThreadLocalCallback(
       at::RecordFunctionCallback(&count_op).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
   g_count = &count;
@@ -101,13 +118,21 @@ FlopCount count_forward(dedpo::sd::UNet2DConditionModel& unet, const at::Tensor&
   return count;
 }
 
+// Median; for an even count the mean of the two middle values.
 double median(std::vector<double> v) {
+  if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+  const std::size_t mid = v.size() / 2;
+  return v.size() % 2 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
 }
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Waits for the device's queued work, so that a wall-clock interval covers it.
+void synchronize(const at::Device& device) {
+  if (!device.is_cpu()) at::accelerator::synchronizeDevice(device.index());
 }
 
 // Resident set size now (/proc/self/statm), MiB.
@@ -120,85 +145,241 @@ double current_rss_mib() {
   return static_cast<double>(pages_resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
 }
 
-// The process's peak resident set since the last reset_peak_rss() (VmHWM), MiB.
-double peak_rss_mib() {
+// Peak memory since the last reset_peak_memory(), MiB: the process's resident set (VmHWM) on the
+// CPU, the caching allocator's allocated bytes on an accelerator.
+double peak_memory_mib(const at::Device& device) {
+  if (!device.is_cpu()) {
+    const auto stats = at::accelerator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<std::size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1024.0 * 1024.0);
+  }
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   }
-  return 0;
+  throw std::runtime_error("no VmHWM in /proc/self/status");
 }
 
-// Sets the peak to the current RSS (Linux >= 4.0), after handing back what earlier steps freed, so
-// that each configuration's peak is its own.
-void reset_peak_rss() {
+// Sets the peak to the current use (clear_refs needs Linux >= 4.0), after handing back what earlier
+// steps freed, so that each configuration's peak is its own.
+void reset_peak_memory(const at::Device& device) {
+  if (!device.is_cpu()) {
+    at::accelerator::resetPeakStats(device.index());
+    return;
+  }
   malloc_trim(0);
   std::ofstream("/proc/self/clear_refs") << "5";
 }
 
-double matmul_peak_gflops() {
-  const at::Tensor a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
+// Median rate over 10 runs of a square matmul in the compute dtype, GFLOP/s.
+double matmul_peak_gflops(const at::Device& device, at::ScalarType dtype) {
+  const int64_t size = device.is_cpu() ? 2048 : 8192;
+  const auto options = at::TensorOptions().device(device).dtype(dtype);
+  const at::Tensor a = at::randn({size, size}, options), b = at::randn({size, size}, options);
   at::mm(a, b);
+  synchronize(device);
   std::vector<double> ms;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 10; ++i) {
     const double t0 = now_ms();
     at::Tensor c = at::mm(a, b);
+    synchronize(device);
     ms.push_back(now_ms() - t0);
   }
-  return 2.0 * 2048.0 * 2048.0 * 2048.0 / (median(ms) * 1e6);
+  const auto n = static_cast<double>(size);
+  return 2.0 * n * n * n / (median(ms) * 1e6);
+}
+
+// The trainer's default LoRA targets (lora_targets): the attention projections.
+const std::string kLoraTargets[] = {"to_q", "to_k", "to_v", "to_out.0"};
+
+// The trainable side and the frozen reference. Full fine-tuning: a float32 UNet and a frozen copy
+// (bfloat16 under --dtype bf16). LoRA: one frozen UNet (bfloat16 under --dtype bf16) with float32
+// adapters on its attention projections, the trainer's default targets; the reference is the same
+// UNet with no adapter active.
+struct Models {
+  dedpo::sd::UNet2DConditionModel unet{nullptr};
+  dedpo::sd::UNet2DConditionModel reference{nullptr};
+  dedpo::sd::LoraAdapters adapters;  // empty for full fine-tuning
+  std::vector<at::Tensor> trainable;
+};
+
+Models full_models(const dedpo::sd::UNet2DConditionConfig& config, const at::Device& device, bool bf16) {
+  Models m{dedpo::sd::UNet2DConditionModel(config), dedpo::sd::UNet2DConditionModel(config), {}, {}};
+  {
+    at::NoGradGuard no_grad;
+    auto src = m.unet->named_parameters();
+    for (auto& item : m.reference->named_parameters()) item.value().copy_(src[item.key()]);
+  }
+  for (at::Tensor& p : m.reference->parameters()) p.set_requires_grad(false);
+  m.reference->eval();
+  m.unet->to(device);
+  m.reference->to(device, bf16 ? at::kBFloat16 : at::kFloat);
+  m.trainable = m.unet->parameters();
+  return m;
+}
+
+Models lora_models(const dedpo::sd::UNet2DConditionConfig& config, int64_t rank, const at::Device& device, bool bf16) {
+  Models m{dedpo::sd::UNet2DConditionModel(config), nullptr, {}, {}};
+  for (at::Tensor& p : m.unet->parameters()) p.set_requires_grad(false);
+  m.unet->to(device, bf16 ? at::kBFloat16 : at::kFloat);
+  m.reference = m.unet;
+  const auto on_device = at::TensorOptions().device(device);
+  for (const auto& item : m.unet->named_modules("", /*include_self=*/false)) {
+    const std::string& name = item.key();
+    const bool target = std::any_of(std::begin(kLoraTargets), std::end(kLoraTargets), [&](const std::string& t) {
+      return name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
+             name[name.size() - t.size() - 1] == '.';
+    });
+    auto linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value());
+    if (!target || !linear) continue;
+    const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
+    // B = 0 as at the start of training; A random, so that B gets a gradient.
+    at::Tensor down = (at::randn({rank, in}, on_device) / std::sqrt(static_cast<double>(in))).requires_grad_();
+    at::Tensor up = at::zeros({out, rank}, on_device).requires_grad_();
+    m.adapters.add(*linear, {down, up, 1.0});
+  }
+  if (m.adapters.empty()) throw std::runtime_error("--lora-rank: the UNet has no attention projection to adapt");
+  m.trainable = m.adapters.parameters();
+  return m;
+}
+
+struct Options {
+  std::string config_path;
+  int64_t latent = 32, pairs = 1, steps = 5, warmup = 1, threads = 0, lora_rank = 0;
+  double beta = 5000.0;
+  std::string device = "cpu", dtype = "fp32";
+  bool checkpointing = false, compare_checkpointing = false, json = false;
+};
+
+const char* const kUsage =
+    "usage: dedpo_bench_dpo_step <unet config.json> [--latent N] [--pairs P] [--steps S] [--warmup W] "
+    "[--threads T] [--beta B] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16] [--checkpointing 0|1] "
+    "[--compare-checkpointing] [--lora-rank R] [--json]";
+
+int64_t positive(const std::string& flag, const std::string& value, int64_t minimum) {
+  std::size_t used = 0;
+  int64_t n = 0;
+  try {
+    n = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || n < minimum) {
+    throw std::invalid_argument(flag + " expects an integer >= " + std::to_string(minimum) + ", got '" + value + "'");
+  }
+  return n;
+}
+
+Options parse(int argc, char** argv) {
+  if (argc < 2) throw std::invalid_argument("missing the UNet config.json");
+  Options o;
+  o.config_path = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--compare-checkpointing") {
+      o.compare_checkpointing = true;
+      continue;
+    }
+    if (flag == "--json") {
+      o.json = true;
+      continue;
+    }
+    if (i + 1 >= argc) throw std::invalid_argument("flag " + flag + " needs a value");
+    const std::string value = argv[++i];
+    if (flag == "--latent") o.latent = positive(flag, value, 1);
+    else if (flag == "--pairs") o.pairs = positive(flag, value, 1);
+    else if (flag == "--steps") o.steps = positive(flag, value, 1);
+    else if (flag == "--warmup") o.warmup = positive(flag, value, 0);
+    else if (flag == "--threads") o.threads = positive(flag, value, 0);
+    else if (flag == "--beta") o.beta = std::stod(value);
+    else if (flag == "--device") o.device = value;
+    else if (flag == "--dtype") o.dtype = value;
+    else if (flag == "--checkpointing") o.checkpointing = positive(flag, value, 0) != 0;
+    else if (flag == "--lora-rank") o.lora_rank = positive(flag, value, 0);
+    else throw std::invalid_argument("unknown flag " + flag);
+  }
+  if (o.dtype != "fp32" && o.dtype != "bf16") throw std::invalid_argument("--dtype expects fp32 or bf16, got '" + o.dtype + "'");
+  if (o.json && o.compare_checkpointing) {
+    throw std::invalid_argument("--json reports one configuration: use --checkpointing 0|1, not --compare-checkpointing");
+  }
+  return o;
+}
+
+struct Timing {
+  std::string name;
+  std::vector<double> ms;
+  double peak_mib = 0;
+};
+
+void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& config, int64_t n_params,
+                 const FlopCount& one, double step_flops, double peak, double setup_mib,
+                 const std::vector<Timing>& runs, const at::Device& device) {
+  const int64_t n = 2 * o.pairs;
+  std::printf("config            %s\n", o.config_path.c_str());
+  std::printf("parameters        %lld\n", static_cast<long long>(n_params));
+  std::printf("layout            %s\n", config.addition_embed_type == "text_time" ? "SDXL (text_time)" : "SD");
+  std::printf("device, dtype     %s, %s, threads %d\n", device.str().c_str(), o.dtype.c_str(), at::get_num_threads());
+  std::printf("latent, pairs     %lldx%lld, P=%lld (2P=%lld images)\n", static_cast<long long>(o.latent),
+              static_cast<long long>(o.latent), static_cast<long long>(o.pairs), static_cast<long long>(n));
+  std::printf("forward GFLOP, batch 1: %.3f (conv %.3f, linear %.3f, attention %.3f)\n", one.total() / 1e9,
+              one.conv / 1e9, one.linear / 1e9, one.attention / 1e9);
+  std::printf("step GFLOP        %.2f (4 x forward on 2P)\n", step_flops / 1e9);
+  std::printf("%s matmul peak  %.1f GFLOP/s (median of 10, before the models were built)\n", o.dtype.c_str(), peak);
+  std::printf("memory before steps %.1f MiB (weights and reference)\n", setup_mib);
+  auto row = [&](const char* label, const std::function<std::string(const Timing&)>& cell) {
+    std::printf("%-28s", label);
+    for (const Timing& run : runs) std::printf("%18s", cell(run).c_str());
+    std::printf("\n");
+  };
+  auto fixed = [](double value, int decimals) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.*f", decimals, value);
+    return std::string(text);
+  };
+  // What the steps add beyond the model state: activations kept for the backward and temporaries.
+  const double step_state_mib = 12.0 * static_cast<double>(n_params) / (1024.0 * 1024.0);  // grads, AdamW m, v
+  row("gradient checkpointing", [](const Timing& r) { return r.name; });
+  row("median ms/step", [&](const Timing& r) { return fixed(median(r.ms), 1); });
+  row("min / max ms/step", [&](const Timing& r) {
+    return fixed(*std::min_element(r.ms.begin(), r.ms.end()), 0) + " / " +
+           fixed(*std::max_element(r.ms.begin(), r.ms.end()), 0);
+  });
+  row("peak memory MiB", [&](const Timing& r) { return fixed(r.peak_mib, 1); });
+  row("  - before, grads, AdamW", [&](const Timing& r) { return fixed(r.peak_mib - setup_mib - step_state_mib, 1); });
+  row("GFLOP/s (% of matmul peak)", [&](const Timing& r) {
+    const double rate = step_flops / (median(r.ms) * 1e6);
+    return fixed(rate, 1) + " (" + fixed(100.0 * rate / peak, 0) + "%)";
+  });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: dedpo_bench_dpo_step <unet config.json> [--latent N] [--pairs P] [--steps S] "
-                 "[--warmup W] [--threads T] [--beta B] [--checkpointing 0|1] [--compare-checkpointing]\n";
+  Options o;
+  try {
+    o = parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "dedpo_bench_dpo_step: " << e.what() << "\n" << kUsage << "\n";
     return 2;
   }
-  const std::string config_path = argv[1];
-  int64_t latent = 32, pairs = 1, steps = 5, warmup = 1, threads = 0, checkpointing = 0;
-  double beta = 5000.0;
-  bool compare_checkpointing = false;
-  for (int i = 2; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--compare-checkpointing") {
-      compare_checkpointing = true;
-      continue;
-    }
-    if (i + 1 >= argc) {
-      std::cerr << "flag " << flag << " needs a value\n";
-      return 2;
-    }
-    const std::string value = argv[++i];
-    if (flag == "--latent") latent = std::stoll(value);
-    else if (flag == "--pairs") pairs = std::stoll(value);
-    else if (flag == "--steps") steps = std::stoll(value);
-    else if (flag == "--warmup") warmup = std::stoll(value);
-    else if (flag == "--threads") threads = std::stoll(value);
-    else if (flag == "--beta") beta = std::stod(value);
-    else if (flag == "--checkpointing") checkpointing = std::stoll(value);
-    else {
-      std::cerr << "unknown flag " << flag << "\n";
-      return 2;
-    }
-  }
   try {
-    if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-    at::manual_seed(0);
-    const auto config = dedpo::sd::UNet2DConditionConfig::from_file(config_path);
-    dedpo::sd::UNet2DConditionModel unet(config);
-    dedpo::sd::UNet2DConditionModel reference(config);
-    {
-      at::NoGradGuard no_grad;
-      auto src = unet->named_parameters();
-      for (auto& item : reference->named_parameters()) item.value().copy_(src[item.key()]);
+    if (o.threads > 0) at::set_num_threads(static_cast<int>(o.threads));
+    at::Device device(o.device);
+    if (!device.is_cpu() && !device.has_index()) device.set_index(0);  // the accelerator calls take an index
+    if (device.is_cuda() && !at::hasCUDA()) {
+      throw std::runtime_error("--device " + o.device + ": this LibTorch sees no CUDA device");
     }
-    for (at::Tensor& p : reference->parameters()) p.set_requires_grad(false);
-    reference->eval();
+    const bool bf16 = o.dtype == "bf16";
+    const double peak = matmul_peak_gflops(device, bf16 ? at::kBFloat16 : at::kFloat);
+
+    at::manual_seed(0);
+    const auto config = dedpo::sd::UNet2DConditionConfig::from_file(o.config_path);
+    Models models = o.lora_rank > 0 ? lora_models(config, o.lora_rank, device, bf16) : full_models(config, device, bf16);
+    dedpo::sd::UNet2DConditionModel& unet = models.unet;
+    dedpo::sd::UNet2DConditionModel& reference = models.reference;
     int64_t n_params = 0;
-    for (const at::Tensor& p : unet->parameters()) n_params += p.numel();
+    for (const at::Tensor& p : models.trainable) n_params += p.numel();
 
     dedpo::sd::SchedulerConfig scheduler_config;
     scheduler_config.beta_schedule = "scaled_linear";
@@ -206,118 +387,101 @@ int main(int argc, char** argv) {
     scheduler_config.beta_end = 0.012;
     const dedpo::sd::NoiseSchedule schedule(scheduler_config);
 
-    const int64_t n = 2 * pairs;
-    const at::Tensor a = at::randn({pairs, config.in_channels, latent, latent});
-    const at::Tensor b = at::randn({pairs, config.in_channels, latent, latent});
-    const at::Tensor context = at::randn({n, 77, config.cross_attention_dim.at(0)});
+    const int64_t pairs = o.pairs, n = 2 * pairs, latent = o.latent;
+    const auto on_device = at::TensorOptions().device(device);
+    const at::Tensor a = at::randn({pairs, config.in_channels, latent, latent}, on_device);
+    const at::Tensor b = at::randn({pairs, config.in_channels, latent, latent}, on_device);
+    const at::Tensor context = at::randn({n, 77, config.cross_attention_dim.at(0)}, on_device);
     // SDXL layout: pooled text embeddings and micro-conditioning, sized from the config.
     std::optional<dedpo::sd::UNetAddedCond> added;
     if (config.addition_embed_type == "text_time") {
       const int64_t pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim;
       const auto side = static_cast<float>(8 * latent);
-      added = dedpo::sd::UNetAddedCond{at::randn({n, pooled}),
-                                       at::tensor({side, side, 0.f, 0.f, side, side}).expand({n, 6})};
+      added = dedpo::sd::UNetAddedCond{at::randn({n, pooled}, on_device),
+                                       at::tensor({side, side, 0.f, 0.f, side, side}).to(device).expand({n, 6})};
     }
-    auto first = [](const std::optional<dedpo::sd::UNetAddedCond>& a) -> std::optional<dedpo::sd::UNetAddedCond> {
-      if (!a) return std::nullopt;
-      return dedpo::sd::UNetAddedCond{a->text_embeds.slice(0, 0, 1), a->time_ids.slice(0, 0, 1)};
+    auto first = [](const std::optional<dedpo::sd::UNetAddedCond>& c) -> std::optional<dedpo::sd::UNetAddedCond> {
+      if (!c) return std::nullopt;
+      return dedpo::sd::UNetAddedCond{c->text_embeds.slice(0, 0, 1), c->time_ids.slice(0, 0, 1)};
     };
-    torch::optim::AdamW optimizer(unet->parameters(), torch::optim::AdamWOptions(1e-5));
+    torch::optim::AdamW optimizer(models.trainable, torch::optim::AdamWOptions(1e-5));
 
     auto step = [&] {
-      const at::Tensor t = at::randint(0, scheduler_config.num_train_timesteps, {pairs}, at::kLong);
-      const at::Tensor noise = at::randn({pairs, config.in_channels, latent, latent});
+      const at::Tensor t = at::randint(0, scheduler_config.num_train_timesteps, {pairs}, on_device.dtype(at::kLong));
+      const at::Tensor noise = at::randn({pairs, config.in_channels, latent, latent}, on_device);
       const at::Tensor x0 = at::cat({a, b}), noise2 = at::cat({noise, noise}), t2 = at::cat({t, t});
       const at::Tensor noisy = schedule.add_noise(x0, noise2, t2);
-      const at::Tensor err = (unet->forward(noisy, t2, context, added) - noise2).pow(2).mean({1, 2, 3});  // [2P]
+      at::Tensor pred;
+      {
+        dedpo::AutocastRegion autocast(device.type(), bf16);
+        dedpo::sd::ActiveAdapters adapters(&models.adapters);
+        pred = unet->forward(noisy, t2, context, added);
+      }
+      const at::Tensor err = (pred.to(at::kFloat) - noise2).pow(2).mean({1, 2, 3});  // [2P]
       at::Tensor ref;
       {
-        at::NoGradGuard no_grad;
-        ref = (reference->forward(noisy, t2, context, added) - noise2).pow(2).mean({1, 2, 3});
+        c10::InferenceMode inference;
+        dedpo::AutocastRegion autocast(device.type(), bf16);
+        ref = (reference->forward(noisy, t2, context, added).to(at::kFloat) - noise2).pow(2).mean({1, 2, 3});
       }
       const at::Tensor diff = (err.slice(0, 0, pairs) - ref.slice(0, 0, pairs)) -
                               (err.slice(0, pairs, n) - ref.slice(0, pairs, n));
-      const at::Tensor loss = -at::log_sigmoid(-0.5 * beta * diff).mean();
+      const at::Tensor loss = -at::log_sigmoid(-0.5 * o.beta * diff).mean();
       optimizer.zero_grad();
       loss.backward();
-      torch::nn::utils::clip_grad_norm_(unet->parameters(), 1.0);
+      torch::nn::utils::clip_grad_norm_(models.trainable, 1.0);
       optimizer.step();
     };
 
-    const double peak = matmul_peak_gflops();
-    const at::Tensor t1 = at::full({1}, 500, at::kLong);
-    const FlopCount one = count_forward(unet, at::randn({1, config.in_channels, latent, latent}), t1,
-                                        context.slice(0, 0, 1), first(added));
-    const FlopCount batch = count_forward(unet, at::randn({n, config.in_channels, latent, latent}),
-                                          at::full({n}, 500, at::kLong), context, added);
-    const double step_flops = 4.0 * batch.total();
+    const at::Tensor t500 = at::full({n}, 500, on_device.dtype(at::kLong));
+    const FlopCount one = count_forward(unet, at::randn({1, config.in_channels, latent, latent}, on_device),
+                                        t500.slice(0, 0, 1), context.slice(0, 0, 1), first(added), bf16);
+    const FlopCount batch = count_forward(unet, at::randn({n, config.in_channels, latent, latent}, on_device), t500,
+                                          context, added, bf16);
+    // Full fine-tuning: forward, backward to inputs and to weights (2 forwards), reference. LoRA:
+    // the backward computes no gradient of the frozen weights, one forward less.
+    const double step_flops = (o.lora_rank > 0 ? 3.0 : 4.0) * batch.total();
 
-    reset_peak_rss();
-    const double setup_rss_mib = current_rss_mib();  // weights and reference, before grads and AdamW state
-    struct Timing {
-      std::string name;
-      std::vector<double> ms;
-      double peak_rss_mib = 0;
-    };
+    reset_peak_memory(device);
+    const double setup_mib = device.is_cpu() ? current_rss_mib() : peak_memory_mib(device);
     auto time_steps = [&](bool gradient_checkpointing) {
       unet->set_gradient_checkpointing(gradient_checkpointing);
-      reset_peak_rss();
+      reset_peak_memory(device);
       Timing timing{gradient_checkpointing ? "checkpointed" : "plain"};
-      for (int64_t i = 0; i < warmup; ++i) step();
-      for (int64_t i = 0; i < steps; ++i) {
+      for (int64_t i = 0; i < o.warmup; ++i) step();
+      for (int64_t i = 0; i < o.steps; ++i) {
+        synchronize(device);
         const double t0 = now_ms();
         step();
+        synchronize(device);
         timing.ms.push_back(now_ms() - t0);
       }
-      timing.peak_rss_mib = peak_rss_mib();
+      timing.peak_mib = peak_memory_mib(device);
       return timing;
     };
     std::vector<Timing> runs;
-    if (compare_checkpointing) {
+    if (o.compare_checkpointing) {
       // Checkpointed first: what the plain steps freed could otherwise stay mapped and count as its peak.
       runs.push_back(time_steps(true));
       runs.insert(runs.begin(), time_steps(false));
     } else {
-      runs.push_back(time_steps(checkpointing != 0));
+      runs.push_back(time_steps(o.checkpointing));
     }
 
-    std::printf("config            %s\n", config_path.c_str());
-    std::printf("parameters        %lld\n", static_cast<long long>(n_params));
-    std::printf("layout            %s\n", config.addition_embed_type == "text_time" ? "SDXL (text_time)" : "SD");
-    std::printf("latent, pairs     %lldx%lld, P=%lld (2P=%lld images), threads %d\n", static_cast<long long>(latent),
-                static_cast<long long>(latent), static_cast<long long>(pairs), static_cast<long long>(n),
-                at::get_num_threads());
-    std::printf("forward GFLOP, batch 1: %.3f (conv %.3f, linear %.3f, attention %.3f)\n", one.total() / 1e9,
-                one.conv / 1e9, one.linear / 1e9, one.attention / 1e9);
-    std::printf("step GFLOP        %.2f (4 x forward on 2P = %.2f)\n", step_flops / 1e9, batch.total() / 1e9);
-    std::printf("fp32 matmul peak  %.1f GFLOP/s (2048^2 mm)\n", peak);
-    std::printf("RSS before steps  %.1f MiB (weights and reference)\n", setup_rss_mib);
-    // What the steps add beyond the model state: activations kept for the backward and temporaries.
-    const double step_state_mib = 12.0 * static_cast<double>(n_params) / (1024.0 * 1024.0);  // grads, AdamW m, v
-    auto row = [&](const char* label, const std::function<std::string(const Timing&)>& cell) {
-      std::printf("%-28s", label);
-      for (const Timing& run : runs) std::printf("%18s", cell(run).c_str());
-      std::printf("\n");
-    };
-    auto fixed = [](double value, int decimals) {
-      char text[32];
-      std::snprintf(text, sizeof text, "%.*f", decimals, value);
-      return std::string(text);
-    };
-    row("gradient checkpointing", [](const Timing& r) { return r.name; });
-    row("median ms/step", [&](const Timing& r) { return fixed(median(r.ms), 1); });
-    row("min / max ms/step", [&](const Timing& r) {
-      return fixed(*std::min_element(r.ms.begin(), r.ms.end()), 0) + " / " +
-             fixed(*std::max_element(r.ms.begin(), r.ms.end()), 0);
-    });
-    row("peak RSS MiB", [&](const Timing& r) { return fixed(r.peak_rss_mib, 1); });
-    row("  - before, grads, AdamW", [&](const Timing& r) {  // activations and temporaries
-      return fixed(r.peak_rss_mib - setup_rss_mib - step_state_mib, 1);
-    });
-    row("GFLOP/s (% of matmul peak)", [&](const Timing& r) {
-      const double rate = step_flops / (median(r.ms) * 1e6);
-      return fixed(rate, 1) + " (" + fixed(100.0 * rate / peak, 0) + "%)";
-    });
+    if (!o.json) {
+      print_table(o, config, n_params, one, step_flops, peak, setup_mib, runs, device);
+      return 0;
+    }
+    nlohmann::json out = {{"side", "dedpo"},
+                          {"torch", TORCH_VERSION},
+                          {"device", device.str()},
+                          {"threads", at::get_num_threads()},
+                          {"parameters", n_params},
+                          {"matmul_peak_gflops", peak},
+                          {"step_gflop", step_flops / 1e9},
+                          {"ms", runs.back().ms},
+                          {"peak_mib", runs.back().peak_mib}};
+    std::cout << out.dump() << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "dedpo_bench_dpo_step: " << e.what() << "\n";
     return 1;

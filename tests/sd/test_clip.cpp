@@ -15,7 +15,8 @@ TEST(ClipText, MatchesTransformersClipTextModel) {
   ClipTextModel model(ClipTextConfig::from_file(dir / "config.json"));
   dedpo::safetensors::load_into(*model, dir / "weights.safetensors");
   model->eval();
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  model->to(dedpo::test::test_device());
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   at::NoGradGuard no_grad;
   auto r = model->forward(in.at("input_ids"));
@@ -29,7 +30,8 @@ TEST(ClipText, MatchesTransformersClipTextModelWithProjection) {
   ClipTextModelWithProjection model(ClipTextConfig::from_file(dir / "config.json"));
   dedpo::safetensors::load_into(*model, dir / "weights.safetensors");
   model->eval();
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  model->to(dedpo::test::test_device());
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   at::NoGradGuard no_grad;
   auto r = model->forward(in.at("input_ids"));

@@ -31,7 +31,8 @@ TEST(ClipVision, MatchesTransformersClipVisionModelWithProjection) {
   ClipVisionModelWithProjection model(ClipVisionConfig::from_file(dir / "config.json"));
   dedpo::safetensors::load_into(*model, dir / "weights.safetensors");
   model->eval();
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  model->to(dedpo::test::test_device());
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   at::NoGradGuard no_grad;
   auto r = model->forward(in.at("pixel_values"));
@@ -58,7 +59,8 @@ TEST(ClipModel, MatchesTransformersClipModel) {
   ClipModel model(ClipModelConfig::from_file(dir / "config.json"));
   dedpo::safetensors::load_into(*model, dir / "weights.safetensors");
   model->eval();
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  model->to(dedpo::test::test_device());
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   at::NoGradGuard no_grad;
   const at::Tensor ids = in.at("input_ids"), pixels = in.at("pixel_values");

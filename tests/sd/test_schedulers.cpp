@@ -23,7 +23,7 @@ SchedulerConfig config_of(const std::filesystem::path& dir, const std::string& n
 
 TEST(Schedulers, NoiseScheduleMatchesDdpm) {
   DEDPO_GOLDEN_CASE(dir, "schedulers");
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   dedpo::sd::NoiseSchedule schedule(config_of(dir, "ddpm"));
   EXPECT_TENSOR_NEAR("betas", schedule.betas(), out.at("betas"));
@@ -38,7 +38,7 @@ TEST(Schedulers, NoiseScheduleMatchesDdpm) {
 
 TEST(Schedulers, DdimStepsAndLoop) {
   DEDPO_GOLDEN_CASE(dir, "schedulers");
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   dedpo::sd::DDIMScheduler ddim(config_of(dir, "ddim"));
   ddim.set_timesteps(out.at("ddim.timesteps").size(0));
@@ -72,7 +72,7 @@ TEST(Schedulers, DdimStepsAndLoop) {
 
 TEST(Schedulers, EulerStepsAndLoop) {
   DEDPO_GOLDEN_CASE(dir, "schedulers");
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   dedpo::sd::EulerDiscreteScheduler euler(config_of(dir, "euler"));
   euler.set_timesteps(out.at("euler.timesteps").size(0));

@@ -19,7 +19,8 @@ void check_unet(const std::filesystem::path& dir) {
   UNet2DConditionModel unet(UNet2DConditionConfig::from_file(dir / "config.json"));
   dedpo::safetensors::load_into(*unet, dir / "weights.safetensors");
   unet->eval();
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  unet->to(dedpo::test::test_device());
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   std::optional<UNetAddedCond> added;
   if (in.count("text_embeds")) added = UNetAddedCond{in.at("text_embeds"), in.at("time_ids")};
@@ -34,7 +35,7 @@ void check_unet(const std::filesystem::path& dir) {
   }
   EXPECT_TENSOR_NEAR("sample", sample, out.at("sample"));
   if (out.count("sample_t500")) {
-    const at::Tensor t500 = at::scalar_tensor(500, at::kLong);
+    const at::Tensor t500 = at::scalar_tensor(500, at::TensorOptions().dtype(at::kLong).device(dedpo::test::test_device()));
     EXPECT_TENSOR_NEAR("sample_t500", unet->forward(in.at("sample"), t500, in.at("encoder_hidden_states"), added),
                        out.at("sample_t500"));
   }

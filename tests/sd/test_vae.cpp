@@ -15,7 +15,8 @@ TEST(AutoencoderKL, MatchesDiffusers) {
   AutoencoderKL vae(AutoencoderKLConfig::from_file(dir / "config.json"));
   dedpo::safetensors::load_into(*vae, dir / "weights.safetensors");
   vae->eval();
-  auto in = dedpo::safetensors::load(dir / "inputs.safetensors");
+  vae->to(dedpo::test::test_device());
+  auto in = dedpo::test::load_on_device(dir / "inputs.safetensors");
   auto out = dedpo::safetensors::load(dir / "outputs.safetensors");
   at::NoGradGuard no_grad;
   auto posterior = vae->encode(in.at("image"));
