@@ -69,7 +69,7 @@ TEST(Grid, FailingCaseDoesNotStopTheOthersAndRerunSkipsFinishedRuns) {
 
   auto lines = csv_lines(grid / "results.csv");
   ASSERT_EQ(lines.size(), 5u);
-  EXPECT_EQ(lines[0], "run,loss,annotator,labelled_fraction,seed,test_error,test_weight_norm");
+  EXPECT_EQ(lines[0], "run,loss,annotator,labelled_fraction,seed,test_error,test_on_run_device,test_weight_norm");
   EXPECT_EQ(lines[1].rfind("ok__run.seed=0__train.labelled_fraction=0.5,test_dpo,,0.5,0,", 0), 0u)
       << lines[1];
   std::string summary = test::read_text(grid / "summary.md");
