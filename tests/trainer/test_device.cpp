@@ -91,6 +91,12 @@ TEST(WeightsDtype, Bfloat16WeightsTrainWithFloat32MastersAndResumeExactly) {
   for (std::size_t i = 0; i < start.size(); ++i) moved += (trained[i] - start[i]).abs().sum().item<double>();
   EXPECT_GT(moved, 0.05);
 
+  // `dedpo eval` of the run evaluates the float32 masters it saved, as the run's own evaluation did.
+  const nlohmann::json results = results_of(temp / "full");  // before eval rewrites it
+  const Figures again = evaluate_run(temp / "full", {}, registry);
+  ASSERT_FALSE(again.empty());
+  for (const auto& [name, value] : again) EXPECT_NEAR(value, results["metrics"][name].get<double>(), 1e-6) << name;
+
   // Resuming restores the float32 masters, not only their bf16 rounding: the same weights.
   RunControl stop = quiet(temp / "cut");
   stop.stop_after_steps = 7;

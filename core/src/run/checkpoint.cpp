@@ -134,7 +134,13 @@ void load_trained_model(const fs::path& run_dir, Backbone& backbone) {
   archive.load_from(checkpoint.string());
   torch::serialize::InputArchive model;
   archive.read(kModel, model);
+  if (MasterWeights::saved_in(archive)) {
+    // The run stored its trainable weights in bfloat16: load them as such, then take the masters.
+    at::NoGradGuard no_grad;
+    for (at::Tensor& p : trainable_parameters(backbone)) p.set_data(p.detach().to(at::kBFloat16));
+  }
   backbone.model().load(model);
+  MasterWeights::restore_masters(archive, trainable_parameters(backbone));
   Ema::restore_averages(archive, trainable_parameters(backbone), checkpoint.string());
 }
 

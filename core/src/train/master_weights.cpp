@@ -47,6 +47,25 @@ void MasterWeights::weights_become_masters() {
   }
 }
 
+void MasterWeights::restore_masters(torch::serialize::InputArchive& archive, const std::vector<at::Tensor>& weights) {
+  c10::IValue count;
+  if (!archive.try_read("master_count", count)) return;
+  at::NoGradGuard no_grad;
+  std::size_t k = 0;
+  for (const at::Tensor& w : weights) {
+    if (w.scalar_type() == at::kFloat) continue;
+    if (k == static_cast<std::size_t>(count.toInt())) throw Error("checkpoint: fewer float32 master weights than bfloat16 weights");
+    at::Tensor master;
+    archive.read("master" + std::to_string(k++), master, /*is_buffer=*/true);
+    at::Tensor(w).set_data(master.to(w.device()));
+  }
+}
+
+bool MasterWeights::saved_in(torch::serialize::InputArchive& archive) {
+  c10::IValue count;
+  return archive.try_read("master_count", count) && count.toInt() > 0;
+}
+
 void MasterWeights::save(torch::serialize::OutputArchive& archive) const {
   archive.write("master_count", c10::IValue(static_cast<std::int64_t>(copies_)));
   std::size_t k = 0;

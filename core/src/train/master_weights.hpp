@@ -31,6 +31,11 @@ class MasterWeights {
   // The float32 copies in a checkpoint (the weights alone would lose their low bits on resume).
   void save(torch::serialize::OutputArchive& archive) const;
   void load(torch::serialize::InputArchive& archive);
+  // For evaluating a finished run from its checkpoint: the low-precision weights among `weights`
+  // (in order) take their saved float32 masters' values and dtype; none saved, nothing changes.
+  static void restore_masters(torch::serialize::InputArchive& archive, const std::vector<at::Tensor>& weights);
+  // Whether a checkpoint holds float32 masters, i.e. its trainable weights were stored in bfloat16.
+  static bool saved_in(torch::serialize::InputArchive& archive);
 
  private:
   std::vector<at::Tensor> weights_;
