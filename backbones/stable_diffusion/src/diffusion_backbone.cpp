@@ -12,6 +12,7 @@
 #include "dedpo/autocast.hpp"
 #include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
+#include "dedpo/option_choice.hpp"
 #include "dedpo/safetensors.hpp"
 #include "json_config.hpp"
 
@@ -30,19 +31,6 @@ std::vector<std::string> split_list(const std::string& text) {
     if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
   }
   return out;
-}
-
-// The value the option's text names among `choices`; Options::fail names them all otherwise.
-template <class T>
-T one_of(const Options& options, const char* key, std::initializer_list<std::pair<const char*, T>> choices,
-         const std::string& note = "") {
-  const std::string& text = options.string(key);
-  std::string expected;
-  for (const auto& [name, value] : choices) {
-    if (text == name) return value;
-    expected += std::string(expected.empty() ? "" : ", ") + "\"" + name + "\"";
-  }
-  options.fail(key, "expected one of " + expected + note + ", got \"" + text + "\"");
 }
 
 // Moves a module to `device` for its lifetime and back to where it was after (even on errors).
@@ -125,19 +113,18 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     : name_(std::move(name)),
       path_(options.string("path")),
       vae_path_(options.string("vae")),
-      prediction_type_(one_of<std::optional<PredictionType>>(
+      prediction_type_(read_choice<std::optional<PredictionType>>(
           options, "prediction_type",
           {{"auto", std::nullopt}, {"epsilon", PredictionType::kEpsilon}, {"v_prediction", PredictionType::kVPrediction}})),
-      bfloat16_(one_of<bool>(options, "dtype", {{"float32", false}, {"bfloat16", true}},
-                             " (float16 has no CPU autocast)")),
-      frozen_dtype_(one_of<at::ScalarType>(options, "frozen_dtype",
-                                           {{"float32", at::kFloat}, {"bfloat16", at::kBFloat16}})),
+      bfloat16_(read_choice<bool>(options, "dtype", {{"float32", false}, {"bfloat16", true}})),
+      frozen_dtype_(read_choice<at::ScalarType>(options, "frozen_dtype",
+                                                {{"float32", at::kFloat}, {"bfloat16", at::kBFloat16}})),
       lora_rank_(options.integer("lora_rank")),
       lora_alpha_(0),
       lora_targets_(split_list(options.string("lora_targets"))),
       gradient_checkpointing_(options.boolean("gradient_checkpointing")),
       reference_on_cpu_(false),
-      sampler_(one_of<SamplerKind>(options, "sampler", {{"ddim", SamplerKind::ddim}, {"euler", SamplerKind::euler}})),
+      sampler_(read_choice<SamplerKind>(options, "sampler", {{"ddim", SamplerKind::ddim}, {"euler", SamplerKind::euler}})),
       sample_steps_(options.integer("sample_steps")),
       guidance_scale_(options.real("guidance_scale")),
       resolution_(options.integer("resolution")) {
@@ -150,18 +137,11 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     if (!(lora_alpha_ > 0)) options.fail("lora_alpha", "expected a number > 0");
   }
   if (lora_rank_ > 0 && lora_targets_.empty()) options.fail("lora_targets", "expected at least one layer name");
-  const std::string& reference_device = options.string("reference_device");
-  if (reference_device != "model" && reference_device != "cpu") {
-    options.fail("reference_device", "expected \"model\" or \"cpu\"");
-  }
-  reference_on_cpu_ = reference_device == "cpu";
-  auto host_or_model = [&](const char* key) {
-    const std::string& value = options.string(key);
-    if (value != "model" && value != "cpu") options.fail(key, "expected \"model\" or \"cpu\"");
-    return value == "cpu";
-  };
-  text_on_host_ = host_or_model("text_encoder_device");
-  vae_on_host_ = host_or_model("vae_device");
+  // "model" = the run's device, "cpu" = host memory: true when on the host.
+  auto on_host = [&](const char* key) { return read_choice<bool>(options, key, {{"model", false}, {"cpu", true}}); };
+  reference_on_cpu_ = on_host("reference_device");
+  text_on_host_ = on_host("text_encoder_device");
+  vae_on_host_ = on_host("vae_device");
   if (reference_on_cpu_ && lora_rank_ > 0) {
     options.fail("reference_device",
                  "\"cpu\" has no effect with LoRA (lora_rank > 0): the reference is the same UNet with the adapters "

@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <torch/cuda.h>
 
+#include "dedpo/option_choice.hpp"
+
 namespace dedpo {
 namespace {
 
@@ -75,19 +77,6 @@ const OptionSpec kInitOptions[] = {
      "once and cached by its resolved configuration."},
     {"weights", T::string, "\"\"", "Weights file that initialises the backbone."},
 };
-
-// The option's value as one of `choices`; the error lists them all.
-template <class E>
-E read_choice(const Options& options, std::string_view name,
-              std::initializer_list<std::pair<std::string_view, E>> choices) {
-  const std::string& value = options.string(name);
-  std::string list;
-  for (const auto& [spelling, choice] : choices) {
-    if (value == spelling) return choice;
-    list += (list.empty() ? "\"" : ", \"") + std::string(spelling) + "\"";
-  }
-  options.fail(name, "expected one of " + list + ", got \"" + value + "\"");
-}
 
 std::int64_t positive(const Options& options, std::string_view name) {
   const std::int64_t value = options.integer(name);
