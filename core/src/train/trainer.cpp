@@ -129,11 +129,15 @@ StepReport Trainer::step() {
 // max_grad_norm, the optimiser step and the EMA update.
 void Trainer::clip_or_skip(StepReport& report) {
   const std::vector<at::Tensor>& masters = masters_.masters();
-  double squared = 0.0;
+  // Summed on the gradients' device in the same order as before, read back once: one device
+  // synchronisation per step instead of one per parameter.
+  at::Tensor squared;
   for (const at::Tensor& p : masters) {
-    if (p.grad().defined()) squared += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+    if (!p.grad().defined()) continue;
+    const at::Tensor term = p.grad().to(at::kDouble).pow(2).sum();
+    squared = squared.defined() ? squared + term : term;
   }
-  report.grad_norm = std::sqrt(squared);
+  report.grad_norm = squared.defined() ? std::sqrt(squared.item<double>()) : 0.0;
   if (!std::isfinite(report.loss) || !std::isfinite(report.grad_norm)) {
     report.skipped = true;
     ++skipped_;
