@@ -1,8 +1,12 @@
 #include "dedpo/digest.hpp"
 
 #include <cstdio>
+#include <fstream>
+#include <vector>
 
 #include <ATen/ATen.h>
+
+#include "dedpo/error.hpp"
 
 namespace dedpo {
 
@@ -31,6 +35,18 @@ std::string digest(std::string_view text) {
 std::string tensor_digest(const at::Tensor& tensor) {
   Digest d;
   d.add(tensor);
+  return d.hex();
+}
+
+std::string file_digest(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot open to digest it");
+  Digest d;
+  std::vector<char> chunk(1 << 20);
+  while (in.read(chunk.data(), static_cast<std::streamsize>(chunk.size())) || in.gcount() > 0) {
+    d.add(chunk.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  if (in.bad()) throw Error(file.string() + ": read error while digesting it");
   return d.hex();
 }
 

@@ -37,7 +37,13 @@ toml::table parse_text(std::string_view text, const std::string& origin) {
   }
 }
 
-toml::table parse_file(const fs::path& file) { return parse_text(read_file(file), file.string()); }
+toml::table parse_file(const fs::path& file) {
+  std::error_code error;
+  if (fs::is_directory(file, error)) {
+    throw Error(file.string() + ": is a folder, not an experiment file");
+  }
+  return parse_text(read_file(file), file.string());
+}
 
 // `over` wins; tables merge key by key, everything else (arrays included) is replaced. Nodes are
 // moved, not copied: a copy would lose its source position, which error messages need.
@@ -193,6 +199,10 @@ toml::table with_bases(toml::table table, const fs::path& base_dir, const std::s
       throw Error(detail::location(*table.get("base")) + "base file '" + name +
                   "' does not exist (looked for " + file.string() + ")");
     }
+    if (fs::is_directory(file)) {
+      throw Error(detail::location(*table.get("base")) + "base '" + name + "' is a folder (" +
+                  file.string() + "), not an experiment file");
+    }
     chain.push_back(file);
     toml::table base = with_bases(parse_file(file), file.parent_path(), file.string(), chain);
     chain.pop_back();
@@ -225,14 +235,21 @@ void apply_override(toml::table& root, const Override& change) {
     }
     table = next->as_table();
   }
-  // A TOML value when it parses as one, else the text itself (so loss.plugin=dpo works).
+  // A TOML value when it parses as one, else the text itself (so loss.plugin=dpo works). Parsed
+  // with the argument as its source, so errors about the key or value name the --set argument.
+  const std::string source = std::string(detail::kOverrideSource) + change.key + "=" + change.value;
+  std::ostringstream key;
+  key << toml::value<std::string>(parts.back());
   toml::table parsed;
   try {
-    parsed = toml::parse("v = " + change.value);
+    parsed = toml::parse(key.str() + " = " + change.value, source);
   } catch (const toml::parse_error&) {
-    parsed.insert("v", change.value);
+    std::ostringstream text;
+    text << toml::value<std::string>(change.value);
+    parsed = toml::parse(key.str() + " = " + text.str(), source);
   }
-  table->insert_or_assign(parts.back(), *parsed.get("v"));
+  auto entry = parsed.begin();
+  table->insert_or_assign(entry->first, std::move(entry->second));
 }
 
 // What the overrides changed about the plugin slots, for resolve().

@@ -33,10 +33,25 @@ at::Tensor decode_image(std::string_view bytes, const std::string& what) {
   return at::from_blob(pixels.get(), {height, width, 3}, at::kByte).clone();
 }
 
-at::Tensor read_image(const std::filesystem::path& file) {
+std::string image_file_problem(const std::filesystem::path& file) {
+  namespace fs = std::filesystem;
   std::error_code error;
-  if (!std::filesystem::is_regular_file(file, error)) {
-    throw Error(file.string() + ": image file not found");
+  const fs::file_status status = fs::status(file, error);
+  switch (status.type()) {
+    case fs::file_type::regular: return {};
+    case fs::file_type::not_found: return "image file not found";
+    case fs::file_type::directory: return "a folder, not an image file";
+    case fs::file_type::fifo: return "a FIFO (named pipe), not an image file";
+    case fs::file_type::socket: return "a socket, not an image file";
+    case fs::file_type::block:
+    case fs::file_type::character: return "a device, not an image file";
+    default: return "cannot be read as a file (" + error.message() + ")";
+  }
+}
+
+at::Tensor read_image(const std::filesystem::path& file) {
+  if (const std::string problem = image_file_problem(file); !problem.empty()) {
+    throw Error(file.string() + ": " + problem);
   }
   return decode_image(read_file(file), file.string());
 }

@@ -9,6 +9,7 @@ namespace dedpo::detail {
 
 std::string location(const toml::source_region& source) {
   if (!source.begin) return {};
+  if (source.path && source.path->starts_with(kOverrideSource)) return *source.path + ": ";
   std::string file = source.path ? std::string(*source.path) : std::string("<text>");
   return file + ":" + std::to_string(source.begin.line) + ":" + std::to_string(source.begin.column) +
          ": ";
@@ -62,7 +63,13 @@ bool convert(const toml::node& node, OptionType type, OptionValue& out) {
 
 Options validate_table(const toml::table& table, std::span<const OptionSpec> schema,
                        const std::string& where, std::string_view skip) {
-  Options options(where);
+  // Checks made later (Options::fail: ranges, keywords) name the --set arguments among the values.
+  std::string given;
+  for (const auto& [key, node] : table) {
+    const auto& path = node.source().path;
+    if (path && path->starts_with(kOverrideSource)) given += (given.empty() ? "" : ", ") + *path;
+  }
+  Options options(given.empty() ? where : where + " (" + given + ")");
   std::vector<std::string> known;
   for (const OptionSpec& spec : schema) known.emplace_back(spec.name);
 

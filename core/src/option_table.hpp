@@ -10,7 +10,11 @@
 
 namespace dedpo::detail {
 
-// "file:line:column: " for a node that came from a file, "" for one made by an override.
+// The source path of a `--set KEY=VALUE` override's key and value: "--set KEY=VALUE".
+inline constexpr std::string_view kOverrideSource = "--set ";
+
+// "file:line:column: " for a node that came from a file, "--set KEY=VALUE: " for one that an
+// override gave, "" for one made by the program.
 std::string location(const toml::source_region& source);
 inline std::string location(const toml::node& node) { return location(node.source()); }
 

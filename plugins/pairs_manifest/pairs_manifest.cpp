@@ -144,9 +144,10 @@ class LatentCache {
 
   fs::path file(const std::string& key) const { return folder_ / (key + ".safetensors"); }
 
+  // Queued, or on disk and loading: an entry that does not load (cut short by a killed write,
+  // damaged) counts as missing, and add() encodes it again.
   bool contains(const std::string& key) const {
-    std::error_code error;
-    return pending_keys_.count(key) != 0 || fs::exists(file(key), error);
+    return pending_keys_.count(key) != 0 || loads(key);
   }
 
   // Queues a preprocessed image for encoding; false when it needs none after all (another
@@ -155,8 +156,13 @@ class LatentCache {
     if (pending_keys_.count(key) != 0) return false;  // both sides of a pair may be one image
     if (!lock_) lock_.emplace(folder_ / ".lock");
     // Checked again under the lock: the caller's look may predate another process's writes.
+    if (loads(key)) return false;
     std::error_code error;
-    if (fs::exists(file(key), error)) return false;
+    if (fs::exists(file(key), error)) {
+      std::cerr << "pairs_manifest: warning: the latent cache entry " << file(key).string()
+                << " does not load; it is encoded again (a cache file: deleting it is safe)\n";
+      fs::remove(file(key), error);
+    }
     pending_keys_.insert(key);
     pending_.push_back({key, std::move(image),
                         at::tensor({static_cast<float>(info.height), static_cast<float>(info.width),
@@ -178,6 +184,17 @@ class LatentCache {
       throw Error(file(key).string() + ": not a latent cache entry (no 'latent' or 'info')");
     }
     return {entry.at("latent"), entry.at("info")};
+  }
+
+  bool loads(const std::string& key) const {
+    std::error_code error;
+    if (!fs::exists(file(key), error)) return false;
+    try {
+      load(key);
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
   }
 
   std::int64_t encoded() const { return encoded_; }
@@ -352,10 +369,9 @@ class PairsManifest : public Dataset {
     Side side;
     const std::string path = text_field(record, key);
     side.file = fs::absolute(image_root_ / path);
-    std::error_code error;
-    if (!fs::is_regular_file(side.file, error)) {
+    if (const std::string problem = image_file_problem(side.file); !problem.empty()) {
       bad(record, Problem::missing_image,
-          "key '" + key + "': image file not found: " + side.file.string());
+          "key '" + key + "': " + problem + ": " + side.file.string());
     }
     side.bytes = read_file(side.file);
     side.content = digest(side.bytes) + "-" + std::to_string(side.bytes.size());

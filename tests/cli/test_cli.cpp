@@ -93,7 +93,7 @@ TEST(Cli, ValidateChecksEverythingAndRunsNothing) {
 
   result = run_dedpo("validate " + (dir / "exp.toml").string() + " --set loss.lambda=1.5");
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo'): option 'lambda'"));
+  EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo') (--set loss.lambda=1.5): option 'lambda'"));
 
   result = run_dedpo("validate " + (dir / "exp.toml").string() + " --set train.stepz=3");
   EXPECT_EQ(result.exit_code, 1);
@@ -109,7 +109,7 @@ TEST(Cli, RunRefusesABadPluginOptionBeforePreparingAnything) {
   write_file(dir / "exp.toml", kTinyRun);
   auto result = run_dedpo("run " + (dir / "exp.toml").string() + " --set loss.beta=-1.0");
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo'): option 'beta'"));
+  EXPECT_THAT(result.output, HasSubstr("[loss] (loss 'dedpo') (--set loss.beta=-1.0): option 'beta'"));
   EXPECT_FALSE(fs::exists(dir / "runs"));  // no run folder, so no backbone was prepared
 }
 

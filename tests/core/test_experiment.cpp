@@ -92,6 +92,38 @@ TEST_F(ExperimentTest, BaseErrors) {
   write_file(dir / "orphan.toml", "base = \"nowhere.toml\"\n");
   EXPECT_THAT(error_of("orphan.toml"), HasSubstr("base file 'nowhere.toml' does not exist"));
   EXPECT_THAT(error_of("nonexistent.toml"), HasSubstr("experiment file does not exist"));
+  // A folder is no experiment, as a base or as the file itself (it used to read as empty: valid).
+  std::filesystem::create_directories(dir / "configs.d");
+  write_file(dir / "folder_base.toml", "base = \"configs.d\"\n");
+  EXPECT_THAT(error_of("folder_base.toml"),
+              HasSubstr("base 'configs.d' is a folder (" + path("configs.d") + "), not an experiment file"));
+  EXPECT_THAT(error_of("configs.d"), HasSubstr(path("configs.d") + ": is a folder, not an experiment file"));
+}
+
+// An error in a value or key given by --set names that argument, not the experiment file's lines.
+TEST_F(ExperimentTest, OverrideErrorsNameTheSetArgument) {
+  write_file(dir / "exp.toml", kMinimal);
+  EXPECT_THAT(error_of("exp.toml", {dedpo::parse_override("train.steps=many")}),
+              testing::StartsWith("--set train.steps=many: "));
+  EXPECT_THAT(error_of("exp.toml", {dedpo::parse_override("train.steps=many")}),
+              HasSubstr("option 'steps' expects an integer, got string \"many\""));
+  EXPECT_THAT(error_of("exp.toml", {dedpo::parse_override("loss.betta=1.0")}),
+              testing::StartsWith("--set loss.betta=1.0: "));
+  EXPECT_THAT(error_of("exp.toml", {dedpo::parse_override("loss.plugin=fixture_los")}),
+              testing::StartsWith("--set loss.plugin=fixture_los: "));
+  // Checks of the value itself (ranges, keywords) name it beside the table.
+  EXPECT_THAT(error_of("exp.toml", {dedpo::parse_override("train.optimizer=sgd")}),
+              HasSubstr("[train] (--set train.optimizer=sgd): option 'optimizer': expected one of"));
+}
+
+// run.name makes the folder <output>/<name>-<n>: a path there would leave run.output.
+TEST_F(ExperimentTest, RunNameIsANameNotAPath) {
+  for (const char* name : {"../../x", "a/b", "..", ""}) {
+    std::string text = kMinimal;
+    text.replace(text.find("\"fixture\""), std::string_view("\"fixture\"").size(), "\"" + std::string(name) + "\"");
+    write_file(dir / "exp.toml", text);
+    EXPECT_THAT(error_of("exp.toml"), HasSubstr("[run]: option 'name': expected a name without '/'")) << name;
+  }
 }
 
 TEST_F(ExperimentTest, OverrideSyntax) {
@@ -118,7 +150,7 @@ TEST_F(ExperimentTest, LoadingRunsThePluginsOwnValidation) {
   write_file(dir / "exp.toml", kMinimal);
   EXPECT_NO_THROW(load("exp.toml"));
   EXPECT_EQ(error_of("exp.toml", {dedpo::parse_override("loss.mode=median")}),
-            path("exp.toml") + " [loss] (loss 'fixture_loss'): option 'mode': expected \"sum\" "
+            path("exp.toml") + " [loss] (loss 'fixture_loss') (--set loss.mode=median): option 'mode': expected \"sum\" "
                                "or \"mean\", got \"median\"");
 }
 

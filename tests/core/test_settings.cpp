@@ -48,7 +48,7 @@ TEST_F(SettingsTest, EveryBadTrainValueIsNamedWithWhatWasExpected) {
   };
   for (const auto& [key, value, message] : cases) {
     EXPECT_EQ(error_with("train." + key, value),
-              path("exp.toml") + " [train]: option '" + key + "': " + message);
+              path("exp.toml") + " [train] (--set train." + key + "=" + value + "): option '" + key + "': " + message);
   }
 }
 
@@ -68,9 +68,9 @@ TEST_F(SettingsTest, GoodValuesAreTyped) {
 
 TEST_F(SettingsTest, BadRunAndEvalValuesAreNamed) {
   EXPECT_EQ(error_with("run.threads", "-1"),
-            path("exp.toml") + " [run]: option 'threads': expected a non-negative integer, got -1");
+            path("exp.toml") + " [run] (--set run.threads=-1): option 'threads': expected a non-negative integer, got -1");
   EXPECT_EQ(error_with("eval.every", "-1"),
-            path("exp.toml") + " [eval]: option 'every': expected a non-negative integer, got -1");
+            path("exp.toml") + " [eval] (--set eval.every=-1): option 'every': expected a non-negative integer, got -1");
 }
 
 TEST(Device, EveryFormParses) {
@@ -117,9 +117,9 @@ TEST_F(SettingsTest, DeviceIsResolvedWhenTheExperimentLoads) {
   EXPECT_EQ(load_with("run.device", "\"auto\"").run.device,
             cuda > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU));
   EXPECT_THAT(error_with("run.device", "\"tpu\""),
-              HasSubstr("exp.toml [run]: option 'device': expected \"auto\", \"cpu\""));
+              HasSubstr("exp.toml [run] (--set run.device=\"tpu\"): option 'device': expected \"auto\", \"cpu\""));
   EXPECT_THAT(error_with("run.device", "\"cuda:" + std::to_string(cuda) + "\""),
-              HasSubstr("exp.toml [run]: option 'device': asked for cuda:" + std::to_string(cuda)));
+              HasSubstr("exp.toml [run] (--set run.device=\"cuda:" + std::to_string(cuda) + "\"): option 'device': asked for cuda:" + std::to_string(cuda)));
   if (cuda == 0) {
     EXPECT_THAT(error_with("run.device", "\"cuda\""), HasSubstr("no CUDA device"));
   }

@@ -1,6 +1,8 @@
 // Real preference data: the `pairs_manifest` dataset on generated PNG files (formats, crops,
 // every bad-input case with its message, the latent cache and its concurrent filling), the
 // `file` annotator, and `dedpo run` end to end on a tiny SD folder (dedpo_make_tiny_sd).
+#include <sys/stat.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -31,6 +33,7 @@
 namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using dedpo::test::write_file;
 using json = nlohmann::json;
 
@@ -271,6 +274,20 @@ TEST(PairsManifest, CorruptImageErrorSaysItCannotBeDecoded) {
   EXPECT_THAT(load_error(manifest), HasSubstr("corrupt.png: cannot decode image"));
 }
 
+// A folder or a FIFO where an image should be is named as what it is, not "not found".
+TEST(PairsManifest, FolderOrFifoGivenAsAnImageIsNamedAsSuch) {
+  Images images("not-files");
+  fs::create_directories(images.dir / "folder.png");
+  ASSERT_EQ(::mkfifo((images.dir / "pipe.png").c_str(), 0644), 0);
+  fs::path manifest = images.manifest(
+      "pairs.jsonl", R"({"prompt": "x", "image_a": "folder.png", "image_b": "b1.png"})" "\n");
+  EXPECT_THAT(load_error(manifest), HasSubstr(":1: key 'image_a': a folder, not an image file: "));
+  manifest = images.manifest(
+      "pairs.jsonl", R"({"prompt": "x", "image_a": "a1.png", "image_b": "pipe.png"})" "\n");
+  EXPECT_THAT(load_error(manifest), HasSubstr(":1: key 'image_b': a FIFO (named pipe), not an image file: "));
+  EXPECT_THAT(load_error(manifest), Not(HasSubstr("not found")));
+}
+
 TEST(PairsManifest, CsvLineWithWrongFieldCountNamesTheLine) {
   Images images("csv-bad");
   fs::path manifest = images.manifest("pairs.csv",
@@ -319,6 +336,29 @@ TEST(PairsManifest, SecondLoadReadsEveryImageFromTheCacheWithoutRewritingIt) {
   // Another crop is another variant: encoded anew, under the same content.
   Loaded flipped = load(manifest, "crop = \"random\"\n", cache);
   EXPECT_EQ(flipped.counts["images_encoded"], 4);
+}
+
+// A cache entry cut short (a killed write, a full disk) is encoded again with a warning that
+// names the cache file, also with on_error = "fail"; the data come out as from a whole cache.
+TEST(PairsManifest, TruncatedCacheEntryIsEncodedAgainWithAWarning) {
+  Images images("cache-cut");
+  fs::path manifest = images.manifest("pairs.jsonl", kGoodLines);
+  const fs::path cache = scratch() / "cache-cut";
+  Loaded first = load(manifest, "", cache);
+  fs::path entry;
+  for (const auto& file : fs::recursive_directory_iterator(cache / "latents")) {
+    if (file.path().extension() == ".safetensors") entry = file.path();
+  }
+  ASSERT_FALSE(entry.empty());
+  fs::resize_file(entry, fs::file_size(entry) / 2);
+  testing::internal::CaptureStderr();
+  Loaded again = load(manifest, "", cache);
+  const std::string warnings = testing::internal::GetCapturedStderr();
+  EXPECT_THAT(warnings, HasSubstr("the latent cache entry " + entry.string() + " does not load"));
+  EXPECT_EQ(again.counts["images_encoded"], 1);
+  EXPECT_EQ(again.counts["images_from_cache"], 3);
+  EXPECT_TRUE(at::equal(first.data.a, again.data.a));
+  EXPECT_TRUE(at::equal(first.data.b, again.data.b));
 }
 
 TEST(PairsManifest, TheSameImageInManyPairsIsEncodedOnce) {

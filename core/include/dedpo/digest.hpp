@@ -3,6 +3,7 @@
 // (unlike std::hash), written as 16 hex digits.
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -28,5 +29,6 @@ class Digest {
 
 std::string digest(std::string_view text);         // Digest of the text, as hex
 std::string tensor_digest(const at::Tensor& tensor);  // Digest of the tensor's bytes, as hex
+std::string file_digest(const std::filesystem::path& file);  // Digest of the file's bytes; Error when unreadable
 
 }  // namespace dedpo

@@ -13,6 +13,10 @@ namespace dedpo {
 // `what` names the source in errors ("pairs.jsonl line 3: image_a 'x.png'").
 at::Tensor decode_image(std::string_view bytes, const std::string& what);
 
+// What keeps `file` from being read as an image ("image file not found", "a folder, not an image
+// file", "a FIFO (named pipe), not an image file", ...); empty for a regular file.
+std::string image_file_problem(const std::filesystem::path& file);
+
 // Reads and decodes `file`. Errors name the file and say whether it is missing or not an image.
 at::Tensor read_image(const std::filesystem::path& file);
 

@@ -23,7 +23,7 @@ std::string file_name_safe(std::string_view text) {
 void write_grid_index(const fs::path& grid_dir, const GridIndex& index) {
   json runs = json::object();
   for (const auto& [folder, labels] : index) {
-    runs[folder] = {{"method", labels.method}, {"line", labels.line}};
+    runs[folder] = {{"method", labels.method}, {"line", labels.line}, {"inputs", labels.inputs}};
   }
   write_file_atomic(grid_dir / kGridIndexFile, json{{"runs", runs}}.dump(2) + "\n");
 }
@@ -36,7 +36,8 @@ GridIndex read_grid_index(const fs::path& grid_dir) {
   try {
     const json runs = json::parse(read_file(file)).at("runs");
     for (const auto& [folder, labels] : runs.items()) {
-      index[folder] = {labels.at("method").get<std::string>(), labels.at("line").get<std::string>()};
+      index[folder] = {labels.at("method").get<std::string>(), labels.at("line").get<std::string>(),
+                       labels.value("inputs", std::string())};
     }
   } catch (const json::exception& problem) {
     throw Error(file.string() + ": malformed grid index: " + problem.what());

@@ -1,7 +1,8 @@
 #pragma once
 // grid.json in a grid folder: for each run folder, the method it belongs to (the run without its
-// seed) and its line in the plots (also without its labelled fraction). The launcher names them
-// from the grid's cases and axes, so the report never parses folder names.
+// seed), its line in the plots (also without its labelled fraction) and the staleness key it
+// should have. The launcher names them from the grid's cases and axes, so the report never
+// parses folder names.
 #include <filesystem>
 #include <map>
 #include <string>
@@ -14,6 +15,7 @@ inline constexpr const char* kGridIndexFile = "grid.json";
 struct GridRunLabels {
   std::string method;  // summary.md rows: runs that differ only in their seed
   std::string line;    // plot lines: runs that differ only in seed and labelled fraction
+  std::string inputs;  // the run's staleness key when the grid last started (run/inputs.hpp)
 };
 using GridIndex = std::map<std::string, GridRunLabels>;  // by run folder name
 

@@ -1,12 +1,13 @@
 // Grids of runs: the [grid] table expanded into runs, each run a child process of the dedpo
 // program (a few at a time), then the report (grid/report.cpp).
 #include <fcntl.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -18,10 +19,13 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/host/runner.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "grid/grid_index.hpp"
+#include "run/inputs.hpp"
+#include "run/run_folder.hpp"
 
 extern char** environ;
 
@@ -36,20 +40,89 @@ struct GridRun {
   GridRunLabels labels;
 };
 
+// A readable name and the exact settings it stands for: names are made injective by appending a
+// digest of the settings where the readable text alone could be shared or lost something.
+struct Name {
+  std::string text;
+  std::string identity;  // the settings, exactly
+  bool exact = true;     // the text can be read back into the identity
+};
+
 // A name's parts, its case name and `key=value` per axis, joined by "__" without the parts of
 // the given axes ("all" when none is left).
 struct NameParts {
-  std::vector<std::pair<std::string, std::string>> parts;  // axis key ("" for the case), text
+  struct Part {
+    std::string key;      // axis key ("" for the case)
+    std::string text;     // readable, fit for a file name
+    std::string setting;  // exact: the case name or key=TOML literal
+    bool exact;
+  };
+  std::vector<Part> parts;
 
-  std::string joined_without(std::initializer_list<std::string_view> axes) const {
-    std::string out;
-    for (const auto& [key, text] : parts) {
-      if (std::find(axes.begin(), axes.end(), key) != axes.end()) continue;
-      out += (out.empty() ? "" : "__") + text;
+  Name joined_without(std::initializer_list<std::string_view> axes) const {
+    Name name;
+    for (const Part& part : parts) {
+      if (std::find(axes.begin(), axes.end(), part.key) != axes.end()) continue;
+      name.text += (name.text.empty() ? "" : "__") + part.text;
+      name.identity += part.setting + "\n";
+      name.exact = name.exact && part.exact;
     }
-    return out.empty() ? "all" : out;
+    if (name.text.empty()) name.text = "all";
+    return name;
   }
 };
+
+// `text` as a part of a folder name; not exact when characters were replaced, when it holds the
+// parts' separator or when it would make a hidden folder.
+std::pair<std::string, bool> name_part(const std::string& text) {
+  std::string safe = file_name_safe(text);
+  if (safe.starts_with('.')) safe[0] = '_';
+  return {safe, safe == text && safe.find("__") == std::string::npos};
+}
+
+constexpr std::size_t kReadableNameLimit = 96;  // longer readable names get a digest instead
+
+std::string with_digest(const Name& name) {
+  const std::string text = name.text.size() > kReadableNameLimit
+                               ? name.text.substr(0, kReadableNameLimit)
+                               : name.text;
+  return text + "-" + digest(name.identity).substr(0, 8);
+}
+
+std::string printable(std::string identity) {
+  std::replace(identity.begin(), identity.end(), '\n', ' ');
+  return identity;
+}
+
+// Makes `names` injective (one text per identity): names that are not exact or too long, and
+// names that different identities share, get the digest of their identity. Error when two
+// identities would still share a text. `what` names the names in that error.
+std::vector<std::string> injective(const std::vector<Name>& names, const char* what) {
+  std::vector<std::string> texts;
+  for (const Name& name : names) {
+    texts.push_back(name.exact && name.text.size() <= kReadableNameLimit ? name.text
+                                                                         : with_digest(name));
+  }
+  auto shared_texts = [&] {
+    std::map<std::string, std::set<std::string>> identities;
+    for (std::size_t i = 0; i < names.size(); ++i) identities[texts[i]].insert(names[i].identity);
+    std::map<std::string, std::set<std::string>> shared;
+    for (auto& [text, ids] : identities) {
+      if (ids.size() > 1) shared.emplace(text, std::move(ids));
+    }
+    return shared;
+  };
+  const auto shared = shared_texts();
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (shared.contains(texts[i]) && texts[i] == names[i].text) texts[i] = with_digest(names[i]);
+  }
+  for (const auto& [text, ids] : shared_texts()) {
+    throw Error(fmt::format("[grid]: two runs would share the {} '{}' (settings '{}' and '{}'); "
+                            "rename a case",
+                            what, text, printable(*ids.begin()), printable(*std::next(ids.begin()))));
+  }
+  return texts;
+}
 
 std::string literal(const toml::node& node) {
   std::ostringstream text;
@@ -132,21 +205,27 @@ std::vector<GridRun> expand_grid(const std::string& grid_toml) {
   }
 
   std::vector<GridRun> runs;
+  std::vector<Name> folders, methods, lines;
   for (const Case& c : cases) {
     std::vector<std::size_t> index(product.size(), 0);
     while (true) {
       GridRun run{"", c.overrides, {}};
       NameParts name;
-      if (!c.name.empty() || product.empty()) name.parts.emplace_back("", file_name_safe(c.name.empty() ? "run" : c.name));
+      if (!c.name.empty() || product.empty()) {
+        const std::string case_name = c.name.empty() ? "run" : c.name;
+        const auto [text, exact] = name_part(case_name);
+        name.parts.push_back({"", text, "case " + case_name, exact});
+      }
       for (std::size_t k = 0; k < product.size(); ++k) {
         const toml::node& value = *product[k].second[index[k]];
-        run.overrides.push_back({product[k].first, literal(value)});
-        name.parts.emplace_back(product[k].first,
-                                product[k].first + "=" + file_name_safe(display_value(value)));
+        const std::string& key = product[k].first;
+        run.overrides.push_back({key, literal(value)});
+        const auto [text, exact] = name_part(display_value(value));
+        name.parts.push_back({key, key + "=" + text, key + "=" + literal(value), exact});
       }
-      run.name = name.joined_without({});
-      run.labels = {name.joined_without({"run.seed"}),
-                    name.joined_without({"run.seed", "train.labelled_fraction"})};
+      folders.push_back(name.joined_without({}));
+      methods.push_back(name.joined_without({"run.seed"}));
+      lines.push_back(name.joined_without({"run.seed", "train.labelled_fraction"}));
       runs.push_back(std::move(run));
       std::size_t k = product.size();
       while (k > 0) {
@@ -156,6 +235,20 @@ std::vector<GridRun> expand_grid(const std::string& grid_toml) {
       }
       if (k == 0) break;
     }
+  }
+  std::set<std::string> settings;
+  for (const Name& folder : folders) {
+    if (!settings.insert(folder.identity).second) {
+      throw Error("[grid]: two runs have the same settings (" + folder.identity +
+                  "); a value is listed twice");
+    }
+  }
+  const auto folder_names = injective(folders, "run folder");
+  const auto method_names = injective(methods, "summary row");
+  const auto line_names = injective(lines, "plot line");
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    runs[i].name = folder_names[i];
+    runs[i].labels = {method_names[i], line_names[i], {}};
   }
   return runs;
 }
@@ -175,20 +268,25 @@ std::string last_lines(const fs::path& file, std::size_t count) {
   return out;
 }
 
+// Starts the dedpo program with `args`, its stdout and stderr appended to `output`. The child
+// dies with the grid (PR_SET_PDEATHSIG), so no run goes on writing after its grid is gone.
 pid_t spawn(const std::vector<std::string>& args, const fs::path& output) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, output.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
   std::vector<char*> argv;
   for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
-  pid_t pid = 0;
-  int status = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (status != 0) {
-    throw Error("cannot start " + args[0] + ": " + std::strerror(status));
+  const std::string exec_failed = "dedpo grid: cannot start " + args[0] + "\n";
+  const pid_t grid = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw Error("cannot start " + args[0] + ": " + std::strerror(errno));
+  if (pid == 0) {  // only async-signal-safe calls until exec
+    // The grid may have died before the prctl: then the child is an orphan already.
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != grid) ::_exit(127);
+    const int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(fd, 2) < 0) ::_exit(127);
+    ::close(fd);
+    ::execve(argv[0], argv.data(), environ);
+    [[maybe_unused]] auto written = ::write(2, exec_failed.data(), exec_failed.size());
+    ::_exit(127);
   }
   return pid;
 }
@@ -200,31 +298,38 @@ struct Job {
 };
 
 // The runs still to do, as commands: finished runs are skipped, interrupted ones resumed, and
-// stale ones (made from another configuration) counted and never reused.
+// stale ones (made from other inputs) counted and never reused.
 struct JobPlan {
   std::deque<Job> queue;
   std::size_t finished = 0;
   int stale = 0;
 };
 
-JobPlan plan_jobs(const fs::path& file, const fs::path& experiment_file, const fs::path& grid_dir,
-                  const std::vector<GridRun>& runs, std::span<const Override> overrides,
-                  const GridControl& control, PluginRegistry& registry) {
+// A run folder's state against the inputs key its run would have now.
+bool is_stale(const fs::path& dir, const std::string& key, const std::string& resolved_toml) {
+  std::error_code error;
+  if (!fs::exists(dir / kConfigFile, error)) return false;  // no run started there yet
+  if (read_run_inputs_key(dir) == key) return false;
+  const bool config_changed = read_file(dir / kConfigFile) != resolved_toml;
+  std::cerr << fmt::format(
+      "stale run {}: {}; remove the folder (or change run.name) to run it again\n", dir.string(),
+      config_changed ? "its config.toml differs from what the experiment now resolves to"
+                     : "what it was trained from changed since it ran (the [init] experiment or "
+                       "weights, or a plugin's version)");
+  return true;
+}
+
+JobPlan plan_jobs(const fs::path& experiment_file, const fs::path& grid_dir,
+                  const std::vector<GridRun>& runs, const std::vector<Experiment>& experiments,
+                  std::span<const Override> overrides, const GridControl& control) {
   JobPlan plan;
-  for (const GridRun& run : runs) {
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    const GridRun& run = runs[i];
     fs::path dir = grid_dir / run.name;
     std::error_code error;
-    if (fs::exists(dir / kConfigFile, error)) {
-      std::vector<Override> all(overrides.begin(), overrides.end());
-      all.insert(all.end(), run.overrides.begin(), run.overrides.end());
-      if (read_file(dir / kConfigFile) != load_experiment(file, all, registry).resolved_toml) {
-        std::cerr << fmt::format(
-            "stale run {}: its config.toml differs from what the experiment now resolves to; "
-            "remove the folder (or change run.name) to run it again\n",
-            dir.string());
-        ++plan.stale;
-        continue;
-      }
+    if (is_stale(dir, run.labels.inputs, experiments[i].resolved_toml)) {
+      ++plan.stale;
+      continue;
     }
     if (fs::exists(dir / kResultsFile, error)) {
       ++plan.finished;
@@ -247,32 +352,78 @@ JobPlan plan_jobs(const fs::path& file, const fs::path& experiment_file, const f
   return plan;
 }
 
-// Runs the queue, control.jobs child processes at a time; returns the number that failed.
-int run_jobs(std::deque<Job> queue, const GridControl& control) {
-  std::map<pid_t, std::pair<Job, std::chrono::steady_clock::time_point>> running;
+volatile std::sig_atomic_t stop_signal = 0;
+
+extern "C" void note_stop_signal(int signal) { stop_signal = signal; }
+
+// SIGINT and SIGTERM handlers for as long as the grid runs its jobs: a signal stops the launch
+// of further runs and is forwarded to the running ones, which the grid then waits for.
+class StopSignals {
+ public:
+  StopSignals() {
+    stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = note_stop_signal;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGINT, &action, &previous_int_);
+    ::sigaction(SIGTERM, &action, &previous_term_);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &previous_int_, nullptr);
+    ::sigaction(SIGTERM, &previous_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction previous_int_ {}, previous_term_ {};
+};
+
+struct JobsOutcome {
   int failures = 0;
+  int stopped_by = 0;        // the signal that stopped the grid; 0 when none did
+  std::size_t not_started = 0;
+};
+
+// Runs the queue, control.jobs child processes at a time.
+JobsOutcome run_jobs(std::deque<Job> queue, const GridControl& control) {
+  const StopSignals signals;
+  std::map<pid_t, std::pair<Job, std::chrono::steady_clock::time_point>> running;
+  JobsOutcome outcome;
   std::size_t done = 0, total = queue.size();
   while (!queue.empty() || !running.empty()) {
+    if (stop_signal != 0 && outcome.stopped_by == 0) {
+      outcome.stopped_by = stop_signal;
+      outcome.not_started = queue.size();
+      queue.clear();
+      std::cerr << fmt::format("grid: signal {} ({}): stopping {} running runs\n",
+                               static_cast<int>(outcome.stopped_by),
+                               strsignal(outcome.stopped_by), running.size());
+      for (const auto& entry : running) ::kill(entry.first, outcome.stopped_by);
+    }
     while (!queue.empty() && static_cast<int>(running.size()) < std::max(1, control.jobs)) {
       Job job = std::move(queue.front());
       queue.pop_front();
-      fs::create_directories(job.dir);
       try {
+        claim_run_dir(job.dir);
         pid_t pid = spawn(job.args, job.dir / "stdout.txt");
         running.emplace(pid, std::make_pair(std::move(job), std::chrono::steady_clock::now()));
       } catch (const Error& error) {
-        ++failures;
+        ++outcome.failures;
         ++done;
         std::cerr << fmt::format("[{}/{}] FAILED {}: {}\n", done, total, job.run->name, error.what());
       }
     }
     if (running.empty()) continue;
     int status = 0;
-    pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      throw Error(std::string("waitpid: ") + std::strerror(errno));
+    // Polled, so that a signal arriving at any moment is forwarded within a tenth of a second.
+    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid == 0 || (pid < 0 && errno == EINTR)) {
+      const timespec pause{0, 100'000'000};
+      ::nanosleep(&pause, nullptr);
+      continue;
     }
+    if (pid < 0) throw Error(std::string("waitpid: ") + std::strerror(errno));
     auto it = running.find(pid);
     if (it == running.end()) continue;
     auto [job, started] = std::move(it->second);
@@ -284,14 +435,17 @@ int run_jobs(std::deque<Job> queue, const GridControl& control) {
     std::error_code error;
     if (code == 0 && fs::exists(job.dir / kResultsFile, error)) {
       std::cerr << fmt::format("[{}/{}] done {} ({:.1f} s)\n", done, total, job.run->name, seconds);
+    } else if (outcome.stopped_by != 0) {
+      ++outcome.failures;
+      std::cerr << fmt::format("[{}/{}] stopped {} (exit code {})\n", done, total, job.run->name, code);
     } else {
-      ++failures;
+      ++outcome.failures;
       std::cerr << fmt::format("[{}/{}] FAILED {} (exit code {}); last lines of {}:\n{}", done,
                                total, job.run->name, code, (job.dir / "stdout.txt").string(),
                                last_lines(job.dir / "stdout.txt", 10));
     }
   }
-  return failures;
+  return outcome;
 }
 
 }  // namespace
@@ -300,27 +454,42 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
              PluginRegistry& registry) {
   Experiment experiment = load_experiment(file, overrides, registry);
   if (experiment.grid_toml.empty()) throw Error(file.string() + ": has no [grid] table");
+  if (control.program.empty()) throw Error("run_grid: no program to run the cases with");
   std::vector<GridRun> runs = expand_grid(experiment.grid_toml);
+  // Each run's experiment, resolved now: its staleness key goes into grid.json for the report.
+  std::vector<Experiment> experiments;
+  for (GridRun& run : runs) {
+    std::vector<Override> all(overrides.begin(), overrides.end());
+    all.insert(all.end(), run.overrides.begin(), run.overrides.end());
+    experiments.push_back(load_experiment(file, all, registry));
+    run.labels.inputs = run_inputs_key(experiments.back(), registry);
+  }
   fs::path grid_dir = experiment.run.output / (experiment.run.name + "-grid");
   fs::create_directories(grid_dir);
-  if (control.program.empty()) throw Error("run_grid: no program to run the cases with");
   fs::path experiment_file = experiment.file.empty() ? fs::absolute(file) : experiment.file;
   GridIndex index;
   for (const GridRun& run : runs) index[run.name] = run.labels;
   write_grid_index(grid_dir, index);
 
-  JobPlan plan = plan_jobs(file, experiment_file, grid_dir, runs, overrides, control, registry);
+  JobPlan plan = plan_jobs(experiment_file, grid_dir, runs, experiments, overrides, control);
   std::cerr << fmt::format("grid {}: {} runs, {} already finished, {} to run ({} at once)\n",
                            grid_dir.string(), runs.size(), plan.finished, plan.queue.size(),
                            std::max(1, control.jobs));
-  const int failures = plan.stale + run_jobs(std::move(plan.queue), control);
+  const JobsOutcome outcome = run_jobs(std::move(plan.queue), control);
+  const int failures = plan.stale + outcome.failures;
   std::string summary = write_report(grid_dir);
   std::cout << summary;
+  if (outcome.stopped_by != 0) {
+    std::cout << fmt::format("\nstopped by signal {}: {} runs not started; `dedpo grid` again "
+                             "resumes the stopped runs from their checkpoints\n",
+                             static_cast<int>(outcome.stopped_by), outcome.not_started);
+  }
   if (failures > 0) {
-    std::cout << fmt::format("\n{} of {} runs failed (see their stdout.txt and log.txt)\n",
+    std::cout << fmt::format("\n{} of {} runs failed or are stale (see their stdout.txt and "
+                             "log.txt)\n",
                              failures, runs.size());
   }
-  return failures;
+  return failures + static_cast<int>(outcome.not_started);
 }
 
 }  // namespace dedpo

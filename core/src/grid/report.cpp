@@ -6,6 +6,7 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
@@ -14,6 +15,7 @@
 #include "dedpo/host/trainer.hpp"
 #include "dedpo/records.hpp"
 #include "grid/grid_index.hpp"
+#include "run/inputs.hpp"
 
 namespace dedpo {
 namespace fs = std::filesystem;
@@ -251,6 +253,7 @@ struct GridRuns {
   std::vector<std::string> metric_names;   // in order of first appearance
   std::map<std::string, std::string> titles;  // metric -> summary column title, when declared
   std::size_t unfinished = 0;
+  std::vector<std::string> stale;  // finished, but from other inputs than the grid's now: left out
 };
 
 // One finished run: its config.toml and results.json. Runs missing from the grid's index
@@ -296,6 +299,12 @@ GridRuns read_runs(const fs::path& grid_dir) {
     if (!fs::exists(dir / kConfigFile, error) && !fs::exists(dir / kResultsFile, error)) continue;
     if (!fs::exists(dir / kResultsFile, error)) {
       ++runs.unfinished;
+      continue;
+    }
+    const auto expected = index.find(dir.filename().string());
+    if (expected != index.end() && !expected->second.inputs.empty() &&
+        read_run_inputs_key(dir) != expected->second.inputs) {
+      runs.stale.push_back(dir.filename().string());
       continue;
     }
     try {
@@ -377,6 +386,12 @@ std::string write_report(const fs::path& grid_dir) {
   if (runs.unfinished > 0) summary += fmt::format(", {} unfinished", runs.unfinished);
   summary += "; mean ± 95% confidence interval (Student t) over seeds, n = seeds.\n\n";
   summary += table_text(summary_cells(runs));
+  if (!runs.stale.empty()) {
+    summary += fmt::format(
+        "\nLeft out, stale (their config, [init] weights or plugins differ from the grid's now; "
+        "remove them to run them again): {}\n",
+        fmt::join(runs.stale, ", "));
+  }
 
   // Plots: one per metric, one line per method without its labelled fraction.
   std::vector<std::string> plots;

@@ -37,6 +37,7 @@ Figures evaluate_run(const fs::path& run_dir, std::span<const Override> override
                      PluginRegistry& registry) {
   const fs::path dir = fs::absolute(run_dir);
   Experiment experiment = load_run_experiment(dir, overrides, registry);
+  const RunFolderLock lock(dir);  // results.json is rewritten below
   std::error_code error;
   if (!fs::exists(dir / kWeightsFile, error) || !fs::exists(dir / kResultsFile, error)) {
     throw Error(dir.string() + ": the run has not finished (no " + kWeightsFile + " / " +

@@ -1,10 +1,10 @@
 #include "run/init.hpp"
 
-#include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/host/runner.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "run/checkpoint.hpp"
+#include "run/inputs.hpp"
 
 namespace dedpo {
 namespace fs = std::filesystem;
@@ -20,7 +20,8 @@ InitialWeights resolve_init(const Experiment& experiment, PluginRegistry& regist
   if (init.experiment.empty()) return info;
   const std::string init_experiment = init.experiment.string();
   Experiment sub = load_experiment(init_experiment, {}, registry);
-  std::string key = digest(sub.resolved_toml);
+  // Everything the [init] run's weights depend on, so an edited [init] chain trains anew.
+  std::string key = run_inputs_key(sub, registry);
   fs::path root = cache_dir(experiment) / "init";
   fs::create_directories(root);
   fs::path dir = root / key;

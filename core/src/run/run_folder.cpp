@@ -1,6 +1,12 @@
 #include "run/run_folder.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 
 #include <fmt/format.h>
@@ -27,9 +33,36 @@ std::string now_text() {
 
 fs::path cache_dir(const Experiment& experiment) { return experiment.run.output / ".cache"; }
 
+namespace {
+
+void write_marker(const fs::path& dir) {
+  write_file_atomic(dir / kRunMarkerFile, "a run folder made by dedpo\n");
+}
+
+}  // namespace
+
+void claim_run_dir(const fs::path& dir) {
+  std::error_code error;
+  if (fs::exists(dir / kRunMarkerFile, error)) return;
+  if (fs::exists(dir, error) || fs::is_symlink(dir, error)) {
+    if (!fs::is_directory(dir, error)) {
+      throw Error(dir.string() + ": exists and is not a folder; refusing to use it as a run folder");
+    }
+    if (!fs::is_empty(dir, error)) {
+      throw Error(dir.string() + ": this folder holds files that no dedpo run made (it has no " +
+                  kRunMarkerFile + " marker); refusing to write into it. Give a new or empty "
+                  "folder (or, for a run folder made by a dedpo before markers, create an empty " +
+                  kRunMarkerFile + " file in it)");
+    }
+  }
+  fs::create_directories(dir, error);
+  if (error) throw Error(dir.string() + ": cannot create run folder: " + error.message());
+  write_marker(dir);
+}
+
 fs::path make_run_dir(const Experiment& experiment, const RunControl& control) {
   if (!control.run_dir.empty()) {
-    fs::create_directories(control.run_dir);
+    claim_run_dir(control.run_dir);
     return fs::absolute(control.run_dir);
   }
   const fs::path& output = experiment.run.output;
@@ -37,10 +70,41 @@ fs::path make_run_dir(const Experiment& experiment, const RunControl& control) {
   for (int n = 1;; ++n) {
     fs::path candidate = output / fmt::format("{}-{}", experiment.run.name, n);
     std::error_code error;
-    if (fs::create_directory(candidate, error)) return fs::absolute(candidate);
+    if (fs::create_directory(candidate, error)) {
+      write_marker(candidate);
+      return fs::absolute(candidate);
+    }
     if (error) throw Error(candidate.string() + ": cannot create run folder: " + error.message());
   }
 }
+
+RunFolderLock::RunFolderLock(const fs::path& dir) {
+  const fs::path file = dir / kRunLockFile;
+  fd_ = ::open(file.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(file.string() + ": cannot open lock file: " + std::strerror(errno));
+  int status = 0;
+  while ((status = ::flock(fd_, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {
+  }
+  if (status != 0) {
+    const int problem = errno;
+    char text[32] = {};
+    const ssize_t n = ::pread(fd_, text, sizeof text - 1, 0);
+    ::close(fd_);
+    if (problem != EWOULDBLOCK) {
+      throw Error(file.string() + ": cannot lock: " + std::strerror(problem));
+    }
+    const std::string holder = n > 0 ? std::string(text, static_cast<std::size_t>(n)) : "unknown";
+    throw Error(dir.string() + ": process " + holder.substr(0, holder.find('\n')) +
+                " is writing this run folder; refusing a second writer (wait for it, or stop it)");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+    ::close(fd_);
+    throw Error(file.string() + ": cannot write the lock holder's pid");
+  }
+}
+
+RunFolderLock::~RunFolderLock() { ::close(fd_); }  // closing releases the flock
 
 void RunLog::line(const std::string& text) {
   if (out_.is_open()) {

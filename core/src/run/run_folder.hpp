@@ -16,8 +16,27 @@ namespace dedpo {
 // <output>/.cache: what runs of one output folder share (prompts, annotations, [init] runs).
 std::filesystem::path cache_dir(const Experiment& experiment);
 
-// control.run_dir when given, else a new <output>/<name>-<n>.
+// control.run_dir when given (claimed as below), else a new <output>/<name>-<n>.
 std::filesystem::path make_run_dir(const Experiment& experiment, const RunControl& control);
+
+// Makes `dir` a run folder: creates it with dedpo's marker file (kRunMarkerFile), or accepts a
+// folder that already carries the marker, or an empty one (marked then). Any other folder is
+// refused (Error): a run never writes into data it did not make.
+void claim_run_dir(const std::filesystem::path& dir);
+
+// The run folder's lock (flock on kRunLockFile), held while this process writes the folder. A
+// folder that another process holds is refused (Error naming that process's pid); the kernel
+// releases the lock when its holder dies, however it dies.
+class RunFolderLock {
+ public:
+  explicit RunFolderLock(const std::filesystem::path& dir);
+  ~RunFolderLock();
+  RunFolderLock(const RunFolderLock&) = delete;
+  RunFolderLock& operator=(const RunFolderLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 // log.txt: time-stamped lines, appended.
 class RunLog {

@@ -147,6 +147,12 @@ int available_cuda_devices() {
 RunSettings read_run_settings(const Options& run, int cuda_devices) {
   RunSettings settings;
   settings.name = run.string("name");
+  // A name, not a path: the run folder <output>/<name>-<n> must stay inside run.output.
+  if (settings.name.empty() || settings.name == "." || settings.name == ".." ||
+      settings.name.find('/') != std::string::npos) {
+    run.fail("name", "expected a name without '/' (not empty, '.' or '..'), got '" +
+                         settings.name + "'; run.output chooses the folder");
+  }
   settings.seed = static_cast<std::uint64_t>(run.integer("seed"));
   settings.output = run.string("output");
   const std::int64_t threads = non_negative(run, "threads");

@@ -17,6 +17,7 @@
 #include "run/caches.hpp"
 #include "run/checkpoint.hpp"
 #include "run/init.hpp"
+#include "run/inputs.hpp"
 #include "run/labelled_split.hpp"
 #include "run/progress.hpp"
 #include "run/run_folder.hpp"
@@ -36,17 +37,24 @@ struct TrainingData {
   json report = json::object();  // results.json "data"
 };
 
-// The run folder; a fresh start in a reused folder forgets what a previous attempt left.
-fs::path open_run_dir(const Experiment& experiment, const RunControl& control, RunStart start) {
-  fs::path run_dir = make_run_dir(experiment, control);
-  if (start == RunStart::fresh) {
-    std::error_code error;
-    fs::remove_all(run_dir / kCheckpointDir, error);
-    fs::remove(run_dir / kMetricsFile, error);
-    fs::remove(run_dir / kResultsFile, error);
-    write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
+// A fresh start in a run folder: what a previous attempt of this same run left (killed before
+// its first checkpoint) is forgotten; a finished run or a run of another configuration is never
+// overwritten.
+void start_afresh(const Experiment& experiment, const fs::path& run_dir, PluginRegistry& registry) {
+  std::error_code error;
+  if (fs::exists(run_dir / kResultsFile, error)) {
+    throw Error(run_dir.string() + ": holds a finished run; refusing to overwrite it (give a new "
+                "run folder)");
   }
-  return run_dir;
+  if (fs::exists(run_dir / kConfigFile, error) &&
+      read_file(run_dir / kConfigFile) != experiment.resolved_toml) {
+    throw Error(run_dir.string() + ": holds a run of another configuration (its " + kConfigFile +
+                " differs); refusing to overwrite it (give a new run folder)");
+  }
+  fs::remove_all(run_dir / kCheckpointDir, error);
+  fs::remove(run_dir / kMetricsFile, error);
+  write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
+  write_run_inputs(run_dir, run_inputs_key(experiment, registry));
 }
 
 // The annotator's probabilities for the pairs, when the loss needs them.
@@ -85,6 +93,7 @@ void set_objective(const Experiment& experiment, Assembly& parts, Trainer& train
   }
   data.pairs = parts.dataset->pairs(data_context);
   PairDataset& pairs = *data.pairs;
+  record_data_fingerprint(run_dir, pairs.fingerprint);
   std::int64_t ties = (pairs.human_label.to(at::kFloat) == 0.5f).sum().item<std::int64_t>();
   if (settings.ties == TiePolicy::drop) drop_tied_pairs(pairs);
   at::Tensor is_labelled =
@@ -235,7 +244,9 @@ json figure_titles(const std::vector<std::shared_ptr<Metric>>& metrics, const Fi
 RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
                       const RunControl& control, RunStart start) {
   const auto started = std::chrono::steady_clock::now();
-  const fs::path run_dir = open_run_dir(experiment, control, start);
+  const fs::path run_dir = make_run_dir(experiment, control);
+  const RunFolderLock lock(run_dir);
+  if (start == RunStart::fresh) start_afresh(experiment, run_dir, registry);
   RunLog log(run_dir / kLogFile);
   try {
     log.line((start == RunStart::resume ? "resuming " : "starting ") + run_dir.string());

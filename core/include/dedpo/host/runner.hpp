@@ -53,11 +53,13 @@ struct GridControl {
   std::filesystem::path program;  // the dedpo executable that runs each case (a child process)
 };
 // Expands the experiment's [grid], runs every case (skipping finished ones), writes the report.
-// Returns the number of failed runs.
+// SIGINT/SIGTERM stop it: forwarded to the running runs, which it waits for. Returns the number
+// of runs that failed, are stale, were stopped or not started (0: every run is done).
 int run_grid(const std::filesystem::path& file, std::span<const Override> overrides,
              const GridControl& control, PluginRegistry& registry);
 
 // (Re)writes results.csv, summary.md and the plots of a grid folder; returns the summary text.
+// Runs whose recorded inputs differ from those grid.json expects (stale) are left out and listed.
 std::string write_report(const std::filesystem::path& grid_dir);
 
 }  // namespace dedpo

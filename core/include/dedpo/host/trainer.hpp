@@ -21,6 +21,12 @@ inline constexpr const char* kResultsFile = "results.json";  // written last: it
 inline constexpr const char* kWeightsFile = "weights.pt";     // Backbone::save_weights
 inline constexpr const char* kCheckpointDir = "checkpoint";   // step-<N>.pt and `latest`
 inline constexpr const char* kSplitFile = "split.csv";        // labelled split of the pairs
+// Written when dedpo creates a run folder: only folders carrying it are ever written into again.
+inline constexpr const char* kRunMarkerFile = ".dedpo-run";
+// Locked (flock) by the process that writes the folder; holds that process's pid.
+inline constexpr const char* kRunLockFile = ".dedpo-lock";
+// What the run's result depends on (run/inputs.hpp): a grid compares it to find stale runs.
+inline constexpr const char* kInputsFile = "inputs.json";
 
 // Learning rate of optimiser step `step` (0-based) of `total`: linear warm-up over
 // `warmup_steps` (step 0 gets lr/warmup), then constant, or linear or cosine decay to 0 at
