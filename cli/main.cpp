@@ -20,6 +20,7 @@
 #include "dedpo/backbone.hpp"
 #include "dedpo/host/assemble.hpp"
 #include "dedpo/host/experiment.hpp"
+#include "dedpo/error_message.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/host/registry.hpp"
 #include "dedpo/host/runner.hpp"
@@ -367,7 +368,7 @@ int main(int argc, char** argv) {
     std::cerr << "dedpo " << command << ": " << error.what() << "\n\n" << kUsage;
     return 2;
   } catch (const std::exception& error) {
-    std::cerr << "error: " << error.what() << "\n";
+    std::cerr << "error: " << dedpo::error_message(error) << "\n";
     return 1;
   }
 }

@@ -42,12 +42,12 @@ void SdxlBackbone::load_text(const fs::path& folder, const sd::UNet2DConditionCo
   const fs::path config_1 = folder / "text_encoder" / "config.json";
   const fs::path config_2 = folder / "text_encoder_2" / "config.json";
   text_encoder_ = sd::ClipTextModel(sd::ClipTextConfig::from_file(config_1));
-  sd::load_component(*text_encoder_, sd::component_weights_file(folder / "text_encoder", "model", name()), name(),
-                     "text encoder (text_encoder/)");
+  load_component(*text_encoder_, sd::component_weights_file(folder / "text_encoder", "model", name()),
+                 "text encoder (text_encoder/)");
   sd::freeze(*text_encoder_);
   text_encoder_2_ = sd::ClipTextModelWithProjection(sd::ClipTextConfig::from_file(config_2));
-  sd::load_component(*text_encoder_2_, sd::component_weights_file(folder / "text_encoder_2", "model", name()), name(),
-                     "second text encoder (text_encoder_2/)");
+  load_component(*text_encoder_2_, sd::component_weights_file(folder / "text_encoder_2", "model", name()),
+                 "second text encoder (text_encoder_2/)");
   sd::freeze(*text_encoder_2_);
   tokenizer_.emplace(sd::ClipTokenizer::from_folder(folder / "tokenizer"));
   tokenizer_2_.emplace(sd::ClipTokenizer::from_folder(folder / "tokenizer_2"));

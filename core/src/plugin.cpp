@@ -29,8 +29,6 @@ const BuildInfo& host_build_info() {
   return info;
 }
 
-Error::~Error() = default;
-
 void Loss::load_state(const std::vector<double>& state) {
   if (!state.empty()) {
     throw Error("this loss keeps no running state, but the checkpoint holds " +

@@ -1,11 +1,16 @@
 #include "dedpo/host/registry.hpp"
 
+#include <elf.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <set>
 #include <variant>
 
 #include <boost/dll/shared_library.hpp>
+#include <fmt/format.h>
 #include <toml++/toml.h>
 
 #include "option_table.hpp"
@@ -18,6 +23,52 @@ namespace {
 constexpr const char* kEntrySymbol = "dedpo_library_info";
 
 bool is_plugin_file(const fs::path& file) { return file.extension() == ".so"; }
+
+// Why `file` cannot be a shared library of this program, or empty. dlopen maps a file's segments
+// as its headers say: a truncated library would map pages past the end of the file and stop the
+// process with SIGBUS when touched, so every table and segment must lie within the file.
+std::string elf_problem(const fs::path& file) {
+  std::error_code error;
+  const std::uintmax_t size = fs::file_size(file, error);
+  if (error) return "cannot read: " + error.message();
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return "cannot open for reading";
+  auto read_at = [&](std::uint64_t offset, void* into, std::size_t bytes) {
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(static_cast<char*>(into), static_cast<std::streamsize>(bytes));
+    return static_cast<bool>(in);
+  };
+  // Does [offset, offset + count * entry) lie within the file? (No overflow: each is < 2^48.)
+  auto within = [&](std::uint64_t offset, std::uint64_t count, std::uint64_t entry) {
+    return offset <= size && count * entry <= size - offset;
+  };
+  Elf64_Ehdr header;
+  if (size < sizeof header || !read_at(0, &header, sizeof header) ||
+      std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) {
+    return fmt::format("not an ELF shared library ({} bytes, no ELF header)", size);
+  }
+  if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB ||
+      header.e_type != ET_DYN) {
+    return "not a 64-bit little-endian ELF shared library (built for another machine?)";
+  }
+  const std::string truncated = fmt::format(
+      "truncated or corrupt library: its ELF headers describe data beyond its {} bytes", size);
+  if (header.e_phentsize != sizeof(Elf64_Phdr) ||
+      !within(header.e_phoff, header.e_phnum, sizeof(Elf64_Phdr)) ||
+      (header.e_shoff != 0 && !within(header.e_shoff, header.e_shnum, header.e_shentsize))) {
+    return truncated;
+  }
+  for (std::uint16_t i = 0; i < header.e_phnum; ++i) {
+    Elf64_Phdr segment;
+    if (!read_at(header.e_phoff + i * sizeof segment, &segment, sizeof segment)) {
+      return "cannot read its program headers";
+    }
+    if (segment.p_type == PT_LOAD && !within(segment.p_offset, 1, segment.p_filesz)) {
+      return truncated;
+    }
+  }
+  return {};
+}
 
 fs::path executable_path() {
   std::error_code error;
@@ -60,16 +111,26 @@ void PluginRegistry::load_directory(const fs::path& folder) {
     problems_.push_back({folder, folder.string() + ": plugin folder does not exist"});
     return;
   }
+  // Every *.so name goes to load_library, which reports one that is not a usable file (a
+  // symlink loop, a dangling link, no permission) as that file's problem.
   std::vector<fs::path> files;
-  for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
-    if (entry.is_regular_file() && is_plugin_file(entry.path())) files.push_back(entry.path());
+  fs::directory_iterator entries(folder, error);
+  for (; !error && entries != fs::directory_iterator(); entries.increment(error)) {
+    std::error_code type_error;
+    const bool folder_entry = entries->is_directory(type_error);
+    if (is_plugin_file(entries->path()) && !folder_entry) files.push_back(entries->path());
+  }
+  if (error) {
+    problems_.push_back({folder, folder.string() + ": cannot list plugin folder: " + error.message()});
   }
   std::sort(files.begin(), files.end());
   for (const fs::path& file : files) load_library(file);
 }
 
 bool PluginRegistry::load_library(const fs::path& file) {
-  fs::path canonical = fs::weakly_canonical(file);
+  std::error_code error;
+  fs::path canonical = fs::weakly_canonical(file, error);
+  if (error) canonical = fs::absolute(file, error);
   for (const PluginEntry& entry : entries_) {
     if (entry.library == canonical) return true;  // the same file reached through two paths
   }
@@ -77,6 +138,13 @@ bool PluginRegistry::load_library(const fs::path& file) {
     problems_.push_back({canonical, canonical.string() + ": " + std::move(message)});
     return false;
   };
+
+  const fs::file_status status = fs::status(canonical, error);
+  if (error || !fs::exists(status)) {
+    return fail("cannot read: " + (error ? error.message() : std::string("no such file")));
+  }
+  if (!fs::is_regular_file(status)) return fail("not a regular file");
+  if (std::string problem = elf_problem(canonical); !problem.empty()) return fail(problem);
 
   std::shared_ptr<boost::dll::shared_library> library;
   try {

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -281,8 +282,39 @@ void save(const std::filesystem::path& path, const std::map<std::string, at::Ten
   save(path, std::vector<std::pair<std::string, at::Tensor>>(tensors.begin(), tensors.end()), metadata);
 }
 
+void WeightCopier::copy(const std::string& key, at::Tensor& target, const at::Tensor& stored) {
+  const at::ScalarType from = stored.scalar_type();
+  const at::ScalarType to = target.scalar_type();
+  if (from != to) {
+    if (!at::isFloatingType(from) || !at::isFloatingType(to)) {
+      throw Error(fmt::format("{}: tensor '{}' is stored as {}, but the model's is {}; only "
+                              "floating-point dtypes convert into each other",
+                              origin_, key, dtype_name(from), dtype_name(to)));
+    }
+    ++casts_[{dtype_name(from), dtype_name(to)}];
+  }
+  target.copy_(stored);
+  if (finite_ == FiniteCheck::check && at::isFloatingType(to) &&
+      !at::isfinite(target).all().item<bool>()) {
+    const at::Tensor bad = at::logical_not(at::isfinite(target));
+    throw Error(fmt::format("{}: tensor '{}' holds {} non-finite values (NaN or infinity) of {}; "
+                            "the weights are damaged",
+                            origin_, key, bad.sum().item<std::int64_t>(), target.numel()));
+  }
+}
+
+void WeightCopier::warn_casts() const {
+  if (casts_.empty()) return;
+  std::string list;
+  for (const auto& [types, count] : casts_) {
+    list += fmt::format("{}{} to {} ({} tensor{})", list.empty() ? "" : ", ", types.first,
+                        types.second, count, count == 1 ? "" : "s");
+  }
+  std::cerr << fmt::format("warning: {}: converted to the model's dtype: {}\n", origin_, list);
+}
+
 void load_into(torch::nn::Module& module, const std::filesystem::path& path,
-               const std::vector<std::string>& ignored_keys) {
+               const std::vector<std::string>& ignored_keys, FiniteCheck finite) {
   File file(path);
   std::map<std::string, at::Tensor> targets;
   for (const auto& item : module.named_parameters(true)) targets.emplace(item.key(), item.value());
@@ -308,6 +340,7 @@ void load_into(torch::nn::Module& module, const std::filesystem::path& path,
     throw Error(message);
   }
   at::NoGradGuard no_grad;
+  WeightCopier copier(prefix(path), finite);
   for (auto& [key, target] : targets) {
     if (!file.contains(key)) continue;  // an ignored key the file lacks
     const TensorInfo& meta = file.info(key);
@@ -315,8 +348,9 @@ void load_into(torch::nn::Module& module, const std::filesystem::path& path,
       throw Error(fmt::format("{}: tensor '{}' has shape {}, but the model expects {}", prefix(path), key,
                               shape_string(meta.shape), shape_string(target.sizes())));
     }
-    target.copy_(file.get(key).to(target.scalar_type()));
+    copier.copy(key, target, file.get(key));
   }
+  copier.warn_casts();
 }
 
 }  // namespace dedpo::safetensors

@@ -63,6 +63,7 @@ void load_named_tensors(torch::nn::Module& module, const std::map<std::string, a
     throw Error(message);
   }
   at::NoGradGuard no_grad;
+  safetensors::WeightCopier copier(origin, safetensors::FiniteCheck::check);
   for (auto& [name, target] : targets) {
     const auto found = tensors.find(name);
     if (found == tensors.end()) continue;
@@ -70,8 +71,9 @@ void load_named_tensors(torch::nn::Module& module, const std::map<std::string, a
       throw Error(fmt::format("{}: key '{}' has shape {}, the model expects {}", origin, name,
                               c10::str(found->second.sizes()), c10::str(target.sizes())));
     }
-    target.copy_(found->second);
+    copier.copy(name, target, found->second);
   }
+  copier.warn_casts();
 }
 
 std::map<std::string, at::Tensor> read_clip_weights(const fs::path& file, std::vector<std::string>& unmatched) {

@@ -61,7 +61,8 @@ TEST(Loader, BrokenLibrariesEachGiveOneSpecificErrorAndTheRestStillLoads) {
   EXPECT_THAT(problem_for(registry, "dedpo_fixture_duplicate.so"),
               HasSubstr("duplicate plugin loss 'fixture_loss': already provided by " +
                         (kGood / "dedpo_fixture_good.so").string()));
-  EXPECT_THAT(problem_for(registry, "fixture_not_elf.so"), HasSubstr("cannot load library"));
+  EXPECT_THAT(problem_for(registry, "fixture_not_elf.so"),
+              HasSubstr("not an ELF shared library (24 bytes, no ELF header)"));
   EXPECT_EQ(registry.problems().size(), 6u);
 
   // The good plugin survived, and is the first one loaded, not the duplicate.
@@ -71,6 +72,53 @@ TEST(Loader, BrokenLibrariesEachGiveOneSpecificErrorAndTheRestStillLoads) {
   EXPECT_EQ(registry.plugins(PluginKind::loss).size(), 1u);
   EXPECT_EQ(registry.try_find(PluginKind::loss, "fixture_bad_abi"), nullptr);
   EXPECT_EQ(registry.try_find(PluginKind::loss, "fixture_other_libtorch"), nullptr);
+}
+
+// A plugin folder with a good library beside files that are not usable libraries.
+void fill_with_bad_files(const fs::path& folder) {
+  fs::copy_file(kGood / "dedpo_fixture_good.so", folder / "dedpo_fixture_good.so");
+  fs::copy_file(kGood / "dedpo_fixture_good.so", folder / "half.so");
+  fs::resize_file(folder / "half.so", fs::file_size(folder / "half.so") / 2);
+  fs::create_symlink("loop.so", folder / "loop.so");
+  fs::create_symlink("vanished-target.so", folder / "gone.so");
+  dedpo::test::write_file(folder / "text.so", "not a library\n");
+  dedpo::test::write_file(folder / "empty.so", "");
+}
+
+TEST(Loader, EachUnusableFileIsItsOwnProblemAndTheRestLoads) {
+  dedpo::test::TempDir temp;
+  fill_with_bad_files(temp.path());
+  PluginRegistry registry;
+  registry.load_directory(temp.path());
+  // Each bad file is named with what is wrong; a truncated library is refused before dlopen
+  // (which would map pages beyond its end and stop the process with SIGBUS).
+  EXPECT_THAT(problem_for(registry, "half.so"),
+              HasSubstr((temp / "half.so").string() +
+                        ": truncated or corrupt library: its ELF headers describe data beyond its"));
+  EXPECT_THAT(problem_for(registry, "loop.so"),
+              HasSubstr((temp / "loop.so").string() + ": cannot read: "));
+  EXPECT_THAT(problem_for(registry, "loop.so"), HasSubstr("symbolic links"));
+  EXPECT_THAT(problem_for(registry, "gone.so"), HasSubstr(": cannot read: "));
+  EXPECT_THAT(problem_for(registry, "text.so"), HasSubstr("not an ELF shared library (14 bytes"));
+  EXPECT_THAT(problem_for(registry, "empty.so"), HasSubstr("not an ELF shared library (0 bytes"));
+  EXPECT_EQ(registry.problems().size(), 5u);
+  EXPECT_NE(registry.try_find(PluginKind::loss, "fixture_loss"), nullptr);
+}
+
+TEST(Loader, CommandsWorkBesideUnusableFilesOnThePluginPath) {
+  dedpo::test::TempDir temp;
+  fill_with_bad_files(temp.path());
+  const std::string path = "DEDPO_PLUGIN_PATH='" + temp.path().string() + "' ";
+  auto result = dedpo::test::run_shell(path + "'" + DEDPO_EXECUTABLE + "' plugins");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("fixture_loss"));  // the good library on that path
+  EXPECT_THAT(result.output, HasSubstr("  dedpo "));      // the program's own plugins
+  for (const char* name : {"half.so", "loop.so", "gone.so", "text.so", "empty.so"}) {
+    EXPECT_THAT(result.output, HasSubstr("warning: " + (temp / name).string() + ": ")) << name;
+  }
+  result = dedpo::test::run_shell(path + "'" + DEDPO_EXECUTABLE + "' plugins show dedpo");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("loss 'dedpo'"));
 }
 
 TEST(Loader, MissingFolderAndUnknownPluginAreReported) {

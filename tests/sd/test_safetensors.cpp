@@ -4,6 +4,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -192,22 +193,53 @@ struct Outer : torch::nn::Module {
   at::Tensor scale, count;
 };
 
-TEST(LoadInto, FillsParametersAndBuffersConvertingDtype) {
+TEST(LoadInto, FillsParametersAndBuffersCastingFloatsWithAWarning) {
   TempDir dir;
   const auto path = dir / "w.safetensors";
   const at::Tensor weight = at::randn({2, 3}).to(at::kHalf);
   st::save(path, std::map<std::string, at::Tensor>{{"inner.fc.weight", weight},
                                                    {"inner.fc.bias", at::full({2}, 0.5)},
                                                    {"scale", at::full({2}, 3.0, at::kDouble)},
-                                                   {"count", at::full({1}, 7, at::kInt)},
+                                                   {"count", at::full({1}, 7, at::kLong)},
                                                    {"text_model.embeddings.position_ids", at::arange(4)}});
   Outer model;
+  testing::internal::CaptureStderr();
   st::load_into(model, path, {"text_model.embeddings.position_ids"});
+  EXPECT_EQ(testing::internal::GetCapturedStderr(),
+            "warning: safetensors file '" + path.string() +
+                "': converted to the model's dtype: F16 to F32 (1 tensor), F64 to F32 (1 tensor)\n");
   EXPECT_EQ(model.inner->fc->weight.scalar_type(), at::kFloat);
   EXPECT_TRUE(at::equal(model.inner->fc->weight, weight.to(at::kFloat)));
   EXPECT_TRUE(at::equal(model.inner->fc->bias, at::full({2}, 0.5)));
   EXPECT_TRUE(at::equal(model.scale, at::full({2}, 3.0)));
   EXPECT_EQ(model.count.item<int64_t>(), 7);
+}
+
+TEST(LoadInto, RefusesAnyOtherDtypeChangeAndNonFiniteValues) {
+  TempDir dir;
+  const auto path = dir / "w.safetensors";
+  std::map<std::string, at::Tensor> tensors{{"inner.fc.weight", at::zeros({2, 3})},
+                                            {"inner.fc.bias", at::zeros({2})},
+                                            {"scale", at::ones({2}, at::kInt)},
+                                            {"count", at::zeros({1}, at::kLong)}};
+  st::save(path, tensors);
+  Outer model;
+  EXPECT_EQ(error_of([&] { st::load_into(model, path); }),
+            "safetensors file '" + path.string() + "': tensor 'scale' is stored as I32, but the model's is F32; "
+            "only floating-point dtypes convert into each other");
+  tensors["scale"] = at::ones({2});
+  tensors["count"] = at::zeros({1}, at::kInt);  // integer to another integer: refused as well
+  st::save(path, tensors);
+  EXPECT_THAT(error_of([&] { st::load_into(model, path); }),
+              testing::HasSubstr("tensor 'count' is stored as I32, but the model's is I64"));
+  tensors["count"] = at::zeros({1}, at::kLong);
+  tensors["inner.fc.weight"] = at::tensor({1.0, std::nan(""), INFINITY, 2.0, -INFINITY, 0.0}).reshape({2, 3});
+  st::save(path, tensors);
+  EXPECT_EQ(error_of([&] { st::load_into(model, path); }),
+            "safetensors file '" + path.string() + "': tensor 'inner.fc.weight' holds 3 non-finite values "
+            "(NaN or infinity) of 6; the weights are damaged");
+  st::load_into(model, path, {}, st::FiniteCheck::skip);
+  EXPECT_TRUE(std::isnan(model.inner->fc->weight[0][1].item<float>()));
 }
 
 TEST(LoadInto, ReportsMissingAndUnexpectedKeysTogether) {

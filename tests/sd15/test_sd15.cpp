@@ -9,19 +9,28 @@
 #include <torch/nn/module.h>
 #include <torch/optim/adamw.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "dedpo/backbone.hpp"
 #include "dedpo/loss.hpp"
 #include "dedpo/host/registry.hpp"
 #include "dedpo/safetensors.hpp"
+#include "dedpo/sd/clip.hpp"
 #include "dedpo/sd/diffusion_backbone.hpp"
+#include "dedpo/sd/unet.hpp"
+#include "dedpo/sd/vae.hpp"
 #include "module_test_support.hpp"
 #include "test_support.hpp"
 
@@ -405,3 +414,147 @@ TEST(Sd15, CorruptedFolderNamesMissingAndUnexpectedKeys) {
 }
 
 }  // namespace
+
+namespace {
+
+// A copy of the tiny folder whose UNet weights `change` edits.
+fs::path folder_with_unet(const std::string& name,
+                          const std::function<void(std::map<std::string, at::Tensor>&)>& change) {
+  const fs::path folder = scratch() / name;
+  fs::remove_all(folder);
+  fs::copy(tiny(), folder, fs::copy_options::recursive);
+  const fs::path unet = folder / "unet" / "diffusion_pytorch_model.safetensors";
+  auto tensors = dedpo::safetensors::load(unet);
+  change(tensors);
+  dedpo::safetensors::save(unet, tensors);
+  return folder;
+}
+
+// A copy of the tiny folder whose UNet config.json `change` edits.
+fs::path folder_with_unet_config(const std::string& name, const std::function<void(nlohmann::json&)>& change) {
+  const fs::path folder = scratch() / name;
+  fs::remove_all(folder);
+  fs::copy(tiny(), folder, fs::copy_options::recursive);
+  const fs::path config = folder / "unet" / "config.json";
+  nlohmann::json json = nlohmann::json::parse(dedpo::test::read_file(config));
+  change(json);
+  dedpo::test::write_file(config, json.dump(2));
+  return folder;
+}
+
+// The message of the dedpo::Error that preparing the backbone on `folder` throws.
+std::string prepare_error(const fs::path& folder) {
+  try {
+    make("", folder);
+  } catch (const dedpo::Error& e) {
+    return e.what();
+  }
+  return "(prepared without an error)";
+}
+
+}  // namespace
+
+TEST(Sd15, WeightsStoredInAnIntegerDtypeAreRefused) {
+  const fs::path folder = folder_with_unet("int32", [](auto& tensors) {
+    tensors["conv_in.weight"] = tensors["conv_in.weight"].mul(100).to(at::kInt);
+  });
+  const std::string message = prepare_error(folder);
+  EXPECT_THAT(message, testing::HasSubstr((folder / "unet" / "diffusion_pytorch_model.safetensors").string()));
+  EXPECT_THAT(message, testing::HasSubstr("tensor 'conv_in.weight' is stored as I32, but the model's is F32"));
+}
+
+TEST(Sd15, Float16WeightsLoadWithTheCastStated) {
+  std::size_t count = 0;
+  const fs::path folder = folder_with_unet("float16", [&](auto& tensors) {
+    for (auto& [key, tensor] : tensors) tensor = tensor.to(at::kHalf);
+    count = tensors.size();
+  });
+  testing::internal::CaptureStderr();
+  auto b = make("", folder);
+  const std::string warnings = testing::internal::GetCapturedStderr();
+  const std::string unet_file = (folder / "unet" / "diffusion_pytorch_model.safetensors").string();
+  EXPECT_THAT(warnings, testing::HasSubstr("warning: safetensors file '" + unet_file +
+                                           "': converted to the model's dtype: F16 to F32 (" +
+                                           std::to_string(count) + " tensors)\n"));
+  // Once for the file, not per tensor.
+  EXPECT_EQ(warnings.find(unet_file), warnings.rfind(unet_file)) << warnings;
+  const auto stored = dedpo::safetensors::load(folder / "unet" / "diffusion_pytorch_model.safetensors");
+  auto loaded = b->model().named_parameters();
+  EXPECT_TRUE(at::equal(loaded["conv_in.weight"], stored.at("conv_in.weight").to(at::kFloat)));
+}
+
+TEST(Sd15, NonFiniteWeightsAreRefusedUnlessTheCheckIsOff) {
+  const fs::path folder = folder_with_unet("nan", [](auto& tensors) {
+    tensors["conv_in.weight"] = at::full_like(tensors["conv_in.weight"], std::nan(""));
+  });
+  const std::int64_t count = dedpo::safetensors::load(folder / "unet" / "diffusion_pytorch_model.safetensors")
+                                 .at("conv_in.weight")
+                                 .numel();
+  const std::string message = prepare_error(folder);
+  EXPECT_THAT(message, testing::HasSubstr("sd15: loading the UNet from "));
+  EXPECT_THAT(message, testing::HasSubstr(fmt::format("tensor 'conv_in.weight' holds {} non-finite values", count)));
+  // check_weights = false: loaded as they are (for speed; the caller vouches for the file).
+  auto b = make("check_weights = false", folder);
+  EXPECT_TRUE(at::isnan(b->model().named_parameters()["conv_in.weight"]).all().item<bool>());
+}
+
+TEST(Sd15, AbsurdConfigSizesAreRefusedBeforeAllocating) {
+  // Channels 10^5 times the tiny model's: about 10^14 parameters, which no machine holds; built,
+  // the UNet would allocate until it failed.
+  const fs::path folder = folder_with_unet_config("huge", [](nlohmann::json& config) {
+    for (auto& channels : config["block_out_channels"]) channels = channels.get<std::int64_t>() * 100000;
+  });
+  const std::string message = prepare_error(folder);
+  EXPECT_THAT(message, testing::HasSubstr("config '" + (folder / "unet" / "config.json").string() +
+                                          "': describes a UNet of at least "));
+  EXPECT_THAT(message, testing::HasSubstr("GiB in float32), more than this machine's"));
+}
+
+TEST(Sd15, ParameterLowerBoundsHoldForTheTinyModels) {
+  auto count = [](torch::nn::Module& module) {
+    double n = 0;
+    for (const at::Tensor& p : module.parameters()) n += static_cast<double>(p.numel());
+    return n;
+  };
+  const auto unet_config = dedpo::sd::UNet2DConditionConfig::from_file(tiny() / "unet" / "config.json");
+  dedpo::sd::UNet2DConditionModel unet(unet_config);
+  const auto vae_config = dedpo::sd::AutoencoderKLConfig::from_file(tiny() / "vae" / "config.json");
+  dedpo::sd::AutoencoderKL vae(vae_config);
+  const auto clip_config = dedpo::sd::ClipTextConfig::from_file(tiny() / "text_encoder" / "config.json");
+  dedpo::sd::ClipTextModel clip(clip_config);
+  // A bound, and a useful one: a large share of the weights even in these tiny models, where
+  // biases, norms and embeddings weigh more than at real sizes.
+  for (const auto& [bound, actual] : {std::pair{unet_config.parameter_lower_bound(), count(*unet)},
+                                      std::pair{vae_config.parameter_lower_bound(), count(*vae)},
+                                      std::pair{clip_config.parameter_lower_bound(), count(*clip)}}) {
+    EXPECT_LE(bound, actual);
+    EXPECT_GE(bound, actual / 8);
+  }
+}
+
+TEST(Sd15, LibTorchErrorsReachTheUserAsOneLineWithWhatWasBeingDone) {
+  // A negative size passes the config reader and fails inside LibTorch when the UNet is built.
+  const fs::path folder = folder_with_unet_config("negative", [](nlohmann::json& config) {
+    config["time_embedding_dim"] = -4;
+  });
+  const fs::path experiment = scratch() / "negative.toml";
+  dedpo::test::write_file(experiment, "[run]\nname = \"n\"\noutput = \"runs\"\nthreads = 1\n"
+                                      "[backbone]\nplugin = \"sd15\"\npath = \"" + folder.string() +
+                                      "\"\nresolution = 16\n[data]\nplugin = \"toy_samples\"\n"
+                                      "[train]\nobjective = \"denoising\"\n");
+  const auto result = dedpo::test::run_dedpo("sample '" + experiment.string() + "' --prompt cat --out '" +
+                                             (scratch() / "never").string() + "'");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_THAT(result.output, testing::HasSubstr("error: sd15: building the UNet of " +
+                                                (folder / "unet" / "config.json").string() + ": "));
+  EXPECT_THAT(result.output, testing::HasSubstr("negative dimension"));
+  EXPECT_THAT(result.output, testing::Not(testing::HasSubstr("Exception raised from")));
+  // Besides the stated casts of the tiny model's bfloat16 text encoder, one line: the error.
+  std::istringstream lines(result.output);
+  int errors = 0;
+  for (std::string line; std::getline(lines, line);) {
+    EXPECT_TRUE(line.starts_with("warning: ") || line.starts_with("error: ")) << line;
+    errors += line.starts_with("error: ") ? 1 : 0;
+  }
+  EXPECT_EQ(errors, 1) << result.output;
+}

@@ -1,11 +1,15 @@
 // Trainer tests on the test-only fixture plugins (tests/trainer_fixture): determinism, resume,
 // NaN guard, checkpoints, run folders, annotation cache, [init], schedules and Adafactor.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <string>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
@@ -212,13 +216,29 @@ TEST(Trainer, NonFiniteLossSkipsTheStepAndCountsIt) {
   for (std::size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(at::equal(after[i], initial[i]));
 }
 
+namespace {
+
+// A pid no process can have (above the kernel's largest pid_max): the writer of a temp file so
+// named is gone.
+constexpr const char* kDeadPid = "99999999";
+
+void truncate_to_half(const fs::path& file) { fs::resize_file(file, fs::file_size(file) / 2); }
+
+// `e` with checkpoint_every = 2, run in `dir` and stopped after step 5: checkpoints at 2 and 4.
+Experiment run_interrupted_at_5(PluginRegistry& registry, const fs::path& temp, const fs::path& dir) {
+  Experiment e = experiment(registry, temp, {{"train.checkpoint_every", "2"}});
+  RunControl stop = quiet(dir);
+  stop.stop_after_steps = 5;
+  run_experiment(e, registry, stop);
+  return e;
+}
+
+}  // namespace
+
 TEST(Trainer, CheckpointsAreWholeFilesBehindAnAtomicPointer) {
   test::TempDir temp;
   PluginRegistry registry = fixture_registry();
-  Experiment e = experiment(registry, temp.path(), {{"train.checkpoint_every", "2"}});
-  RunControl stop = quiet(temp / "run");
-  stop.stop_after_steps = 5;
-  run_experiment(e, registry, stop);
+  Experiment e = run_interrupted_at_5(registry, temp.path(), temp / "run");
   fs::path folder = temp / "run" / kCheckpointDir;
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(folder)) names.push_back(entry.path().filename());
@@ -235,6 +255,102 @@ TEST(Trainer, CheckpointsAreWholeFilesBehindAnAtomicPointer) {
   for (const auto& entry : fs::directory_iterator(temp / "full" / kCheckpointDir)) {
     EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos);
   }
+}
+
+TEST(Trainer, ResumeFallsBackFromACorruptLatestCheckpointAndRemovesAbandonedTempFiles) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = run_interrupted_at_5(registry, temp.path(), temp / "run");
+  run_experiment(e, registry, quiet(temp / "full"));
+  const fs::path run = temp / "run";
+  const fs::path folder = run / kCheckpointDir;
+  truncate_to_half(folder / "step-00000004.pt");
+  // What writes killed before their rename leave, and files that are not such leftovers.
+  const std::string dead = kDeadPid;
+  const std::string alive = std::to_string(::getpid());
+  for (const fs::path& file :
+       {folder / (".step-00000006.pt.tmp." + dead), folder / (".latest.tmp." + dead),
+        run / (".results.json.tmp." + dead), run / (".weights.pt.tmp." + alive),
+        run / ".notes.tmp.txt", run / (".notes.tmp." + dead + "x")}) {
+    std::ofstream(file) << "partial";
+  }
+
+  testing::internal::CaptureStderr();
+  RunResult resumed = resume_run(run, registry, quiet({}));
+  const std::string warnings = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(resumed.finished);
+  expect_same_weights(temp / "full", run);
+  EXPECT_EQ(jsonl(run / kMetricsFile).size(), jsonl(temp / "full" / kMetricsFile).size());
+  // One line names the skipped checkpoint, why, and where the run continued; no stack trace.
+  EXPECT_THAT(warnings, testing::HasSubstr("skipped checkpoint step-00000004.pt: "));
+  EXPECT_THAT(warnings, testing::HasSubstr("; resuming from step-00000002.pt\n"));
+  EXPECT_EQ(std::count(warnings.begin(), warnings.end(), '\n'), 1) << warnings;
+  EXPECT_THAT(test::read_text(run / kLogFile),
+              testing::HasSubstr("skipped checkpoint step-00000004.pt: "));
+  // The final checkpoint is the one the resumed run wrote, not the corrupt one.
+  EXPECT_EQ(test::read_text(folder / "latest"), "step-00000012.pt\n");
+  for (const fs::path& gone : {folder / (".step-00000006.pt.tmp." + dead),
+                               folder / (".latest.tmp." + dead), run / (".results.json.tmp." + dead)}) {
+    EXPECT_FALSE(fs::exists(gone)) << gone;
+  }
+  // A live process's temp file and names of another pattern stay.
+  for (const fs::path& kept : {run / (".weights.pt.tmp." + alive), run / ".notes.tmp.txt",
+                               run / (".notes.tmp." + dead + "x")}) {
+    EXPECT_TRUE(fs::exists(kept)) << kept;
+  }
+}
+
+TEST(Trainer, ResumeWithNoCheckpointThatLoadsNamesEachAndStops) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  run_interrupted_at_5(registry, temp.path(), temp / "run");
+  const fs::path folder = temp / "run" / kCheckpointDir;
+  truncate_to_half(folder / "step-00000004.pt");
+  std::ofstream(folder / "step-00000002.pt", std::ios::trunc) << "not a checkpoint";
+  try {
+    resume_run(temp / "run", registry, quiet({}));
+    FAIL() << "resumed from corrupt checkpoints";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    EXPECT_THAT(message, testing::HasSubstr("no checkpoint loads; step-00000004.pt: "));
+    EXPECT_THAT(message, testing::HasSubstr("; step-00000002.pt: "));
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_EQ(message.find("Exception raised from"), std::string::npos) << message;
+  }
+  EXPECT_FALSE(fs::exists(temp / "run" / kResultsFile));
+}
+
+TEST(Trainer, WallTimeAddsUpTheSessionsOfAResumedRun) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  Experiment e = experiment(registry, temp.path());
+  run_experiment(e, registry, quiet(temp / "full"));
+  const fs::path run = temp / "run";
+  auto checkpoint_wall_time = [&](const char* name) {
+    torch::serialize::InputArchive archive;
+    archive.load_from((run / kCheckpointDir / name).string());
+    c10::IValue value;
+    archive.read("wall_time_s", value);
+    return value.toDouble();
+  };
+  RunControl stop = quiet(run);
+  stop.stop_after_steps = 7;  // session 1: checkpoint at 4
+  run_experiment(e, registry, stop);
+  const double at_4 = checkpoint_wall_time("step-00000004.pt");
+  RunControl stop_again = quiet({});
+  stop_again.stop_after_steps = 4;  // session 2: from 4 to 8, checkpoint at 8
+  resume_run(run, registry, stop_again);
+  const double at_8 = checkpoint_wall_time("step-00000008.pt");
+  ASSERT_TRUE(resume_run(run, registry, quiet({})).finished);  // session 3: to the end
+  const double total =
+      nlohmann::json::parse(test::read_text(run / kResultsFile))["wall_time_s"].get<double>();
+  EXPECT_GT(at_4, 0);
+  EXPECT_GT(at_8, at_4);   // session 2 counted on top of session 1
+  EXPECT_GT(total, at_8);  // and session 3 on top of both
+  EXPECT_THAT(test::read_text(run / kLogFile),
+              testing::HasSubstr(fmt::format("loaded step-00000008.pt (step 8, {:.1f} s of earlier "
+                                             "sessions)", at_8)));
+  expect_same_weights(temp / "full", run);
 }
 
 TEST(Trainer, AnnotationsAreCachedAcrossRuns) {

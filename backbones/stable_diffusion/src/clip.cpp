@@ -33,7 +33,15 @@ ClipTextConfig ClipTextConfig::from_json(const std::string& text, const std::str
   if (c.num_attention_heads <= 0 || c.hidden_size % c.num_attention_heads != 0) {
     cfg.fail("num_attention_heads", "must divide hidden_size");
   }
+  detail::check_model_fits(cfg, "CLIP text encoder", c.parameter_lower_bound());
   return c;
+}
+
+double ClipTextConfig::parameter_lower_bound() const {
+  // Token and position embeddings; per layer the attention projections (4h²) and the MLP (2·h·i).
+  const double h = static_cast<double>(hidden_size);
+  return (static_cast<double>(vocab_size) + static_cast<double>(max_position_embeddings)) * h +
+         static_cast<double>(num_hidden_layers) * (4 * h * h + 2 * h * static_cast<double>(intermediate_size));
 }
 
 ClipTextConfig ClipTextConfig::from_file(const std::filesystem::path& path) {

@@ -30,7 +30,17 @@ ClipVisionConfig ClipVisionConfig::from_json(const std::string& text, const std:
     cfg.fail("num_attention_heads", "must divide hidden_size");
   }
   if (c.patch_size <= 0 || c.image_size % c.patch_size != 0) cfg.fail("patch_size", "must divide image_size");
+  detail::check_model_fits(cfg, "CLIP vision encoder", c.parameter_lower_bound());
   return c;
+}
+
+double ClipVisionConfig::parameter_lower_bound() const {
+  // Patch embedding and positions; per layer the attention projections (4h²) and the MLP (2·h·i).
+  const double h = static_cast<double>(hidden_size);
+  const double p = static_cast<double>(patch_size);
+  const double patches = (static_cast<double>(image_size) / p) * (static_cast<double>(image_size) / p);
+  return (static_cast<double>(num_channels) * p * p + patches + 1) * h +
+         static_cast<double>(num_hidden_layers) * (4 * h * h + 2 * h * static_cast<double>(intermediate_size));
 }
 
 ClipVisionConfig ClipVisionConfig::from_file(const std::filesystem::path& path) {

@@ -11,6 +11,7 @@
 
 #include "dedpo/autocast.hpp"
 #include "dedpo/digest.hpp"
+#include "dedpo/error_message.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/option_choice.hpp"
 #include "dedpo/safetensors.hpp"
@@ -79,16 +80,6 @@ fs::path component_weights_file(const fs::path& folder, const std::string& base,
                              : std::string(" and several other *.safetensors files")));
 }
 
-void load_component(torch::nn::Module& module, const fs::path& file, const std::string& who, const std::string& what) {
-  // Older transformers checkpoints of CLIP text encoders store this buffer; newer ones do not.
-  static const std::vector<std::string> kOptionalKeys = {"text_model.embeddings.position_ids"};
-  try {
-    safetensors::load_into(module, file, kOptionalKeys);
-  } catch (const Error& e) {
-    throw Error(who + ": loading the " + what + ": " + e.what());
-  }
-}
-
 void freeze(torch::nn::Module& module) {
   for (at::Tensor& p : module.parameters()) p.set_requires_grad(false);
   module.eval();
@@ -123,6 +114,7 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
       lora_alpha_(0),
       lora_targets_(split_list(options.string("lora_targets"))),
       gradient_checkpointing_(options.boolean("gradient_checkpointing")),
+      weights_check_(options.boolean("check_weights") ? safetensors::FiniteCheck::check : safetensors::FiniteCheck::skip),
       reference_on_cpu_(false),
       sampler_(read_choice<SamplerKind>(options, "sampler", {{"ddim", SamplerKind::ddim}, {"euler", SamplerKind::euler}})),
       sample_steps_(options.integer("sample_steps")),
@@ -155,6 +147,13 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
 DiffusionBackbone::~DiffusionBackbone() = default;
 
 void DiffusionBackbone::fail(const std::string& problem) const { throw Error(name_ + ": " + problem); }
+
+void DiffusionBackbone::load_component(torch::nn::Module& module, const fs::path& file, const std::string& what) const {
+  // Older transformers checkpoints of CLIP text encoders store this buffer; newer ones do not.
+  static const std::vector<std::string> kOptionalKeys = {"text_model.embeddings.position_ids"};
+  with_context(name_ + ": loading the " + what + " from " + file.string(),
+               [&] { safetensors::load_into(module, file, kOptionalKeys, weights_check_); });
+}
 
 void DiffusionBackbone::require_prepared(const char* what) const {
   if (!prepared_) fail(std::string(what) + " needs prepare() first");
@@ -189,13 +188,15 @@ void DiffusionBackbone::prepare(const BackboneContext& context) {
   // The text side first: a text encoder that does not fit the UNet fails before its weights load.
   load_text(path_, unet_config);
   for (torch::nn::Module* module : text_modules()) store_in(*module, frozen_dtype_);
-  unet_ = UNet2DConditionModel(unet_config);
-  load_component(*unet_, component_weights_file(path_ / "unet", "diffusion_pytorch_model", name_), name_, "UNet");
-  if (!context.initial_weights.empty()) load_component(*unet_, context.initial_weights, name_, "initial UNet weights");
+  unet_ = with_context(name_ + ": building the UNet of " + (path_ / "unet" / "config.json").string(),
+                       [&] { return UNet2DConditionModel(unet_config); });
+  load_component(*unet_, component_weights_file(path_ / "unet", "diffusion_pytorch_model", name_), "UNet");
+  if (!context.initial_weights.empty()) load_component(*unet_, context.initial_weights, "initial UNet weights");
 
   const fs::path vae_folder = vae_path_.empty() ? path_ / "vae" : vae_path_;
-  vae_ = AutoencoderKL(AutoencoderKLConfig::from_file(vae_folder / "config.json"));
-  load_component(*vae_, component_weights_file(vae_folder, "diffusion_pytorch_model", name_), name_,
+  vae_ = with_context(name_ + ": building the VAE of " + (vae_folder / "config.json").string(),
+                      [&] { return AutoencoderKL(AutoencoderKLConfig::from_file(vae_folder / "config.json")); });
+  load_component(*vae_, component_weights_file(vae_folder, "diffusion_pytorch_model", name_),
                  vae_path_.empty() ? "VAE" : "VAE of option 'vae'");
   freeze(*vae_);
   store_in(*vae_, frozen_dtype_);

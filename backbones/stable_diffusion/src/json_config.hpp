@@ -1,6 +1,7 @@
 #pragma once
 // Reading diffusers / transformers config.json values with errors that name the file and key.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -77,5 +78,20 @@ class Config {
   nlohmann::json json_;
   std::string origin_;
 };
+
+// Refuses, before anything is allocated, a config whose model cannot fit in this machine's memory
+// (a typo or a damaged config.json would otherwise allocate for minutes and fail deep in LibTorch).
+// `parameters`: a lower bound of the model's parameter count (its largest weight matrices and
+// kernels), held in float32 when the model is built.
+inline void check_model_fits(const Config& cfg, const std::string& model, double parameters) {
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  const double bytes = 4 * parameters;
+  if (bytes > memory) {
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    throw Error(fmt::format("config {}: describes a {} of at least {:.3g} parameters ({:.1f} GiB in float32), more "
+                            "than this machine's {:.1f} GiB of memory; check its sizes (channels, layers, hidden sizes)",
+                            cfg.origin(), model, parameters, bytes / kGiB, memory / kGiB));
+  }
+}
 
 }  // namespace dedpo::sd::detail

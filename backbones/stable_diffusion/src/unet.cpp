@@ -110,7 +110,26 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const std::string& text, 
       cfg.fail("attention_head_dim", "(heads) must divide block_out_channels");
     }
   }
+  detail::check_model_fits(cfg, "UNet", c.parameter_lower_bound());
   return c;
+}
+
+double UNet2DConditionConfig::parameter_lower_bound() const {
+  // Per level: the second 3x3 convolution of each resnet (down: layers_per_block, up: one more),
+  // and in cross-attention levels each transformer layer's projections (self-attention 4c², the
+  // cross-attention's query and output 2c², key and value from the text 2·c·cross, GEGLU
+  // feed-forward 12c²).
+  double total = 0;
+  for (std::size_t i = 0; i < block_out_channels.size(); ++i) {
+    const double c = static_cast<double>(block_out_channels[i]);
+    const double layers = static_cast<double>(layers_per_block[i]);
+    total += (2 * layers + 1) * 9 * c * c;
+    if (down_block_types[i] == "CrossAttnDownBlock2D") {
+      const double cross = static_cast<double>(cross_attention_dim[i]);
+      total += layers * static_cast<double>(transformer_layers_per_block[i]) * (18 * c * c + 2 * c * cross);
+    }
+  }
+  return total;
 }
 
 UNet2DConditionConfig UNet2DConditionConfig::from_file(const std::filesystem::path& path) {

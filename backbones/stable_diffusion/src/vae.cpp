@@ -46,7 +46,21 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const std::string& text, cons
   }
   if (cfg.get<std::string>("act_fn", "silu") != "silu") cfg.fail("act_fn", "must be 'silu'");
   if (cfg.has("shift_factor")) cfg.fail("shift_factor", "is not supported");
+  detail::check_model_fits(cfg, "VAE", c.parameter_lower_bound());
   return c;
+}
+
+double AutoencoderKLConfig::parameter_lower_bound() const {
+  // The second 3x3 convolution of each resnet: layers_per_block per encoder level, one more per
+  // decoder level, and the two resnets of each mid block at the deepest width.
+  double total = 0;
+  const double layers = static_cast<double>(layers_per_block);
+  for (const int64_t channels : block_out_channels) {
+    const double c = static_cast<double>(channels);
+    total += (2 * layers + 1) * 9 * c * c;
+  }
+  const double deepest = static_cast<double>(block_out_channels.back());
+  return total + 4 * 9 * deepest * deepest;
 }
 
 AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::filesystem::path& path) {

@@ -2,8 +2,11 @@
 // Atomic file writes (readers see the old file or the whole new one) and whole-file reads, for
 // the core and for plugins.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <cerrno>
 #include <cstdio>
@@ -12,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "dedpo/error.hpp"
 
@@ -21,6 +25,33 @@ namespace dedpo {
 inline std::filesystem::path temp_path_for(const std::filesystem::path& file) {
   return file.parent_path() /
          ("." + file.filename().string() + ".tmp." + std::to_string(::getpid()));
+}
+
+// Removes from `folder` (not below it) the temporary files of temp_path_for that a killed process
+// left behind: only that name pattern, and only when its process is gone. Returns their names.
+inline std::vector<std::string> remove_abandoned_temp_files(const std::filesystem::path& folder) {
+  constexpr std::string_view kMarker = ".tmp.";
+  std::vector<std::string> removed;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(folder, error)) {
+    const std::string name = entry.path().filename().string();
+    const std::size_t marker = name.rfind(kMarker);
+    if (name.front() != '.' || marker == std::string::npos || marker < 2) continue;
+    const std::string pid_text = name.substr(marker + kMarker.size());
+    if (pid_text.empty() || pid_text.size() > 9 ||
+        !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      continue;
+    }
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    const bool alive = pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH;
+    std::error_code remove_error;
+    if (!alive && entry.is_regular_file(remove_error) &&
+        std::filesystem::remove(entry.path(), remove_error)) {
+      removed.push_back(name);
+    }
+  }
+  std::sort(removed.begin(), removed.end());
+  return removed;
 }
 
 // Flushes a written file to disk so that a rename after it cannot expose a partial file.

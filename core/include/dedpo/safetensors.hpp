@@ -69,13 +69,36 @@ void save(const std::filesystem::path& path,
 void save(const std::filesystem::path& path, const std::map<std::string, at::Tensor>& tensors,
           const std::map<std::string, std::string>& metadata = {});
 
-// Copies a file into `module`'s named_parameters() and named_buffers() by exact name, converting
-// the dtype to the parameter's. Every key of the file must be used and every parameter/buffer
-// filled, else one dedpo::Error lists the missing and the unexpected keys; keys in
-// `ignored_keys` may be absent or present (keys some writers of the format add, such as older
-// CLIP checkpoints' position_ids). A shape mismatch names the key, the expected and the found
-// shape.
+// Whether loaded floating-point weights are checked for NaN and infinity (one pass over them;
+// skipping it only saves that time).
+enum class FiniteCheck { check, skip };
+
+// The one rule for copying stored tensors into a model's (load_into and the loaders of other
+// layouts): the stored dtype must be the model's, or both are floating point and the cast is
+// stated once (warn_casts); any other pair (an integer stored for a float, F32 for I64) is
+// refused, as are non-finite values unless the check is skipped. Errors name `origin` and the key.
+class WeightCopier {
+ public:
+  WeightCopier(std::string origin, FiniteCheck finite) : origin_(std::move(origin)), finite_(finite) {}
+  void copy(const std::string& key, at::Tensor& target, const at::Tensor& stored);
+  // One warning line on stderr listing the casts made, e.g. "F16 to F32 (12 tensors)"; none when
+  // every dtype matched.
+  void warn_casts() const;
+
+ private:
+  std::string origin_;
+  FiniteCheck finite_;
+  std::map<std::pair<std::string, std::string>, std::size_t> casts_;  // (stored, model) -> count
+};
+
+// Copies a file into `module`'s named_parameters() and named_buffers() by exact name, through a
+// WeightCopier (dtype rule, finite check, casts stated). Every key of the file must be used and
+// every parameter/buffer filled, else one dedpo::Error lists the missing and the unexpected keys;
+// keys in `ignored_keys` may be absent or present (keys some writers of the format add, such as
+// older CLIP checkpoints' position_ids). A shape mismatch names the key, the expected and the
+// found shape.
 void load_into(torch::nn::Module& module, const std::filesystem::path& path,
-               const std::vector<std::string>& ignored_keys = {});
+               const std::vector<std::string>& ignored_keys = {},
+               FiniteCheck finite = FiniteCheck::check);
 
 }  // namespace dedpo::safetensors

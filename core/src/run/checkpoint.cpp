@@ -9,6 +9,7 @@
 #include <torch/nn/module.h>
 #include <torch/serialize/archive.h>
 
+#include "dedpo/error_message.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/host/trainer.hpp"
 
@@ -19,20 +20,47 @@ namespace {
 
 constexpr const char* kLatestFile = "latest";
 constexpr const char* kModel = "model";
+// The run's wall time up to the checkpoint, over all its sessions; beside the trainer's state.
+constexpr const char* kWallTime = "wall_time_s";
 
 std::string checkpoint_name(std::int64_t step) { return fmt::format("step-{:08d}.pt", step); }
 
+// The checkpoint files of `folder` older than `name`, oldest first.
+std::vector<std::string> checkpoints_before(const fs::path& folder, const std::string& name) {
+  std::vector<std::string> older;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    std::string file = entry.path().filename().string();
+    if (file.starts_with("step-") && file.ends_with(".pt") && file < name) older.push_back(file);
+  }
+  std::sort(older.begin(), older.end());
+  return older;
+}
+
 // Keeps the newest two checkpoints of `folder`, the newest being `newest`.
 void remove_old_checkpoints(const fs::path& folder, const std::string& newest) {
-  std::vector<fs::path> old;
-  for (const auto& entry : fs::directory_iterator(folder)) {
-    std::string name = entry.path().filename().string();
-    if (name.starts_with("step-") && name.ends_with(".pt") && name < newest) {
-      old.push_back(entry.path());
-    }
+  const std::vector<std::string> old = checkpoints_before(folder, newest);
+  for (std::size_t i = 0; i + 1 < old.size(); ++i) fs::remove(folder / old[i]);
+}
+
+// The checkpoint `latest` names, then the older ones of the folder, newest first.
+std::vector<std::string> resume_candidates(const fs::path& folder, const std::string& latest) {
+  std::vector<std::string> candidates = checkpoints_before(folder, latest);
+  candidates.push_back(latest);
+  std::reverse(candidates.begin(), candidates.end());
+  return candidates;
+}
+
+// The name `latest` holds; empty when the pointer is missing (no checkpoint was completed).
+std::string latest_name(const fs::path& run_dir) {
+  fs::path pointer = run_dir / kCheckpointDir / kLatestFile;
+  std::error_code error;
+  if (!fs::exists(pointer, error)) return {};
+  std::string name = read_file(pointer);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  if (name.empty() || fs::path(name).filename() != name) {
+    throw Error(pointer.string() + ": names no checkpoint file ('" + name + "')");
   }
-  std::sort(old.begin(), old.end());
-  for (std::size_t i = 0; i + 1 < old.size(); ++i) fs::remove(old[i]);
+  return name;
 }
 
 }  // namespace
@@ -87,14 +115,13 @@ void Trainer::load(torch::serialize::InputArchive& archive) {
 }
 
 fs::path latest_checkpoint(const fs::path& run_dir) {
-  fs::path pointer = run_dir / kCheckpointDir / kLatestFile;
-  std::error_code error;
-  if (!fs::exists(pointer, error)) return {};
-  std::string name = read_file(pointer);
-  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const std::string name = latest_name(run_dir);
+  if (name.empty()) return {};
   fs::path file = run_dir / kCheckpointDir / name;
-  if (name.empty() || !fs::exists(file, error)) {
-    throw Error(pointer.string() + ": names a checkpoint that does not exist");
+  std::error_code error;
+  if (!fs::exists(file, error)) {
+    throw Error((run_dir / kCheckpointDir / kLatestFile).string() + ": names " + name +
+                ", which does not exist");
   }
   return file;
 }
@@ -103,7 +130,7 @@ fs::path checkpoint_file(const fs::path& run_dir, const Trainer& trainer) {
   return run_dir / kCheckpointDir / checkpoint_name(trainer.step_index());
 }
 
-void save_checkpoint(const fs::path& run_dir, const Trainer& trainer) {
+void save_checkpoint(const fs::path& run_dir, const Trainer& trainer, double wall_time_s) {
   fs::path folder = run_dir / kCheckpointDir;
   fs::create_directories(folder);
   const std::string name = checkpoint_name(trainer.step_index());
@@ -112,6 +139,7 @@ void save_checkpoint(const fs::path& run_dir, const Trainer& trainer) {
   {
     torch::serialize::OutputArchive archive;
     trainer.save(archive);
+    archive.write(kWallTime, c10::IValue(wall_time_s));
     archive.save_to(temp.string());
   }
   commit_file(temp, file);
@@ -119,10 +147,39 @@ void save_checkpoint(const fs::path& run_dir, const Trainer& trainer) {
   remove_old_checkpoints(folder, name);
 }
 
-void load_checkpoint(const fs::path& file, Trainer& trainer) {
-  torch::serialize::InputArchive archive;
-  archive.load_from(file.string());
-  trainer.load(archive);
+ResumedCheckpoint resume_checkpoint(const fs::path& run_dir, Trainer& trainer) {
+  ResumedCheckpoint resumed;
+  const std::string latest = latest_name(run_dir);
+  if (latest.empty()) return resumed;
+  const fs::path folder = run_dir / kCheckpointDir;
+  for (const std::string& name : resume_candidates(folder, latest)) {
+    const fs::path file = folder / name;
+    std::error_code error;
+    if (!fs::exists(file, error)) {
+      resumed.skipped.push_back(name + ": does not exist");
+      continue;
+    }
+    try {
+      // The whole file is read and checked before any of it reaches the trainer.
+      torch::serialize::InputArchive archive;
+      archive.load_from(file.string());
+      trainer.load(archive);
+      c10::IValue wall_time;
+      if (archive.try_read(kWallTime, wall_time)) resumed.wall_time_s = wall_time.toDouble();
+    } catch (const std::exception& failure) {
+      resumed.skipped.push_back(name + ": " + error_message(failure));
+      continue;
+    }
+    resumed.file = file;
+    // `latest` names what the run continues from, so a checkpoint that did not load is never
+    // taken for the run's final one; training overwrites it when it reaches that step again.
+    if (name != latest) write_file_atomic(folder / kLatestFile, name + "\n");
+    return resumed;
+  }
+  std::string reasons;
+  for (const std::string& skipped : resumed.skipped) reasons += "; " + skipped;
+  throw Error(folder.string() + ": no checkpoint loads" + reasons +
+              " (start the run afresh with `dedpo run`)");
 }
 
 void load_trained_model(const fs::path& run_dir, Backbone& backbone) {
@@ -131,7 +188,12 @@ void load_trained_model(const fs::path& run_dir, Backbone& backbone) {
     throw Error(run_dir.string() + ": no final checkpoint in " + kCheckpointDir);
   }
   torch::serialize::InputArchive archive;
-  archive.load_from(checkpoint.string());
+  try {
+    archive.load_from(checkpoint.string());
+  } catch (const std::exception& error) {
+    throw Error(checkpoint.string() + ": the run's final checkpoint does not load: " +
+                error_message(error));
+  }
   torch::serialize::InputArchive model;
   archive.read(kModel, model);
   if (MasterWeights::saved_in(archive)) {

@@ -2,6 +2,8 @@
 // Checkpoints, the one owner of their format: checkpoint/step-<N>.pt (the trainer's whole state)
 // and checkpoint/latest naming the newest, written atomically; the newest two are kept.
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "dedpo/backbone.hpp"
 #include "train/trainer.hpp"
@@ -13,8 +15,18 @@ std::filesystem::path latest_checkpoint(const std::filesystem::path& run_dir);
 // checkpoint/step-<N>.pt for the trainer's current step.
 std::filesystem::path checkpoint_file(const std::filesystem::path& run_dir, const Trainer& trainer);
 
-void save_checkpoint(const std::filesystem::path& run_dir, const Trainer& trainer);
-void load_checkpoint(const std::filesystem::path& file, Trainer& trainer);
+// `wall_time_s`: the run's time so far, over all its sessions.
+void save_checkpoint(const std::filesystem::path& run_dir, const Trainer& trainer,
+                     double wall_time_s);
+
+struct ResumedCheckpoint {
+  std::filesystem::path file;         // empty: there is no checkpoint, start from step 0
+  double wall_time_s = 0;             // the run's time up to that checkpoint
+  std::vector<std::string> skipped;   // "<file>: <why>" of newer checkpoints that did not load
+};
+// Loads into `trainer` the newest checkpoint that loads: the one `latest` names, else the older
+// ones, newest first. Throws, naming each and why, when checkpoints exist but none loads.
+ResumedCheckpoint resume_checkpoint(const std::filesystem::path& run_dir, Trainer& trainer);
 
 // The trained model of a run's final checkpoint into `backbone` (prepared as the run had it):
 // exact for every backbone (LoRA adapters included) and, with EMA, the averaged weights the run

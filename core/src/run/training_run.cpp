@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <iostream>
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dedpo/autocast.hpp"
+#include "dedpo/error_message.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/host/accelerator.hpp"
 #include "dedpo/host/assemble.hpp"
@@ -106,12 +108,41 @@ void set_objective(const Experiment& experiment, Assembly& parts, Trainer& train
                          encode_prompts_cached(*parts.backbone, pairs.prompts, prompt_cache));
 }
 
-void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunLog& log) {
-  fs::path checkpoint = latest_checkpoint(run_dir);
-  if (!checkpoint.empty()) {
-    load_checkpoint(checkpoint, trainer);
-    log.line(fmt::format("loaded {} (step {})", checkpoint.filename().string(),
-                         trainer.step_index()));
+// The run's wall time over all its sessions: the time recorded in the checkpoint it resumed from
+// plus this session's.
+class RunClock {
+ public:
+  void add_earlier_sessions(double seconds) { earlier_ = seconds; }
+  double seconds() const {
+    return earlier_ +
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  double earlier_ = 0;
+};
+
+// Continues from the newest checkpoint that loads, after removing what killed writes left.
+void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunClock& clock,
+                            RunLog& log) {
+  for (const fs::path& folder : {run_dir, run_dir / kCheckpointDir}) {
+    for (const std::string& name : remove_abandoned_temp_files(folder)) {
+      log.line("removed " + (folder / name).string() + " (left by an interrupted write)");
+    }
+  }
+  const ResumedCheckpoint resumed = resume_checkpoint(run_dir, trainer);
+  for (const std::string& skipped : resumed.skipped) {
+    const std::string warning = fmt::format("skipped checkpoint {}; resuming from {}", skipped,
+                                            resumed.file.filename().string());
+    log.line(warning);
+    std::cerr << "warning: " << (run_dir / kCheckpointDir).string() << ": " << warning << "\n";
+  }
+  if (!resumed.file.empty()) {
+    clock.add_earlier_sessions(resumed.wall_time_s);
+    log.line(fmt::format("loaded {} (step {}, {:.1f} s of earlier sessions)",
+                         resumed.file.filename().string(), trainer.step_index(),
+                         resumed.wall_time_s));
   } else {
     log.line("no checkpoint: starting from step 0");
   }
@@ -121,7 +152,7 @@ void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunLog& l
 // The steps left: metrics.jsonl lines, evaluations and checkpoints on their schedules. False
 // when RunControl::stop_after_steps stopped it first.
 bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer,
-                 const PairDataset* eval_pairs, const RunControl& control,
+                 const PairDataset* eval_pairs, const RunControl& control, const RunClock& clock,
                  const fs::path& run_dir, std::ofstream& metrics_out, RunLog& log) {
   const TrainSettings& settings = experiment.train;
   const std::int64_t eval_every = experiment.eval.every;
@@ -158,7 +189,7 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
                            step, report.loss, report.grad_norm));
     }
     if (settings.checkpoint_every > 0 && step % settings.checkpoint_every == 0 && !last) {
-      save_checkpoint(run_dir, trainer);
+      save_checkpoint(run_dir, trainer, clock.seconds());
     }
     progress.update(step, report.loss);
   }
@@ -168,12 +199,12 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
 // The end of a run: last checkpoint, final weights (the EMA when kept), the final evaluation
 // and results.json, whose presence marks the run finished.
 void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
-                const TrainingData& data, std::chrono::steady_clock::time_point started,
-                std::ofstream& metrics_out, RunLog& log, RunResult& result) {
+                const TrainingData& data, const RunClock& clock, std::ofstream& metrics_out,
+                RunLog& log, RunResult& result) {
   const fs::path& run_dir = result.run_dir;
   const fs::path last_checkpoint = latest_checkpoint(run_dir);
   if (last_checkpoint.empty() || last_checkpoint != checkpoint_file(run_dir, trainer)) {
-    save_checkpoint(run_dir, trainer);
+    save_checkpoint(run_dir, trainer, clock.seconds());
   }
   trainer.ema().copy_averages_into_params();
   trainer.finish_weights();
@@ -181,7 +212,7 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
   result.metrics = evaluate_metrics(parts.metrics, *parts.backbone,
                                     data.pairs ? &*data.pairs : nullptr, experiment.eval.seed,
                                     experiment.run.device);
-  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const double wall = clock.seconds();
   json final_line = {{"step", trainer.step_index()}, {"skipped", trainer.skipped()}};
   for (const auto& [name, value] : result.metrics) final_line["eval/" + name] = value;
   metrics_out << final_line.dump() << "\n";
@@ -243,7 +274,7 @@ json figure_titles(const std::vector<std::shared_ptr<Metric>>& metrics, const Fi
 
 RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
                       const RunControl& control, RunStart start) {
-  const auto started = std::chrono::steady_clock::now();
+  RunClock clock;
   const fs::path run_dir = make_run_dir(experiment, control);
   const RunFolderLock lock(run_dir);
   if (start == RunStart::fresh) start_afresh(experiment, run_dir, registry);
@@ -257,27 +288,29 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
                     experiment.train.steps);
     TrainingData data;
     set_objective(experiment, parts, trainer, data, services, init, run_dir, log);
-    if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, log);
+    if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, clock, log);
 
     std::ofstream metrics_out(run_dir / kMetricsFile, std::ios::app);
     RunResult result;
     result.run_dir = run_dir;
     const PairDataset* eval_pairs = data.pairs ? &*data.pairs : nullptr;
     const bool completed =
-        train_steps(experiment, parts, trainer, eval_pairs, control, run_dir, metrics_out, log);
+        train_steps(experiment, parts, trainer, eval_pairs, control, clock, run_dir, metrics_out,
+                    log);
     result.steps_done = trainer.step_index();
     result.skipped_steps = trainer.skipped();
     if (!completed) {
       log.line(fmt::format("stopped after step {} (as if killed)", trainer.step_index()));
       return result;
     }
-    finish_run(experiment, parts, trainer, data, started, metrics_out, log, result);
+    finish_run(experiment, parts, trainer, data, clock, metrics_out, log, result);
     return result;
   } catch (const std::exception& error) {
-    log.line(std::string("error: ") + error.what());
+    const std::string message = error_message(error);
+    log.line("error: " + message);
     // A fresh exception made here: the caught one may live in a plugin library (its vtable and
     // message) that is unloaded when the caller's registry goes away before the catch.
-    throw Error(error.what());
+    throw Error(message);
   }
 }
 

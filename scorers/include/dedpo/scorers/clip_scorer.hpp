@@ -25,7 +25,8 @@
 
 namespace dedpo::scorers {
 
-// Copies `tensors` into the module's parameters and buffers by name (converting dtypes). Missing
+// Copies `tensors` into the module's parameters and buffers by name, by safetensors::WeightCopier's
+// rule (float-to-float casts stated, other dtype changes refused, non-finite weights refused). Missing
 // and unexpected keys are listed together in one dedpo::Error naming `origin`; a shape mismatch
 // names the key and both shapes. Keys in `ignored` may be present or absent.
 void load_named_tensors(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,

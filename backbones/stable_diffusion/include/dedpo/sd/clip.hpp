@@ -37,6 +37,9 @@ struct ClipTextConfig {
   // From a CLIPTextConfig JSON, or a CLIPConfig JSON (its "text_config").
   static ClipTextConfig from_json(const std::string& text, const std::string& origin = "<string>");
   static ClipTextConfig from_file(const std::filesystem::path& path);
+  // A lower bound of the parameter count, from the sizes alone (from_json refuses a config whose
+  // model cannot fit in memory).
+  double parameter_lower_bound() const;
 };
 
 struct ClipTextOutput {

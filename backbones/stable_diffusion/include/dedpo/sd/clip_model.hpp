@@ -44,6 +44,9 @@ struct ClipVisionConfig {
   // the top level).
   static ClipVisionConfig from_json(const std::string& text, const std::string& origin = "<string>");
   static ClipVisionConfig from_file(const std::filesystem::path& path);
+  // A lower bound of the parameter count, from the sizes alone (from_json refuses a config whose
+  // model cannot fit in memory).
+  double parameter_lower_bound() const;
 
   int64_t num_patches() const { return (image_size / patch_size) * (image_size / patch_size); }
   // The encoder layers are the text tower's (same attention, MLP and norms): its config with

@@ -22,6 +22,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include "dedpo/backbone.hpp"
+#include "dedpo/safetensors.hpp"
 #include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
@@ -47,6 +48,9 @@
    "LoRA alpha (scale = alpha / rank); \"rank\" = scale 1."},                                                    \
   {"lora_targets", ::dedpo::OptionType::string, "\"to_q,to_k,to_v,to_out.0\"",                                   \
    "Comma-separated UNet Linear layers (by name suffix) that get LoRA adapters."},                               \
+  {"check_weights", ::dedpo::OptionType::boolean, "true",                                                        \
+   "Refuse weights holding NaN or infinity when loading them (one pass over every tensor; false skips "          \
+   "the check for faster loading)."},                                                                            \
   {"gradient_checkpointing", ::dedpo::OptionType::boolean, "false",                                              \
    "Recompute the UNet's block activations in the backward pass instead of keeping them "                        \
    "(less memory, about one more forward per step)."},                                                           \
@@ -145,6 +149,9 @@ class DiffusionBackbone : public Backbone {
   // Options of the plugin that change encode_prompts(), as "key=value\n" lines (fingerprint).
   virtual std::string text_options_fingerprint() const = 0;
 
+  // safetensors::load_into (with the option check_weights), every failure one line naming the
+  // component and file ("<name>: loading the <what> from <file>: ...").
+  void load_component(torch::nn::Module& module, const std::filesystem::path& file, const std::string& what) const;
   [[noreturn]] void fail(const std::string& problem) const;  // dedpo::Error("<name>: problem")
   const std::string& name() const { return name_; }
   const std::filesystem::path& path() const { return path_; }
@@ -174,6 +181,7 @@ class DiffusionBackbone : public Backbone {
   double lora_alpha_;
   std::vector<std::string> lora_targets_;
   bool gradient_checkpointing_;
+  safetensors::FiniteCheck weights_check_;
   bool reference_on_cpu_;
   bool text_on_host_;
   bool vae_on_host_;
@@ -204,9 +212,6 @@ class DiffusionBackbone : public Backbone {
 // (`<base>.fp16.safetensors`, ...), else the only *.safetensors of the folder.
 std::filesystem::path component_weights_file(const std::filesystem::path& folder, const std::string& base,
                                              const std::string& who);
-// safetensors::load_into with the component named in errors ("<who>: loading the <what>: ...").
-void load_component(torch::nn::Module& module, const std::filesystem::path& file, const std::string& who,
-                    const std::string& what);
 // No gradients, eval mode.
 void freeze(torch::nn::Module& module);
 // Converts the floating-point parameters and buffers of `module` to `dtype` in place.

@@ -44,6 +44,9 @@ struct UNet2DConditionConfig {
 
   static UNet2DConditionConfig from_json(const std::string& text, const std::string& origin = "<string>");
   static UNet2DConditionConfig from_file(const std::filesystem::path& path);
+  // A lower bound of the parameter count, from the sizes alone (from_json refuses a config whose
+  // model cannot fit in memory).
+  double parameter_lower_bound() const;
 };
 
 struct Transformer2DStackOptions {

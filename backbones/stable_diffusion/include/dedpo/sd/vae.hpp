@@ -30,6 +30,9 @@ struct AutoencoderKLConfig {
 
   static AutoencoderKLConfig from_json(const std::string& text, const std::string& origin = "<string>");
   static AutoencoderKLConfig from_file(const std::filesystem::path& path);
+  // A lower bound of the parameter count, from the sizes alone (from_json refuses a config whose
+  // model cannot fit in memory).
+  double parameter_lower_bound() const;
 };
 
 // DownEncoderBlock2D: resnets (no time embedding) and an optional downsampler (padding 0).
