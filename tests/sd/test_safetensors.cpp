@@ -261,7 +261,7 @@ TEST(LoadInto, ReportsShapeMismatch) {
   st::save(path, std::map<std::string, at::Tensor>{{"inner.fc.weight", at::zeros({3, 2})},
                                                    {"inner.fc.bias", at::zeros({2})},
                                                    {"scale", at::zeros({2})},
-                                                   {"count", at::zeros({1})}});
+                                                   {"count", at::zeros({1}, at::kLong)}});
   Outer model;
   EXPECT_EQ(error_of([&] { st::load_into(model, path); }),
             "safetensors file '" + path.string() + "': tensor 'inner.fc.weight' has shape [3, 2], but the model expects [2, 3]");
