@@ -1,5 +1,6 @@
 // The toy world plugins (library dedpo_toy) and the self_train annotator, loaded through the
 // real plugin loader. The world header is compiled in here too, to check the plugins against it.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -300,6 +301,7 @@ class NudgeServices : public NoServices {
              const at::Tensor& is_labelled, const at::Tensor&, std::int64_t steps,
              std::uint64_t) override {
     trained_on = is_labelled.sum().item<std::int64_t>();
+    trained_sets.push_back(is_labelled.clone());
     trained_steps = steps;
     if (steps == 0) return;
     at::NoGradGuard no_grad;
@@ -308,6 +310,7 @@ class NudgeServices : public NoServices {
   std::string loss_name;
   dedpo::Options loss_options, experiment_loss;
   std::int64_t trained_on = -1, trained_steps = -1;
+  std::vector<at::Tensor> trained_sets;  // the pairs each training may learn from
 };
 
 TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
@@ -321,7 +324,16 @@ TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
   at::Tensor g0 = untrained->annotate(context);
   EXPECT_EQ(services.loss_name, "dpo");
   EXPECT_DOUBLE_EQ(services.loss_options.real("beta"), 50.0);
-  EXPECT_EQ(services.trained_on, 100);
+  // Cross-fitted (5 folds by default): five models, each trained without one fifth of the
+  // labelled pairs, and every labelled pair left out of exactly one.
+  ASSERT_EQ(services.trained_sets.size(), 5u);
+  at::Tensor left_out = at::zeros({500}, at::kLong);
+  for (const at::Tensor& trained : services.trained_sets) {
+    EXPECT_EQ(trained.sum().item<std::int64_t>(), 80);
+    EXPECT_FALSE(trained.logical_and(labelled.logical_not()).any().item<bool>());
+    left_out += labelled.logical_and(trained.logical_not()).to(at::kLong);
+  }
+  EXPECT_TRUE(at::equal(left_out, labelled.to(at::kLong)));
   EXPECT_TRUE(at::allclose(g0, at::full({500}, 0.5f)));  // model == reference: no preference
 
   auto annotator = registry().create<dedpo::Annotator>(
@@ -334,6 +346,18 @@ TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
   at::Tensor none = at::zeros({500}, at::kBool);
   dedpo::AnnotatorContext unlabelled{data, none, *backbone, services, 4};
   EXPECT_THROW(annotator->annotate(unlabelled), dedpo::Error);
+
+  // One model on every labelled pair when asked for (folds = 1: no cross-fitting).
+  services.trained_sets.clear();
+  registry().create<dedpo::Annotator>("self_train", "steps = 0\nbeta = 50.0\nfolds = 1")
+      ->annotate(context);
+  ASSERT_EQ(services.trained_sets.size(), 1u);
+  EXPECT_TRUE(at::equal(services.trained_sets[0], labelled));
+  // More folds than labelled pairs is an error naming the option.
+  at::Tensor three = at::arange(500) < 3;
+  dedpo::AnnotatorContext few{data, three, *backbone, services, 4};
+  EXPECT_THAT([&] { untrained->annotate(few); },
+              ::testing::ThrowsMessage<dedpo::Error>(::testing::HasSubstr("folds")));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "dedpo/autocast.hpp"
+#include "dedpo/cross_fit.hpp"
 #include "dedpo/error.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "train/seeds.hpp"
@@ -55,6 +56,7 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
       settings_(settings),
       device_(device),
       total_steps_(total_steps),
+      seed_(seed),
       noise_(make_generator(derive_seed(seed, RandomStream::noise))),
       data_seed_(derive_seed(seed, RandomStream::data_order)),
       params_(checked_trainable_parameters(backbone, settings.weights_dtype)),
@@ -76,6 +78,7 @@ void Trainer::set_preference(Loss& loss, const PairDataset& data, const at::Tens
   is_labelled_ = is_labelled.to(at::kCPU, at::kBool);
   annotator_prob_ = annotator_prob.defined() ? annotator_prob.to(at::kCPU) : annotator_prob;
   n_labelled_ = is_labelled_.sum().item<std::int64_t>();
+  fold_key_ = fold_keys(is_labelled_, seed_);
   n_unlabelled_ = data.size() - n_labelled_;
   at::Tensor label = data.human_label.to(at::kFloat);
   visible_label_ = at::where(is_labelled_, label, at::full_like(label, NAN));
@@ -178,6 +181,7 @@ at::Tensor Trainer::preference_loss(Figures& diagnostics) {
   terms.n_labelled = n_labelled_;
   terms.n_unlabelled = n_unlabelled_;
   terms.drawn_from = loss_->pool();
+  terms.fold_key = to_device(fold_key_.index_select(0, index));
   LossResult result = loss_->compute(terms);
   accumulate(diagnostics, result.diagnostics);
   return result.loss;

@@ -64,6 +64,7 @@ class Trainer {
   TrainSettings settings_;
   c10::Device device_;
   std::int64_t total_steps_;
+  std::uint64_t seed_;
   at::Generator noise_;
   std::uint64_t data_seed_;
   std::vector<at::Tensor> params_;  // the model's, in weights_dtype
@@ -75,7 +76,7 @@ class Trainer {
   Loss* loss_ = nullptr;
   const PairDataset* pairs_ = nullptr;
   const SampleDataset* samples_ = nullptr;
-  at::Tensor condition_, is_labelled_, visible_label_, annotator_prob_;
+  at::Tensor condition_, is_labelled_, visible_label_, annotator_prob_, fold_key_;
   std::int64_t n_labelled_ = 0, n_unlabelled_ = 0;
 
   std::int64_t step_ = 0;
