@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <memory>
+#include <span>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -15,7 +17,10 @@
 #include "dedpo/annotator.hpp"
 #include "dedpo/dataset.hpp"
 #include "dedpo/metric.hpp"
+#include "dedpo/host/experiment.hpp"
 #include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 #include "dedpo/services.hpp"
 #include "no_services.hpp"
 #include "test_support.hpp"
@@ -128,10 +133,31 @@ TEST(ToyWorld, BradleyTerryOracleMatchesItsFormula) {
   EXPECT_FALSE(at::equal(base_pairs(*backbone, n, 12).a, data.a));
 }
 
-TEST(ToyWorld, BiasedAnnotatorAgreesWithHumansLikeRealScorers) {
+// The pairs the annotator labels in training: both candidates sampled from the toy reference
+// model (experiments/toy/reference.toml, trained here into `folder`), labels from the oracle.
+dedpo::PairDataset training_pairs(const std::filesystem::path& folder, std::int64_t n,
+                                  std::uint64_t seed) {
+  const dedpo::Override output{"run.output", "\"" + folder.string() + "\""};
+  dedpo::Experiment reference = dedpo::load_experiment(
+      std::filesystem::path(DEDPO_SOURCE_DIR) / "experiments" / "toy" / "reference.toml",
+      std::span<const dedpo::Override>(&output, 1), registry());
+  dedpo::RunControl control;
+  control.run_dir = folder / "reference";
+  control.progress_bar = false;
+  dedpo::run_experiment(reference, registry(), control);
+  static std::shared_ptr<dedpo::Backbone> backbone;  // the pairs' reference must outlive them
+  backbone = prepared_toy("", 7, folder / "reference" / dedpo::kWeightsFile);
+  auto data = registry().create<dedpo::Dataset>("toy_pairs", "n_pairs = " + std::to_string(n));
+  dedpo::DatasetContext context{*backbone, {}, seed};
+  return data->pairs(context);
+}
+
+// Realism is measured where the annotator works: on training pairs (candidates from the
+// reference model), not on base-distribution pairs, whose candidates are farther apart.
+TEST(ToyWorld, BiasedAnnotatorAgreesWithHumansLikeRealScorersOnTheTrainingPairs) {
+  dedpo::test::TempDir temp;
+  dedpo::PairDataset data = training_pairs(temp.path(), 20000, 5);
   auto backbone = prepared_toy();
-  World world{WorldConfig{}};
-  dedpo::PairDataset data = base_pairs(*backbone, 20000, 5);
   auto annotator = registry().create<dedpo::Annotator>("toy_biased");
   EXPECT_FALSE(annotator->uses_labels());
   at::Tensor labelled = at::ones({data.size()}, at::kBool);
@@ -141,13 +167,16 @@ TEST(ToyWorld, BiasedAnnotatorAgreesWithHumansLikeRealScorers) {
   ASSERT_EQ(g.size(0), data.size());
   EXPECT_TRUE(((g >= 0) & (g <= 1)).all().item<bool>());
   EXPECT_TRUE(at::equal(g, annotator->annotate(context)));
-  double with_humans = agreement(g, data.human_label);
+  const double with_humans = agreement(g, data.human_label);
+  auto oracle = registry().create<dedpo::Annotator>("toy_biased", "bias_weight = 0.0\nnoise = 0.0");
+  const double oracle_agreement = agreement(oracle->annotate(context), data.human_label);
+  const double confidence = at::maximum(g, 1 - g).mean().item<double>();
+  std::printf("[realism] training pairs: toy_biased vs humans %.3f, noiseless unbiased vs humans "
+              "%.3f, mean confidence %.3f\n", with_humans, oracle_agreement, confidence);
   // Real synthetic annotators agree with Pick-a-Pic humans 57-70% (docs/toy_world.md).
   EXPECT_GT(with_humans, 0.60);
   EXPECT_LT(with_humans, 0.72);
-  // An unbiased, noiseless annotator agrees with humans as often as humans with the truth.
-  auto oracle = registry().create<dedpo::Annotator>("toy_biased", "bias_weight = 0.0\nnoise = 0.0");
-  double oracle_agreement = agreement(oracle->annotate(context), data.human_label);
+  // An unbiased, noiseless annotator does better: the ceiling the humans' own noise sets.
   EXPECT_GT(oracle_agreement, with_humans + 0.1);
 }
 
