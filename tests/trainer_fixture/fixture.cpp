@@ -144,6 +144,8 @@ const OptionSpec kDatasetOptions[] = {
     {"n", OptionType::integer, "64", "Pairs."},
     {"dim", OptionType::integer, "4", "Vector size."},
     {"unlabelled_every", OptionType::integer, "0", "Every k-th pair has no human label; 0 = none."},
+    {"tie_every", OptionType::integer, "0",
+     "Every k-th pair (from pair 1) has a tied human label 0.5; 0 = none."},
     {"fail", OptionType::boolean, "false", "Throw when asked for data (grid failure tests)."},
 };
 
@@ -151,7 +153,7 @@ class TestPairs final : public Dataset {
  public:
   explicit TestPairs(const Options& o)
       : n_(o.integer("n")), dim_(o.integer("dim")), unlabelled_every_(o.integer("unlabelled_every")),
-        fail_(o.boolean("fail")) {}
+        tie_every_(o.integer("tie_every")), fail_(o.boolean("fail")) {}
 
   PairDataset pairs(DatasetContext&) override {
     if (fail_) throw Error("test_pairs: deliberate failure (option fail = true)");
@@ -165,8 +167,13 @@ class TestPairs final : public Dataset {
     if (unlabelled_every_ > 0) {
       for (std::int64_t i = 0; i < n_; i += unlabelled_every_) d.human_label[i] = NAN;
     }
+    if (tie_every_ > 0) {
+      for (std::int64_t i = 1; i < n_; i += tie_every_) {
+        if (!std::isnan(d.human_label[i].item<float>())) d.human_label[i] = 0.5f;
+      }
+    }
     d.fingerprint = "test_pairs:" + std::to_string(n_) + ":" + std::to_string(dim_) + ":" +
-                    std::to_string(unlabelled_every_);
+                    std::to_string(unlabelled_every_) + ":" + std::to_string(tie_every_);
     return d;
   }
 
@@ -181,7 +188,7 @@ class TestPairs final : public Dataset {
   }
 
  private:
-  std::int64_t n_, dim_, unlabelled_every_;
+  std::int64_t n_, dim_, unlabelled_every_, tie_every_;
   bool fail_;
 };
 
