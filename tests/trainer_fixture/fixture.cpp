@@ -197,6 +197,9 @@ const OptionSpec kLossOptions[] = {
     {"pool", OptionType::string, "\"labelled\"", "\"labelled\" or \"all\"."},
     {"use_annotator", OptionType::boolean, "false", "Targets of unlabelled pairs from ĝ."},
     {"nan_every", OptionType::integer, "0", "Every k-th compute() returns NaN; 0 = never."},
+    {"odd_call_figure", OptionType::boolean, "false",
+     "Odd-numbered compute() calls report a figure `odd_call` = their number, even ones none (a "
+     "figure some micro-batches lack)."},
 };
 
 // DPO-like loss with a running state (calls, mean logit) so checkpoints must carry it.
@@ -204,7 +207,8 @@ class TestDpoLoss final : public Loss {
  public:
   explicit TestDpoLoss(const Options& o)
       : beta_(o.real("beta")), all_(o.string("pool") == "all"),
-        use_annotator_(o.boolean("use_annotator")), nan_every_(o.integer("nan_every")) {
+        use_annotator_(o.boolean("use_annotator")), nan_every_(o.integer("nan_every")),
+        odd_call_figure_(o.boolean("odd_call_figure")) {
     if (o.string("pool") != "labelled" && !all_) o.fail("pool", "expected labelled or all");
   }
   PairPool pool() const override { return all_ ? PairPool::all : PairPool::labelled; }
@@ -222,7 +226,9 @@ class TestDpoLoss final : public Loss {
     double mean_logit = logit.mean().item<double>();
     running_ = 0.9 * running_ + 0.1 * mean_logit;
     if (nan_every_ > 0 && calls_ % nan_every_ == 0) loss = loss * NAN;
-    return {loss, {{"mean_logit", mean_logit}, {"running_logit", running_}}};
+    Figures figures = {{"mean_logit", mean_logit}, {"running_logit", running_}};
+    if (odd_call_figure_ && calls_ % 2 == 1) figures.emplace_back("odd_call", calls_);
+    return {loss, figures};
   }
   std::vector<double> state() const override { return {static_cast<double>(calls_), running_}; }
   void load_state(const std::vector<double>& s) override {
@@ -234,6 +240,7 @@ class TestDpoLoss final : public Loss {
   double beta_;
   bool all_, use_annotator_;
   std::int64_t nan_every_;
+  bool odd_call_figure_;
   std::int64_t calls_ = 0;
   double running_ = 0.0;
 };

@@ -35,19 +35,6 @@ std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, Weights
   return params;
 }
 
-// Adds each figure to the one of the same name (micro-batches of one step).
-void accumulate(Figures& total, const Figures& more) {
-  for (const auto& [name, value] : more) {
-    auto it = std::find_if(total.begin(), total.end(),
-                           [&](const auto& entry) { return entry.first == name; });
-    if (it == total.end()) {
-      total.emplace_back(name, value);
-    } else {
-      it->second += value;
-    }
-  }
-}
-
 }  // namespace
 
 Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device device,
@@ -63,6 +50,26 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
       masters_(params_),
       optimizer_(make_optimizer(masters_.masters(), settings_)),
       ema_(params_, settings_.ema_decay) {}
+
+void FigureSums::add(const Figures& more) {
+  for (const auto& [name, value] : more) {
+    auto it = std::find_if(sums.begin(), sums.end(),
+                           [&](const auto& entry) { return entry.first == name; });
+    if (it == sums.end()) {
+      sums.emplace_back(name, value);
+      counts.push_back(1.0);
+    } else {
+      it->second += value;
+      counts[static_cast<std::size_t>(it - sums.begin())] += 1.0;
+    }
+  }
+}
+
+Figures FigureSums::means() const {
+  Figures out = sums;
+  for (std::size_t k = 0; k < out.size(); ++k) out[k].second /= counts[k];
+  return out;
+}
 
 at::Tensor Trainer::to_device(const at::Tensor& host) const {
   if (host.device() == device_) return host;
@@ -110,18 +117,19 @@ StepReport Trainer::step() {
   }
   const auto micro_batches = static_cast<double>(settings_.grad_accum);
   double loss_sum = 0.0;
+  FigureSums diagnostics;
   for (std::int64_t micro = 0; micro < settings_.grad_accum; ++micro) {
     at::Tensor loss;
     {
       AutocastRegion autocast(device_.type(), settings_.precision == Precision::bf16);
-      loss = pairs_ != nullptr ? preference_loss(report.diagnostics) : denoising_loss();
+      loss = pairs_ != nullptr ? preference_loss(diagnostics) : denoising_loss();
     }
     loss = loss.to(at::kFloat);
     loss_sum += loss.item<double>();
     if (loss.requires_grad()) (loss / micro_batches).backward();
   }
   masters_.gradients_to_masters();
-  for (auto& [name, value] : report.diagnostics) value /= micro_batches;
+  report.diagnostics = diagnostics.means();
   report.loss = loss_sum / micro_batches;
   clip_or_skip(report);
   ++step_;
@@ -161,7 +169,7 @@ void Trainer::clip_or_skip(StepReport& report) {
   ema_.update();
 }
 
-at::Tensor Trainer::preference_loss(Figures& diagnostics) {
+at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
   at::Tensor index = sampler_.next(settings_.batch_size);
   PairBatch batch;
   batch.a = to_device(pairs_->a.index_select(0, index));
@@ -183,7 +191,7 @@ at::Tensor Trainer::preference_loss(Figures& diagnostics) {
   terms.drawn_from = loss_->pool();
   terms.fold_key = to_device(fold_key_.index_select(0, index));
   LossResult result = loss_->compute(terms);
-  accumulate(diagnostics, result.diagnostics);
+  diagnostics.add(result.diagnostics);
   return result.loss;
 }
 
