@@ -5,6 +5,8 @@
 //   h(y) = -(beta/2) [ (e_theta(A) - e_ref(A)) - (e_theta(B) - e_ref(B)) ],   g(y) = sigmoid(h/T)
 //
 // averaged over n_draws timestep/noise draws (one draw shared by A and B, as in training).
+// Cross-fitted (dedpo/cross_fit.hpp): one model per fold of the labelled pairs, trained without
+// that fold, scores the fold's pairs; unlabelled pairs get the fold-size-weighted average.
 #include <string>
 
 #include <ATen/ATen.h>
@@ -12,6 +14,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "dedpo/annotator.hpp"
+#include "dedpo/cross_fit.hpp"
 #include "dedpo/plugin.hpp"
 
 namespace dedpo {
@@ -25,6 +28,10 @@ const OptionSpec kSelfTrainOptions[] = {
      "beta of the implicit-reward logit h, also passed to the loss that trains the model; "
      "\"loss\" = the beta of the experiment's [loss]."},
     {"steps", T::integer, "300", "Optimiser steps on the labelled pairs ([train] settings)."},
+    {"folds", T::integer, "5",
+     "Cross-fitting folds K: a labelled pair is scored by the model trained without its fold, an "
+     "unlabelled pair by the average of the K models (K trainings). 1 = one model trained on all "
+     "labelled pairs scores them too: it has seen their labels and biases DeDPO."},
     {"n_draws", T::integer, "16", "Timestep/noise draws averaged per pair for h."},
     {"batch_size", T::integer, "2048", "Pairs per scoring batch."},
     {"temperature", T::real, "1.0", "g = sigmoid(h / temperature): > 1 softens, < 1 sharpens."},
@@ -34,6 +41,7 @@ class SelfTrainAnnotator : public Annotator {
  public:
   explicit SelfTrainAnnotator(const Options& options) : options_(options) {
     if (options.integer("steps") < 0) options.fail("steps", "must be non-negative");
+    if (options.integer("folds") < 1) options.fail("folds", "must be at least 1");
     if (options.integer("n_draws") < 1) options.fail("n_draws", "must be at least 1");
     if (options.integer("batch_size") < 1) options.fail("batch_size", "must be at least 1");
     if (!(options.real("temperature") > 0)) options.fail("temperature", "must be positive");
@@ -45,21 +53,33 @@ class SelfTrainAnnotator : public Annotator {
   bool uses_labels() const override { return true; }
 
   at::Tensor annotate(AnnotatorContext& context) override {
-    const PairDataset& data = context.data;
-    const std::int64_t n = data.size();
     const std::int64_t n_labelled = context.is_labelled.sum().item<std::int64_t>();
     if (n_labelled == 0) {
       throw Error("annotator 'self_train' needs human-labelled pairs to train on, but none are "
                   "labelled (raise [train] labelled_fraction)");
     }
+    const std::int64_t folds = options_.integer("folds");
+    if (n_labelled < folds) {
+      options_.fail("folds", std::to_string(folds) + " folds need at least as many labelled "
+                                 "pairs, got " + std::to_string(n_labelled));
+    }
+    return cross_fit(context.is_labelled, folds, context.seed,
+                     [&](const at::Tensor& train) { return train_and_score(context, train); });
+  }
+
+ private:
+  // A fresh model trained on the pairs of `train`, then its sigmoid(h / T) on every pair.
+  at::Tensor train_and_score(AnnotatorContext& context, const at::Tensor& train) const {
+    const PairDataset& data = context.data;
+    const std::int64_t n = data.size();
     const double beta = implicit_beta(context.services);
     Options loss_options;
     loss_options.set("beta", beta);
 
     std::shared_ptr<Backbone> backbone = context.services.fresh_backbone();
     std::shared_ptr<Loss> loss = context.services.make_loss(options_.string("loss"), loss_options);
-    context.services.train(*backbone, *loss, data, context.is_labelled, at::Tensor(),
-                           options_.integer("steps"), context.seed);
+    context.services.train(*backbone, *loss, data, train, at::Tensor(), options_.integer("steps"),
+                           context.seed);
 
     at::NoGradGuard no_grad;
     at::Tensor prompts = backbone->encode_prompts(data.prompts);
@@ -85,7 +105,6 @@ class SelfTrainAnnotator : public Annotator {
     return at::sigmoid(h / options_.real("temperature")).to(at::kFloat);
   }
 
- private:
   double implicit_beta(const ExperimentServices& services) const {
     if (!options_.is_string("beta")) return options_.real("beta");
     const Options& loss = services.experiment_loss_options();
@@ -103,7 +122,7 @@ class SelfTrainAnnotator : public Annotator {
 }  // namespace dedpo
 
 DEDPO_PLUGIN_LIBRARY(dedpo::describe<dedpo::SelfTrainAnnotator>(
-    "self_train", "1.0.0",
-    "Backbone-agnostic annotator: a model trained with DPO on the labelled pairs labels every "
-    "pair with its implicit preference sigmoid(h).",
+    "self_train", "1.1.0",
+    "Backbone-agnostic annotator: models trained with DPO on the labelled pairs (cross-fitted "
+    "over folds) label every pair with their implicit preference sigmoid(h).",
     dedpo::kSelfTrainOptions))

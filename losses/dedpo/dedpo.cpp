@@ -5,7 +5,9 @@
 // current batch. lambda = 1 is the paper's DeDPO, lambda = 0 labelled-only DPO, "auto" estimates
 // the variance-minimising lambda* = <s_z, s_g> / <s_g, s_g> (Cov/Var of the per-pair gradients)
 // from running moments of the scores s_z = sigmoid(h) - z, s_g = sigmoid(h) - g on the labelled
-// pairs of previous batches.
+// pairs of previous batches, cross-fitted: a labelled pair of fold k (PairTerms::fold_key % K)
+// gets the lambda_k estimated from the other folds only, an unlabelled pair the fold-size
+// weighted average, so no pair's lambda has seen its label.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -14,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "dedpo/cross_fit.hpp"
 #include "dedpo/error.hpp"
 #include "dedpo/loss.hpp"
 #include "dedpo/plugin.hpp"
@@ -27,7 +30,11 @@ const dedpo::OptionSpec kOptions[] = {
      "(convention with the explicit 1/2; 5000 for SD1.5 and SDXL). > 0."},
     {"lambda", dedpo::OptionType::real_or_string, "1.0",
      "Power tuning: a number in [0, 1] (1 = DeDPO of the paper, 0 = labelled-only DPO) or \"auto\" "
-     "(variance-minimising, estimated online from previous batches; unbiased either way)."},
+     "(variance-minimising, estimated online from previous batches and cross-fitted over "
+     "lambda_folds folds of the labelled pairs; unbiased either way)."},
+    {"lambda_folds", dedpo::OptionType::integer, "5",
+     "lambda = \"auto\": folds K of the labelled pairs; a labelled pair's lambda is estimated on "
+     "the other K - 1 folds only. >= 2."},
     {"lambda_warmup", dedpo::OptionType::integer, "256",
      "lambda = \"auto\": labelled pairs to observe before the estimate replaces lambda = 1. >= 1."},
     {"lambda_decay", dedpo::OptionType::real, "0.99",
@@ -45,9 +52,12 @@ const dedpo::OptionSpec kOptions[] = {
      "estimate stays unbiased for DPO with ties dropped)."},
 };
 
-// Layout of state(): format version, labelled pairs seen, then the decayed moments.
-enum StateSlot : std::size_t { kVersion, kSeen, kWeight, kSumZ, kSumG, kSumZG, kSumGG, kSumZZ, kSlots };
-constexpr double kStateVersion = 1.0;
+// Layout of state(): format version, folds, labelled pairs seen, then per fold the decayed
+// moments (kMoments values each).
+constexpr std::size_t kVersion = 0, kFolds = 1, kSeen = 2, kHeader = 3;
+constexpr std::size_t kWeight = 0, kSumZ = 1, kSumG = 2, kSumZG = 3, kSumGG = 4, kSumZZ = 5,
+                      kMoments = 6;
+constexpr double kStateVersion = 2.0;
 
 class DedpoLoss final : public dedpo::Loss {
  public:
@@ -58,8 +68,13 @@ class DedpoLoss final : public dedpo::Loss {
         raw_moments_(dedpo::string_choice(options, "lambda_moments", {"central", "raw"}) == "raw"),
         hard_(dedpo::string_choice(options, "pseudo_labels", {"soft", "hard"}) == "hard"),
         ties_(dedpo::tie_mode(options)),
-        state_(kSlots, 0.0) {
+        folds_(options.integer("lambda_folds")) {
+    if (folds_ < 2) {
+      options.fail("lambda_folds", "expected an integer >= 2, got " + std::to_string(folds_));
+    }
+    state_.assign(kHeader + kMoments * static_cast<std::size_t>(folds_), 0.0);
     state_[kVersion] = kStateVersion;
+    state_[kFolds] = static_cast<double>(folds_);
     if (options.is_string("lambda")) {
       const std::string& value = options.string("lambda");
       if (value != "auto") {
@@ -87,25 +102,34 @@ class DedpoLoss final : public dedpo::Loss {
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
     dedpo::check_terms(terms, "dedpo", *this);
-    // lambda comes from previous batches only: the estimate of this batch stays unbiased.
-    const double estimate = lambda_estimate();
-    const bool warm = state_[kSeen] >= static_cast<double>(warmup_) && !std::isnan(estimate);
-    const double lambda = auto_ ? (warm ? estimate : 1.0) : lambda_;
-
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     const at::ScalarType dtype = h.scalar_type();
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, dtype);
+    // lambda comes from previous batches only, and a labelled pair's from the other folds only:
+    // the estimate of this batch stays unbiased.
+    at::Tensor fold =
+        auto_ || terms.fold_key.defined() ? pair_folds(terms, labels.labelled) : at::Tensor();
+    const std::vector<double> fold_lambda = auto_ ? lambdas_in_use() : std::vector<double>();
+    const double lambda = auto_ ? unlabelled_lambda(fold_lambda, terms.n_labelled) : lambda_;
+    at::Tensor pair_lambda = at::full_like(h, lambda);
+    if (auto_) {
+      at::Tensor by_fold = at::tensor(fold_lambda, at::TensorOptions().dtype(dtype)).to(h.device());
+      pair_lambda = at::where(labels.labelled, by_fold.index_select(0, fold.clamp_min(0)), pair_lambda);
+    }
+
     at::Tensor g = dedpo::annotator_target(terms, hard_, dtype);
     at::Tensor loss_g = dedpo::bce_with_logits(h, g);
     at::Tensor loss_z = at::where(labels.use, dedpo::bce_with_logits(h, labels.target),
                                   at::zeros_like(h));
 
-    at::Tensor correction = dedpo::labelled_mean(loss_z - lambda * loss_g, labels.labelled, terms);
+    at::Tensor correction =
+        dedpo::labelled_mean(loss_z - pair_lambda * loss_g, labels.labelled, terms);
     at::Tensor loss = correction;
     at::Tensor pseudo;
-    if (lambda != 0.0 || terms.drawn_from == dedpo::PairPool::all) {
-      pseudo = dedpo::all_mean(loss_g, at::ones_like(labels.labelled), terms, "dedpo");
-      loss = lambda * pseudo + correction;
+    if (pair_lambda.ne(0).any().item<bool>() || terms.drawn_from == dedpo::PairPool::all) {
+      at::Tensor everywhere = at::ones_like(labels.labelled);
+      pseudo = dedpo::all_mean(loss_g, everywhere, terms, "dedpo");
+      loss = dedpo::all_mean(pair_lambda * loss_g, everywhere, terms, "dedpo") + correction;
     }
 
     dedpo::Figures diagnostics = dedpo::preference_diagnostics(terms, h);
@@ -118,9 +142,10 @@ class DedpoLoss final : public dedpo::Loss {
       diagnostics.emplace_back("rectifier", (labelled_z - labelled_g).item<double>());
       diagnostics.emplace_back("correction", correction.detach().item<double>());
       if (pseudo.defined()) diagnostics.emplace_back("pseudo_loss", pseudo.detach().item<double>());
-      update_moments(h, labels, g, diagnostics);
+      update_moments(h, labels, g, fold, diagnostics);
     }
-    const double next = lambda_estimate();
+    const double next =
+        auto_ ? unlabelled_lambda(lambdas_in_use(), terms.n_labelled) : estimate_without(-1);
     if (!std::isnan(next)) diagnostics.emplace_back("lambda_estimate", next);
     return {loss, std::move(diagnostics)};
   }
@@ -128,49 +153,115 @@ class DedpoLoss final : public dedpo::Loss {
   std::vector<double> state() const override { return state_; }
 
   void load_state(const std::vector<double>& state) override {
-    if (state.size() != kSlots || state[kVersion] != kStateVersion) {
-      throw dedpo::Error("dedpo: cannot restore running state: expected " +
-                         std::to_string(kSlots) + " values of format " +
-                         std::to_string(static_cast<int>(kStateVersion)) + ", got " +
-                         std::to_string(state.size()) + " values" +
-                         (state.empty() ? std::string()
-                                        : " of format " + std::to_string(state[kVersion])));
+    if (state.size() != state_.size() || state[kVersion] != kStateVersion ||
+        state[kFolds] != state_[kFolds]) {
+      throw dedpo::Error(
+          "dedpo: cannot restore running state: expected " + std::to_string(state_.size()) +
+          " values of format " + std::to_string(static_cast<int>(kStateVersion)) + " with " +
+          std::to_string(folds_) + " lambda folds, got " + std::to_string(state.size()) +
+          " values" +
+          (state.size() > kFolds ? " of format " + std::to_string(state[kVersion]) + " with " +
+                                       std::to_string(state[kFolds]) + " folds"
+                                 : std::string()));
     }
     state_ = state;
   }
 
  private:
-  // clip(C / V, 0, 1) from the running moments; NaN when undefined (no data or V = 0).
-  double lambda_estimate() const {
-    const double w = state_[kWeight];
+  double moment(std::int64_t fold, std::size_t m) const {
+    return state_[kHeader + kMoments * static_cast<std::size_t>(fold) + m];
+  }
+
+  // [B] int64: each labelled pair's fold (fold_key % K), -1 for unlabelled pairs.
+  at::Tensor pair_folds(const dedpo::PairTerms& terms, const at::Tensor& labelled) const {
+    const at::Tensor& key = terms.fold_key;
+    if (!key.defined() || key.dim() != 1 || key.size(0) != labelled.size(0)) {
+      throw dedpo::Error("dedpo: PairTerms::fold_key (the labelled pairs' cross-fitting order, "
+                         "needed by lambda = \"auto\") must have shape [B], got " +
+                         (key.defined() ? std::to_string(key.numel()) + " values"
+                                        : std::string("none")));
+    }
+    at::Tensor k = key.to(labelled.device(), at::kLong);
+    if (k.masked_select(labelled).lt(0).any().item<bool>()) {
+      throw dedpo::Error("dedpo: a labelled pair has a negative PairTerms::fold_key");
+    }
+    return at::where(labelled, at::remainder(k, folds_), at::full_like(k, -1));
+  }
+
+  // clip(C / V, 0, 1) from the running moments of every fold but `except` (-1: all folds); NaN
+  // when undefined (no data or V = 0).
+  double estimate_without(std::int64_t except) const {
+    double sums[kMoments] = {};
+    for (std::int64_t j = 0; j < folds_; ++j) {
+      if (j == except) continue;
+      for (std::size_t m = 0; m < kMoments; ++m) sums[m] += moment(j, m);
+    }
+    const double w = sums[kWeight];
     if (!(w > 0.0)) return std::nan("");
-    const double mean_z = state_[kSumZ] / w, mean_g = state_[kSumG] / w;
-    double cov = state_[kSumZG] / w, var = state_[kSumGG] / w;
+    const double mean_z = sums[kSumZ] / w, mean_g = sums[kSumG] / w;
+    double cov = sums[kSumZG] / w, var = sums[kSumGG] / w;
     if (!raw_moments_) {
       cov -= mean_z * mean_g;
       var -= mean_g * mean_g;
     }
-    if (!(var > 1e-12 * std::max(state_[kSumGG] / w, 1e-300))) return std::nan("");
+    if (!(var > 1e-12 * std::max(sums[kSumGG] / w, 1e-300))) return std::nan("");
     return std::clamp(cov / var, 0.0, 1.0);
+  }
+
+  // The folds' lambdas for this batch: 1 (the paper's estimator) during warm-up and where a
+  // fold's estimate is undefined.
+  std::vector<double> lambdas_in_use() const {
+    std::vector<double> lambdas(static_cast<std::size_t>(folds_));
+    for (std::int64_t k = 0; k < folds_; ++k) lambdas[static_cast<std::size_t>(k)] = estimate_without(k);
+    const bool warm = state_[kSeen] >= static_cast<double>(warmup_);
+    for (double& lambda : lambdas) {
+      if (!warm || std::isnan(lambda)) lambda = 1.0;
+    }
+    return lambdas;
+  }
+
+  // An unlabelled pair's lambda: the folds' average weighted by fold size, the weighting under
+  // which the all-pairs term and the labelled correction cancel in expectation (docs/losses.md).
+  double unlabelled_lambda(const std::vector<double>& fold_lambda, std::int64_t n_labelled) const {
+    if (fold_lambda.empty()) return lambda_;
+    // sum_k n_k lambda_k / n_l: exactly 1 when every fold's lambda is 1.
+    double weighted = 0, total = 0;
+    for (std::int64_t k = 0; k < folds_; ++k) {
+      const auto size = static_cast<double>(
+          n_labelled > 0 ? dedpo::fold_size(n_labelled, folds_, k) : 1);
+      weighted += size * fold_lambda[static_cast<std::size_t>(k)];
+      total += size;
+    }
+    return weighted / total;
   }
 
   // Scores on this batch's labelled pairs: s_z = sigmoid(h) - z (zero for a dropped tie, whose
   // human term is zero), s_g = sigmoid(h) - g; the per-pair gradients are these times grad h.
+  // Each pair's scores go to its fold's moments (fold 0 when the batch has no fold keys, which
+  // only a fixed lambda allows; its lambda_estimate diagnostic pools the folds).
   void update_moments(const at::Tensor& h, const dedpo::LabelView& labels, const at::Tensor& g,
-                      dedpo::Figures& diagnostics) {
+                      const at::Tensor& fold, dedpo::Figures& diagnostics) {
     at::Tensor p = at::sigmoid(h.detach()).to(at::kCPU, at::kDouble);
     at::Tensor s_z = at::where(labels.use.to(at::kCPU), p - labels.target.to(at::kCPU, at::kDouble),
                                at::zeros_like(p));
     at::Tensor s_g = p - g.detach().to(at::kCPU, at::kDouble);
     at::Tensor labelled = labels.labelled.to(at::kCPU).contiguous();
+    at::Tensor folds = fold.defined() ? fold.to(at::kCPU, at::kLong).contiguous()
+                                      : at::zeros({p.size(0)}, at::kLong);
     s_z = s_z.contiguous();
     s_g = s_g.contiguous();
     const bool* lab = labelled.data_ptr<bool>();
+    const std::int64_t* pair_fold = folds.data_ptr<std::int64_t>();
     const double* a = s_z.data_ptr<double>();
     const double* b = s_g.data_ptr<double>();
+    std::vector<double> batch(kMoments * static_cast<std::size_t>(folds_), 0.0);
     double n = 0, sa = 0, sb = 0, sab = 0, sbb = 0, saa = 0;
     for (std::int64_t i = 0; i < p.size(0); ++i) {
       if (!lab[i]) continue;
+      const double values[kMoments] = {1.0, a[i], b[i], a[i] * b[i], b[i] * b[i], a[i] * a[i]};
+      for (std::size_t m = 0; m < kMoments; ++m) {
+        batch[kMoments * static_cast<std::size_t>(pair_fold[i]) + m] += values[m];
+      }
       n += 1;
       sa += a[i];
       sb += b[i];
@@ -184,10 +275,8 @@ class DedpoLoss final : public dedpo::Loss {
       if (std::isnan(diagnostics.back().second)) diagnostics.pop_back();
     }
     state_[kSeen] += n;
-    const double slots[] = {n, sa, sb, sab, sbb, saa};
-    const StateSlot targets[] = {kWeight, kSumZ, kSumG, kSumZG, kSumGG, kSumZZ};
-    for (std::size_t k = 0; k < std::size(slots); ++k) {
-      state_[targets[k]] = decay_ * state_[targets[k]] + slots[k];
+    for (std::size_t slot = 0; slot < batch.size(); ++slot) {
+      state_[kHeader + slot] = decay_ * state_[kHeader + slot] + batch[slot];
     }
   }
 
@@ -206,12 +295,13 @@ class DedpoLoss final : public dedpo::Loss {
   bool raw_moments_;
   bool hard_;
   dedpo::TieMode ties_;
+  std::int64_t folds_;
   std::vector<double> state_;
 };
 
 }  // namespace
 
 DEDPO_PLUGIN_LIBRARY(dedpo::describe<DedpoLoss>(
-    "dedpo", "1.0.0",
+    "dedpo", "1.1.0",
     "Debiased DPO: unbiased semi-supervised Diffusion-DPO with an annotator (PPI++ lambda).",
     kOptions))

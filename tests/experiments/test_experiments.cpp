@@ -4,8 +4,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cctype>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <toml++/toml.h>
 
 #include "test_support.hpp"
 
@@ -102,5 +107,63 @@ TEST(ToyExperiments, EveryFileValidates) {
     }
     auto result = run_dedpo("validate '" + entry.path().string() + "'");
     EXPECT_EQ(result.exit_code, 0) << entry.path() << "\n" << result.output;
+  }
+}
+
+namespace {
+
+// Every seed a toy experiment file runs: its grid's run.seed values, else its [run] seed (the
+// base file's when it sets none).
+std::set<std::int64_t> toy_seeds(const fs::path& file) {
+  toml::table table = toml::parse_file(file.string());
+  std::set<std::int64_t> seeds;
+  if (const toml::array* grid = table["grid"]["run.seed"].as_array()) {
+    for (const toml::node& seed : *grid) seeds.insert(seed.value_or<std::int64_t>(-1));
+    return seeds;
+  }
+  std::optional<std::int64_t> seed = table["run"]["seed"].value<std::int64_t>();
+  if (!seed) seed = toml::parse_file((kExperiments / "toy" / "common.toml").string())["run"]["seed"].value<std::int64_t>();
+  seeds.insert(seed.value_or(-1));
+  return seeds;
+}
+
+// Every value of a key named "beta" anywhere in the file.
+void collect_betas(const toml::node& node, std::set<double>& betas) {
+  if (const toml::table* table = node.as_table()) {
+    for (const auto& [key, value] : *table) {
+      if (key.str() == "beta" && value.is_number()) betas.insert(value.value_or(0.0));
+      collect_betas(value, betas);
+    }
+  } else if (const toml::array* array = node.as_array()) {
+    for (const toml::node& item : *array) collect_betas(item, betas);
+  }
+}
+
+}  // namespace
+
+// Hyper-parameters are chosen on validation seeds that no reported toy experiment uses, and
+// docs/toy_world.md names those seeds and the beta the experiment files use.
+TEST(ToyExperiments, BetaComesFromValidationSeedsNeverReportedAndTheDocsAgree) {
+  const fs::path toy = kExperiments / "toy";
+  const std::set<std::int64_t> validation = toy_seeds(toy / "beta_validation.toml");
+  ASSERT_FALSE(validation.empty());
+  std::set<double> betas;
+  for (const char* reported : {"paper_table.toml", "label_budget.toml", "default.toml"}) {
+    for (std::int64_t seed : toy_seeds(toy / reported)) {
+      EXPECT_EQ(validation.count(seed), 0u) << reported << " reports validation seed " << seed;
+    }
+    collect_betas(toml::parse_file((toy / reported).string()), betas);
+  }
+  ASSERT_EQ(betas.size(), 1u) << "the reported toy experiments disagree on beta";
+  const double beta = *betas.begin();
+  const std::string doc = dedpo::test::read_file(fs::path(DEDPO_SOURCE_DIR) / "docs" / "toy_world.md");
+  const std::string named = "β = " + std::to_string(static_cast<long long>(beta));
+  const std::size_t at = doc.find(named);
+  ASSERT_NE(at, std::string::npos) << "docs/toy_world.md does not say " << named;
+  EXPECT_FALSE(std::isdigit(static_cast<unsigned char>(doc[at + named.size()])))
+      << "docs/toy_world.md names another beta: " << doc.substr(at, named.size() + 3);
+  for (std::int64_t seed : validation) {
+    EXPECT_NE(doc.find(std::to_string(seed)), std::string::npos)
+        << "docs/toy_world.md does not name validation seed " << seed;
   }
 }

@@ -162,6 +162,26 @@ TEST(LossIdentities, CdpoWithZeroEpsilonIsDpoAndOtherwiseLabelSmoothing) {
   EXPECT_NEAR(e.loss, sum / static_cast<double>(w.n), 1e-12);
 }
 
+// IPO's option says which tau it is: on the beta-scaled logit h = beta r it is Azar et al.'s IPO in
+// the implicit log-ratio r with tau = beta * logit_tau, the loss multiplied by beta^2.
+TEST(LossIdentities, IpoLogitTauIsAzarsTauTimesBeta) {
+  World w = make_world({});
+  std::vector<double> h = logits(w);
+  const double logit_tau = 1e-4, azar_tau = kBeta * logit_tau;
+  double azar = 0;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    if (w.z[i] == 0.5) continue;
+    const double r = (w.z[i] == 1.0 ? h[i] : -h[i]) / kBeta;  // implicit log-ratio of the winner
+    azar += (r - 1 / (2 * azar_tau)) * (r - 1 / (2 * azar_tau));
+  }
+  const double ipo = evaluate(*make_loss("ipo", "logit_tau = 1e-4"), w, w.theta, range(w.n),
+                              all_labelled(w), PairPool::labelled)
+                         .loss;
+  EXPECT_NEAR(ipo, kBeta * kBeta * azar / static_cast<double>(w.n), 1e-9 * ipo);
+  // The old name, which read as Azar's tau, is refused rather than silently reinterpreted.
+  EXPECT_THROW(make_loss("ipo", "tau = 0.1"), dedpo::Error);
+}
+
 TEST(LossIdentities, RdpoIpoHingeSftFormulas) {
   World w = make_world({});
   std::vector<double> h = logits(w);
@@ -187,7 +207,7 @@ TEST(LossIdentities, RdpoIpoHingeSftFormulas) {
     sft += w.z[i] == 1.0 ? ma : mb;
   }
   EXPECT_NEAR(run("rdpo", "epsilon = 0.15"), rdpo / n, 1e-12);
-  EXPECT_NEAR(run("ipo", "tau = 0.25"), ipo / n, 1e-10);
+  EXPECT_NEAR(run("ipo", "logit_tau = 0.25"), ipo / n, 1e-10);
   EXPECT_NEAR(run("hinge", "margin = 2.0"), hinge / n, 1e-12);
   EXPECT_NEAR(run("sft", ""), sft / n, 1e-14);
   EXPECT_GT(hinge, 0.0);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -15,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "dedpo/cross_fit.hpp"
 #include "dedpo/loss.hpp"
 #include "dedpo/host/registry.hpp"
 
@@ -95,6 +97,11 @@ inline at::Tensor dvec(const std::vector<double>& v) {
   return at::tensor(at::ArrayRef<double>(v), at::TensorOptions().dtype(at::kDouble));
 }
 
+inline at::Tensor bool_mask(const std::vector<bool>& values) {
+  std::vector<std::uint8_t> bytes(values.begin(), values.end());
+  return at::tensor(at::ArrayRef<std::uint8_t>(bytes)).to(at::kBool);
+}
+
 // The batch `idx` of world `w` with errors computed from `theta` (a [d] tensor, possibly requiring
 // grad). `labelled[i]` says whether dataset pair i has a human label.
 inline dedpo::PairTerms make_terms(const World& w, const at::Tensor& theta,
@@ -126,6 +133,9 @@ inline dedpo::PairTerms make_terms(const World& w, const at::Tensor& theta,
   t.n_labelled = std::count(labelled.begin(), labelled.end(), true);
   t.n_unlabelled = w.n - t.n_labelled;
   t.drawn_from = drawn_from;
+  // The run's cross-fitting order of the labelled pairs: random, fixed for a labelled set.
+  at::Tensor keys = dedpo::fold_keys(bool_mask(labelled), std::hash<std::vector<bool>>{}(labelled));
+  t.fold_key = keys.index_select(0, at::tensor(at::ArrayRef<std::int64_t>(idx)));
   return t;
 }
 

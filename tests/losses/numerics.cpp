@@ -23,7 +23,7 @@ const Named kAllLosses[] = {
     {"sft", "ties = \"soft\""},
     {"cdpo", "epsilon = 0.2"},
     {"rdpo", "epsilon = 0.2"},
-    {"ipo", "tau = 0.5"},
+    {"ipo", "logit_tau = 0.5"},
     {"hinge", "margin = 1.5"},
     {"naive_ssl_dpo", "confidence_threshold = 0.6"},
     {"dedpo", "lambda = 1.0"},
@@ -107,6 +107,7 @@ TEST(LossNumerics, FiniteAtHugeLogitsInFloat32AndBfloat16) {
         t.is_labelled = at::ones({b}, at::kBool);
         t.human_label = dvec(z).to(dtype);
       }
+      t.fold_key = dedpo::fold_keys(t.is_labelled, 1);
       for (int rep = 0; rep < 2; ++rep) {  // the second pass runs with warmed-up statistics
         if (err_a.grad().defined()) err_a.grad().zero_(), err_b.grad().zero_();
         dedpo::LossResult r = loss->compute(t);
@@ -170,8 +171,8 @@ TEST(LossOptions, SpecificErrors) {
   EXPECT_NE(e.find("option 'lambda_warmup': expected an integer >= 1"), std::string::npos) << e;
   e = error_of("dedpo", "lambda_moments = \"median\"");
   EXPECT_NE(e.find("expected \"central\" or \"raw\", got \"median\""), std::string::npos) << e;
-  e = error_of("ipo", "tau = 0");
-  EXPECT_NE(e.find("option 'tau': expected a finite number > 0"), std::string::npos) << e;
+  e = error_of("ipo", "logit_tau = 0");
+  EXPECT_NE(e.find("option 'logit_tau': expected a finite number > 0"), std::string::npos) << e;
   EXPECT_EQ(error_of("dedpo", "lambda = \"auto\""), "(no error)");
   EXPECT_EQ(error_of("dedpo", "lambda = 0"), "(no error)");  // an integer is a number
 }

@@ -1,9 +1,12 @@
 // The toy world plugins (library dedpo_toy) and the self_train annotator, loaded through the
 // real plugin loader. The world header is compiled in here too, to check the plugins against it.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <memory>
+#include <span>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -14,7 +17,10 @@
 #include "dedpo/annotator.hpp"
 #include "dedpo/dataset.hpp"
 #include "dedpo/metric.hpp"
+#include "dedpo/host/experiment.hpp"
 #include "dedpo/host/registry.hpp"
+#include "dedpo/host/runner.hpp"
+#include "dedpo/host/trainer.hpp"
 #include "dedpo/services.hpp"
 #include "no_services.hpp"
 #include "test_support.hpp"
@@ -127,10 +133,31 @@ TEST(ToyWorld, BradleyTerryOracleMatchesItsFormula) {
   EXPECT_FALSE(at::equal(base_pairs(*backbone, n, 12).a, data.a));
 }
 
-TEST(ToyWorld, BiasedAnnotatorAgreesWithHumansLikeRealScorers) {
+// The pairs the annotator labels in training: both candidates sampled from the toy reference
+// model (experiments/toy/reference.toml, trained here into `folder`), labels from the oracle.
+dedpo::PairDataset training_pairs(const std::filesystem::path& folder, std::int64_t n,
+                                  std::uint64_t seed) {
+  const dedpo::Override output{"run.output", "\"" + folder.string() + "\""};
+  dedpo::Experiment reference = dedpo::load_experiment(
+      std::filesystem::path(DEDPO_SOURCE_DIR) / "experiments" / "toy" / "reference.toml",
+      std::span<const dedpo::Override>(&output, 1), registry());
+  dedpo::RunControl control;
+  control.run_dir = folder / "reference";
+  control.progress_bar = false;
+  dedpo::run_experiment(reference, registry(), control);
+  static std::shared_ptr<dedpo::Backbone> backbone;  // the pairs' reference must outlive them
+  backbone = prepared_toy("", 7, folder / "reference" / dedpo::kWeightsFile);
+  auto data = registry().create<dedpo::Dataset>("toy_pairs", "n_pairs = " + std::to_string(n));
+  dedpo::DatasetContext context{*backbone, {}, seed};
+  return data->pairs(context);
+}
+
+// Realism is measured where the annotator works: on training pairs (candidates from the
+// reference model), not on base-distribution pairs, whose candidates are farther apart.
+TEST(ToyWorld, BiasedAnnotatorAgreesWithHumansLikeRealScorersOnTheTrainingPairs) {
+  dedpo::test::TempDir temp;
+  dedpo::PairDataset data = training_pairs(temp.path(), 20000, 5);
   auto backbone = prepared_toy();
-  World world{WorldConfig{}};
-  dedpo::PairDataset data = base_pairs(*backbone, 20000, 5);
   auto annotator = registry().create<dedpo::Annotator>("toy_biased");
   EXPECT_FALSE(annotator->uses_labels());
   at::Tensor labelled = at::ones({data.size()}, at::kBool);
@@ -140,13 +167,16 @@ TEST(ToyWorld, BiasedAnnotatorAgreesWithHumansLikeRealScorers) {
   ASSERT_EQ(g.size(0), data.size());
   EXPECT_TRUE(((g >= 0) & (g <= 1)).all().item<bool>());
   EXPECT_TRUE(at::equal(g, annotator->annotate(context)));
-  double with_humans = agreement(g, data.human_label);
+  const double with_humans = agreement(g, data.human_label);
+  auto oracle = registry().create<dedpo::Annotator>("toy_biased", "bias_weight = 0.0\nnoise = 0.0");
+  const double oracle_agreement = agreement(oracle->annotate(context), data.human_label);
+  const double confidence = at::maximum(g, 1 - g).mean().item<double>();
+  std::printf("[realism] training pairs: toy_biased vs humans %.3f, noiseless unbiased vs humans "
+              "%.3f, mean confidence %.3f\n", with_humans, oracle_agreement, confidence);
   // Real synthetic annotators agree with Pick-a-Pic humans 57-70% (docs/toy_world.md).
   EXPECT_GT(with_humans, 0.60);
   EXPECT_LT(with_humans, 0.72);
-  // An unbiased, noiseless annotator agrees with humans as often as humans with the truth.
-  auto oracle = registry().create<dedpo::Annotator>("toy_biased", "bias_weight = 0.0\nnoise = 0.0");
-  double oracle_agreement = agreement(oracle->annotate(context), data.human_label);
+  // An unbiased, noiseless annotator does better: the ceiling the humans' own noise sets.
   EXPECT_GT(oracle_agreement, with_humans + 0.1);
 }
 
@@ -300,6 +330,7 @@ class NudgeServices : public NoServices {
              const at::Tensor& is_labelled, const at::Tensor&, std::int64_t steps,
              std::uint64_t) override {
     trained_on = is_labelled.sum().item<std::int64_t>();
+    trained_sets.push_back(is_labelled.clone());
     trained_steps = steps;
     if (steps == 0) return;
     at::NoGradGuard no_grad;
@@ -308,6 +339,7 @@ class NudgeServices : public NoServices {
   std::string loss_name;
   dedpo::Options loss_options, experiment_loss;
   std::int64_t trained_on = -1, trained_steps = -1;
+  std::vector<at::Tensor> trained_sets;  // the pairs each training may learn from
 };
 
 TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
@@ -321,7 +353,16 @@ TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
   at::Tensor g0 = untrained->annotate(context);
   EXPECT_EQ(services.loss_name, "dpo");
   EXPECT_DOUBLE_EQ(services.loss_options.real("beta"), 50.0);
-  EXPECT_EQ(services.trained_on, 100);
+  // Cross-fitted (5 folds by default): five models, each trained without one fifth of the
+  // labelled pairs, and every labelled pair left out of exactly one.
+  ASSERT_EQ(services.trained_sets.size(), 5u);
+  at::Tensor left_out = at::zeros({500}, at::kLong);
+  for (const at::Tensor& trained : services.trained_sets) {
+    EXPECT_EQ(trained.sum().item<std::int64_t>(), 80);
+    EXPECT_FALSE(trained.logical_and(labelled.logical_not()).any().item<bool>());
+    left_out += labelled.logical_and(trained.logical_not()).to(at::kLong);
+  }
+  EXPECT_TRUE(at::equal(left_out, labelled.to(at::kLong)));
   EXPECT_TRUE(at::allclose(g0, at::full({500}, 0.5f)));  // model == reference: no preference
 
   auto annotator = registry().create<dedpo::Annotator>(
@@ -334,6 +375,18 @@ TEST(SelfTrain, ScoresEveryPairWithTheTrainedModelsImplicitPreference) {
   at::Tensor none = at::zeros({500}, at::kBool);
   dedpo::AnnotatorContext unlabelled{data, none, *backbone, services, 4};
   EXPECT_THROW(annotator->annotate(unlabelled), dedpo::Error);
+
+  // One model on every labelled pair when asked for (folds = 1: no cross-fitting).
+  services.trained_sets.clear();
+  registry().create<dedpo::Annotator>("self_train", "steps = 0\nbeta = 50.0\nfolds = 1")
+      ->annotate(context);
+  ASSERT_EQ(services.trained_sets.size(), 1u);
+  EXPECT_TRUE(at::equal(services.trained_sets[0], labelled));
+  // More folds than labelled pairs is an error naming the option.
+  at::Tensor three = at::arange(500) < 3;
+  dedpo::AnnotatorContext few{data, three, *backbone, services, 4};
+  EXPECT_THAT([&] { untrained->annotate(few); },
+              ::testing::ThrowsMessage<dedpo::Error>(::testing::HasSubstr("folds")));
 }
 
 }  // namespace

@@ -141,3 +141,26 @@ TEST(Report, MeanAndConfidenceIntervalOverSeeds) {
   EXPECT_NE(svg.find("<svg"), std::string::npos);
   EXPECT_NE(svg.find(">dpo<"), std::string::npos) << svg;  // legend: one line per method
 }
+
+TEST(Report, DivergedSeedsAreCountedNotAveragedAway) {
+  test::TempDir temp;
+  // Seed 1 diverged: its results.json holds null (how JSON writes NaN) for the reward.
+  const char* rewards[] = {"1.0", "null", "3.0"};
+  std::string index = R"({"runs": {)";
+  for (int seed = 0; seed < 3; ++seed) {
+    const std::string name = "dedpo__run.seed=" + std::to_string(seed);
+    fs::create_directories(temp / name);
+    std::ofstream(temp / name / kConfigFile)
+        << "[run]\nseed = " << seed << "\n[train]\nlabelled_fraction = 0.05\n[loss]\nplugin = "
+        << "\"dedpo\"\n";
+    std::ofstream(temp / name / kResultsFile)
+        << "{\"metrics\": {\"reward\": " << rewards[seed] << ", \"steps_done\": 10}}";
+    index += (seed ? ",\n" : "") + ("\"" + name + "\": {\"method\": \"dedpo\", \"line\": \"dedpo\"}");
+  }
+  std::ofstream(temp / "grid.json") << index << "}}";
+  std::string summary = write_report(temp.path());
+  // Mean of the two finite seeds (2), the cell naming the diverged one; other columns unchanged.
+  EXPECT_NE(summary.find("2 ± 13 (n = 2 of 3, 1 diverged)"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("10 ± 0"), std::string::npos) << summary;
+  EXPECT_EQ(summary.find("10 ± 0 (n ="), std::string::npos) << summary;
+}

@@ -1,7 +1,8 @@
 // The labelled split on the fixture plugins: split.csv in every run folder, the random and the
-// stratified-by-prompt draw, and the [train] options' checks. (Ties and the dataset's counts are
-// exercised end to end in tests/pairs_manifest.)
+// stratified-by-prompt draw, ties dropped among the labelled pairs only, and the [train] options'
+// checks. (Ties and the dataset's counts are also exercised end to end in tests/pairs_manifest.)
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@ using namespace dedpo::trainer_test;
 
 struct SplitRow {
   int pair;
+  std::string id;
   std::string prompt;
   bool labelled;
   std::string label;
@@ -46,7 +48,7 @@ std::vector<SplitRow> read_split(const fs::path& run_dir) {
       }
     }
     EXPECT_EQ(cells.size(), 5u) << line;
-    rows.push_back({std::stoi(cells[0]), cells[2], cells[3] == "1", cells[4]});
+    rows.push_back({std::stoi(cells[0]), cells[1], cells[2], cells[3] == "1", cells[4]});
   }
   return rows;
 }
@@ -83,9 +85,9 @@ TEST(Split, EveryRunWritesWhichPairsAreLabelledAndOnlyTheirLabels) {
       nlohmann::json::parse(test::read_text(result.run_dir / kResultsFile)).at("data");
   EXPECT_EQ(data.at("pairs"), 40);
   EXPECT_EQ(data.at("labelled"), 16);
-  EXPECT_EQ(data.at("ties_kept"), 0);
+  EXPECT_EQ(data.at("labelled_ties_kept"), 0);
   EXPECT_THAT(test::read_text(result.run_dir / kLogFile),
-              ::testing::HasSubstr("data: 40 pairs, 16 labelled (random split), 0 ties kept"));
+              ::testing::HasSubstr("data: 40 pairs, 16 labelled (random split), 0 labelled ties kept"));
 }
 
 TEST(Split, ByPromptGivesEachPromptItsShareOfLabels) {
@@ -116,6 +118,46 @@ TEST(Split, SameSeedSameSplitAndAnotherSeedAnother) {
   RunResult c = run(registry, temp.path(), {{"run.seed", "4"}});
   EXPECT_EQ(test::read_text(a.run_dir / kSplitFile), test::read_text(b.run_dir / kSplitFile));
   EXPECT_NE(test::read_text(a.run_dir / kSplitFile), test::read_text(c.run_dir / kSplitFile));
+}
+
+// ties = "drop" reads only the labels training may see: the hidden label of an unlabelled pair,
+// tie or not, never decides whether it stays in the unlabelled pool.
+TEST(Split, DroppedTiesAreLabelledOnesAndHiddenLabelsLeaveTheUnlabelledPoolAlone) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  // Original pair numbers of the unlabelled and the labelled pairs (split.csv names the original
+  // position in its id column once pairs were dropped).
+  auto pools = [](const std::vector<SplitRow>& rows) {
+    std::pair<std::set<std::string>, std::set<std::string>> out;
+    for (const SplitRow& row : rows) {
+      const std::string pair = row.id.empty() ? std::to_string(row.pair) : row.id;
+      (row.labelled ? out.second : out.first).insert(pair);
+    }
+    return out;
+  };
+  RunResult without_ties = run(registry, temp.path(), {{"train.ties", "drop"}});
+  RunResult with_ties =
+      run(registry, temp.path(), {{"train.ties", "drop"}, {"data.tie_every", "3"}});
+  const auto [unlabelled, labelled] = pools(read_split(without_ties.run_dir));
+  const auto [unlabelled_tied, labelled_tied] = pools(read_split(with_ties.run_dir));
+  EXPECT_EQ(unlabelled_tied, unlabelled) << "hidden ties changed the unlabelled pool";
+  // The labelled ties (pairs 1, 4, 7, ... with a label) are gone, the other labelled pairs stay.
+  std::set<std::string> expected_labelled;
+  std::int64_t labelled_ties = 0;
+  for (const std::string& pair : labelled) {
+    const int index = std::stoi(pair);
+    if (index % 3 == 1) {
+      ++labelled_ties;
+    } else {
+      expected_labelled.insert(pair);
+    }
+  }
+  EXPECT_GT(labelled_ties, 0);
+  EXPECT_EQ(labelled_tied, expected_labelled);
+  nlohmann::json data =
+      nlohmann::json::parse(test::read_text(with_ties.run_dir / kResultsFile)).at("data");
+  EXPECT_EQ(data.at("labelled_ties_dropped"), labelled_ties);
+  EXPECT_EQ(data.at("pairs"), 40 - labelled_ties);
 }
 
 TEST(Split, BadOptionsAreNamed) {

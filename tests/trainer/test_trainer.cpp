@@ -186,6 +186,25 @@ TEST(Trainer, ResumeEqualsUninterruptedWithAdafactorEmaAccumulationAndAnnotator)
   EXPECT_FALSE(same_weights(temp / "full", temp / "adamw-full"));
 }
 
+TEST(Trainer, AFigureSomeMicroBatchesLackIsAveragedOverThoseThatHaveIt) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  // Two micro-batches per step: calls 2s - 1 (odd, reports odd_call = 2s - 1) and 2s (none).
+  Experiment e = experiment(registry, temp.path(),
+                            {{"train.grad_accum", "2"}, {"train.log_every", "1"},
+                             {"loss.odd_call_figure", "true"}});
+  ASSERT_TRUE(run_experiment(e, registry, quiet(temp / "accum")).finished);
+  int checked = 0;
+  for (const auto& line : jsonl(temp / "accum" / kMetricsFile)) {
+    if (!line.contains("odd_call")) continue;
+    const std::int64_t step = line.at("step").get<std::int64_t>();
+    EXPECT_EQ(line.at("odd_call").get<double>(), static_cast<double>(2 * step - 1))
+        << "step " << step << ": averaged with the micro-batch that lacks it";
+    ++checked;
+  }
+  EXPECT_EQ(checked, 12);
+}
+
 TEST(Trainer, NonFiniteLossSkipsTheStepAndCountsIt) {
   test::TempDir temp;
   PluginRegistry registry = fixture_registry();

@@ -144,6 +144,8 @@ const OptionSpec kDatasetOptions[] = {
     {"n", OptionType::integer, "64", "Pairs."},
     {"dim", OptionType::integer, "4", "Vector size."},
     {"unlabelled_every", OptionType::integer, "0", "Every k-th pair has no human label; 0 = none."},
+    {"tie_every", OptionType::integer, "0",
+     "Every k-th pair (from pair 1) has a tied human label 0.5; 0 = none."},
     {"fail", OptionType::boolean, "false", "Throw when asked for data (grid failure tests)."},
 };
 
@@ -151,7 +153,7 @@ class TestPairs final : public Dataset {
  public:
   explicit TestPairs(const Options& o)
       : n_(o.integer("n")), dim_(o.integer("dim")), unlabelled_every_(o.integer("unlabelled_every")),
-        fail_(o.boolean("fail")) {}
+        tie_every_(o.integer("tie_every")), fail_(o.boolean("fail")) {}
 
   PairDataset pairs(DatasetContext&) override {
     if (fail_) throw Error("test_pairs: deliberate failure (option fail = true)");
@@ -165,8 +167,13 @@ class TestPairs final : public Dataset {
     if (unlabelled_every_ > 0) {
       for (std::int64_t i = 0; i < n_; i += unlabelled_every_) d.human_label[i] = NAN;
     }
+    if (tie_every_ > 0) {
+      for (std::int64_t i = 1; i < n_; i += tie_every_) {
+        if (!std::isnan(d.human_label[i].item<float>())) d.human_label[i] = 0.5f;
+      }
+    }
     d.fingerprint = "test_pairs:" + std::to_string(n_) + ":" + std::to_string(dim_) + ":" +
-                    std::to_string(unlabelled_every_);
+                    std::to_string(unlabelled_every_) + ":" + std::to_string(tie_every_);
     return d;
   }
 
@@ -181,7 +188,7 @@ class TestPairs final : public Dataset {
   }
 
  private:
-  std::int64_t n_, dim_, unlabelled_every_;
+  std::int64_t n_, dim_, unlabelled_every_, tie_every_;
   bool fail_;
 };
 
@@ -190,6 +197,9 @@ const OptionSpec kLossOptions[] = {
     {"pool", OptionType::string, "\"labelled\"", "\"labelled\" or \"all\"."},
     {"use_annotator", OptionType::boolean, "false", "Targets of unlabelled pairs from ĝ."},
     {"nan_every", OptionType::integer, "0", "Every k-th compute() returns NaN; 0 = never."},
+    {"odd_call_figure", OptionType::boolean, "false",
+     "Odd-numbered compute() calls report a figure `odd_call` = their number, even ones none (a "
+     "figure some micro-batches lack)."},
 };
 
 // DPO-like loss with a running state (calls, mean logit) so checkpoints must carry it.
@@ -197,7 +207,8 @@ class TestDpoLoss final : public Loss {
  public:
   explicit TestDpoLoss(const Options& o)
       : beta_(o.real("beta")), all_(o.string("pool") == "all"),
-        use_annotator_(o.boolean("use_annotator")), nan_every_(o.integer("nan_every")) {
+        use_annotator_(o.boolean("use_annotator")), nan_every_(o.integer("nan_every")),
+        odd_call_figure_(o.boolean("odd_call_figure")) {
     if (o.string("pool") != "labelled" && !all_) o.fail("pool", "expected labelled or all");
   }
   PairPool pool() const override { return all_ ? PairPool::all : PairPool::labelled; }
@@ -215,7 +226,9 @@ class TestDpoLoss final : public Loss {
     double mean_logit = logit.mean().item<double>();
     running_ = 0.9 * running_ + 0.1 * mean_logit;
     if (nan_every_ > 0 && calls_ % nan_every_ == 0) loss = loss * NAN;
-    return {loss, {{"mean_logit", mean_logit}, {"running_logit", running_}}};
+    Figures figures = {{"mean_logit", mean_logit}, {"running_logit", running_}};
+    if (odd_call_figure_ && calls_ % 2 == 1) figures.emplace_back("odd_call", calls_);
+    return {loss, figures};
   }
   std::vector<double> state() const override { return {static_cast<double>(calls_), running_}; }
   void load_state(const std::vector<double>& s) override {
@@ -227,6 +240,7 @@ class TestDpoLoss final : public Loss {
   double beta_;
   bool all_, use_annotator_;
   std::int64_t nan_every_;
+  bool odd_call_figure_;
   std::int64_t calls_ = 0;
   double running_ = 0.0;
 };

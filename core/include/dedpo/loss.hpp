@@ -31,6 +31,11 @@ struct PairTerms {
   std::int64_t n_labelled = 0;    // labelled pairs in the whole training set
   std::int64_t n_unlabelled = 0;  // unlabelled pairs in the whole training set
   PairPool drawn_from = PairPool::labelled;
+  // [B] int64: a labelled pair's place in a random order of the run's labelled pairs, fixed for
+  // the run (dedpo/cross_fit.hpp fold_keys), -1 for an unlabelled pair. `fold_key % K` is the
+  // pair's fold when a loss cross-fits an estimate over K folds (dedpo's lambda = "auto" must
+  // not use the labels it corrects with). Undefined when the caller gives none.
+  at::Tensor fold_key;
 };
 
 struct LossResult {

@@ -24,7 +24,8 @@ namespace dedpo {
 // 3: image backbones, pair side information, AnnotatorContext::cache_dir.
 // 4: LibraryInfo::build; typed ExperimentServices::make_loss and experiment_loss_options;
 //    Metric::title.
-inline constexpr std::uint32_t kAbiVersion = 4;
+// 5: PairTerms::fold_key (cross-fitted estimates in losses).
+inline constexpr std::uint32_t kAbiVersion = 5;
 
 // Adding a kind: append here, add its name to to_string()/kind_from_string(), give its interface
 // `static constexpr PluginKind kind`.

@@ -340,9 +340,15 @@ std::string mean_and_interval(const std::vector<const Row*>& members, const std:
     if (it != row->metrics.end()) values.push_back(it->second);
   }
   Stat s = stat(values);
-  if (s.n == 0) return "-";
-  if (std::isfinite(s.half_width)) return fmt::format("{:.4g} ± {:.2g}", s.mean, s.half_width);
-  return fmt::format("{:.4g}", s.mean);
+  std::string cell = s.n == 0                        ? std::string("-")
+                     : std::isfinite(s.half_width) ? fmt::format("{:.4g} ± {:.2g}", s.mean, s.half_width)
+                                                   : fmt::format("{:.4g}", s.mean);
+  // A diverged run (non-finite figure) is left out of the mean, and the cell says so.
+  const std::size_t diverged = values.size() - s.n;
+  if (diverged > 0) {
+    cell += fmt::format(" (n = {} of {}, {} diverged)", s.n, values.size(), diverged);
+  }
+  return cell;
 }
 
 // summary.md's table: one row per method, mean ± 95% CI over its seeds.
@@ -384,7 +390,8 @@ std::string write_report(const fs::path& grid_dir) {
   std::string summary = fmt::format("# Grid {}\n\n", grid_dir.filename().string());
   summary += fmt::format("{} finished runs", runs.rows.size());
   if (runs.unfinished > 0) summary += fmt::format(", {} unfinished", runs.unfinished);
-  summary += "; mean ± 95% confidence interval (Student t) over seeds, n = seeds.\n\n";
+  summary += "; mean ± 95% confidence interval (Student t) over seeds, n = seeds; runs whose "
+             "figure is not finite (diverged) are counted in their cell, not averaged.\n\n";
   summary += table_text(summary_cells(runs));
   if (!runs.stale.empty()) {
     summary += fmt::format(

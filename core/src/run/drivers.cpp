@@ -56,7 +56,7 @@ Figures evaluate_run(const fs::path& run_dir, std::span<const Override> override
     DatasetContext data_context{*parts.backbone, cache_dir(experiment) / "data",
                                 experiment.run.seed};
     pairs = parts.dataset->pairs(data_context);
-    if (experiment.train.ties == TiePolicy::drop) drop_tied_pairs(*pairs);  // as the run did
+    split_for_training(*pairs, experiment.train, experiment.run.seed);  // the run's pairs
   }
   const Figures figures = evaluate_metrics(parts.metrics, *parts.backbone,
                                            pairs ? &*pairs : nullptr, experiment.eval.seed,

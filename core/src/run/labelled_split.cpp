@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include "dedpo/digest.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/records.hpp"
 #include "train/seeds.hpp"
@@ -45,9 +46,12 @@ at::Tensor choose_labelled(const PairDataset& data, double fraction, std::uint64
   return mask;
 }
 
-void drop_tied_pairs(PairDataset& data) {
-  at::Tensor keep = data.human_label.to(at::kFloat) != 0.5f;  // NaN (no label) is kept
-  if (keep.all().item<bool>()) return;
+std::int64_t drop_labelled_ties(PairDataset& data, at::Tensor& is_labelled) {
+  // Only labels training may see decide: an unlabelled pair stays whatever its hidden label.
+  at::Tensor keep = at::logical_not(is_labelled.to(at::kBool).logical_and(
+      data.human_label.to(at::kFloat) == 0.5f));
+  const std::int64_t dropped = data.size() - keep.sum().item<std::int64_t>();
+  if (dropped == 0) return 0;
   // Positions shift once pairs are dropped: data without ids gets its original positions as ids,
   // so the split file and id-matched annotations keep naming the same pairs.
   if (data.ids.empty()) {
@@ -72,7 +76,22 @@ void drop_tied_pairs(PairDataset& data) {
   select(data.a_files);
   select(data.b_files);
   select(data.ids);
-  data.fingerprint += "|ties=drop";
+  is_labelled = is_labelled.index_select(0, index);
+  // The content now depends on the split: annotation caches must tell them apart.
+  data.fingerprint += "|labelled ties dropped=" + tensor_digest(index);
+  return dropped;
+}
+
+TrainingSplit split_for_training(PairDataset& data, const TrainSettings& settings,
+                                 std::uint64_t seed) {
+  TrainingSplit split;
+  split.is_labelled = choose_labelled(data, settings.labelled_fraction, seed, settings.split);
+  split.ties = settings.ties == TiePolicy::drop
+                   ? drop_labelled_ties(data, split.is_labelled)
+                   : split.is_labelled.logical_and(data.human_label.to(at::kFloat) == 0.5f)
+                         .sum()
+                         .item<std::int64_t>();
+  return split;
 }
 
 void write_split_file(const fs::path& file, const PairDataset& data, const at::Tensor& is_labelled) {
@@ -96,7 +115,7 @@ void log_data_report(const PairDataset& pairs, const at::Tensor& is_labelled, st
   const bool drop_ties = settings.ties == TiePolicy::drop;
   report = {{"pairs", pairs.size()},
             {"labelled", labelled},
-            {drop_ties ? "ties_dropped" : "ties_kept", ties}};
+            {drop_ties ? "labelled_ties_dropped" : "labelled_ties_kept", ties}};
   std::string counts;
   bool skipped = drop_ties && ties > 0;
   for (const auto& [name, count] : pairs.counts) {
@@ -104,7 +123,7 @@ void log_data_report(const PairDataset& pairs, const at::Tensor& is_labelled, st
     counts += fmt::format(", {} {}", name, count);
     skipped = skipped || (name.starts_with("skipped_") && count > 0);
   }
-  std::string summary = fmt::format("data: {} pairs, {} labelled ({} split), {} ties {}{}",
+  std::string summary = fmt::format("data: {} pairs, {} labelled ({} split), {} labelled ties {}{}",
                                     pairs.size(), labelled,
                                     to_string(settings.split), ties,
                                     drop_ties ? "dropped" : "kept as 0.5", counts);

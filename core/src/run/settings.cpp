@@ -44,8 +44,9 @@ const OptionSpec kTrainOptions[] = {
      "\"by_prompt\" (stratified: each prompt gets its share of labels, rounded). Written to the "
      "run folder's split.csv."},
     {"ties", T::string, "\"keep\"",
-     "Pairs whose human label is a tie (0.5): \"keep\" them as 0.5 or \"drop\" them from the "
-     "data before the split; the count is logged and in results.json."},
+     "Labelled pairs whose human label is a tie (0.5): \"keep\" them as 0.5 or \"drop\" them "
+     "after the split (unlabelled pairs stay, whatever their hidden label); the count is logged "
+     "and in results.json."},
     {"optimizer", T::string, "\"adamw\"", "\"adamw\" or \"adafactor\"."},
     {"lr", T::real, "1e-4", "Peak learning rate."},
     {"weight_decay", T::real, "0.0", "Decoupled weight decay."},

@@ -96,12 +96,10 @@ void set_objective(const Experiment& experiment, Assembly& parts, Trainer& train
   data.pairs = parts.dataset->pairs(data_context);
   PairDataset& pairs = *data.pairs;
   record_data_fingerprint(run_dir, pairs.fingerprint);
-  std::int64_t ties = (pairs.human_label.to(at::kFloat) == 0.5f).sum().item<std::int64_t>();
-  if (settings.ties == TiePolicy::drop) drop_tied_pairs(pairs);
-  at::Tensor is_labelled =
-      choose_labelled(pairs, settings.labelled_fraction, experiment.run.seed, settings.split);
+  const TrainingSplit split = split_for_training(pairs, settings, experiment.run.seed);
+  const at::Tensor& is_labelled = split.is_labelled;
   write_split_file(run_dir / kSplitFile, pairs, is_labelled);
-  log_data_report(pairs, is_labelled, ties, settings, log, data.report);
+  log_data_report(pairs, is_labelled, split.ties, settings, log, data.report);
   at::Tensor annotator_prob =
       annotator_probabilities(experiment, parts, pairs, is_labelled, services, init, log);
   trainer.set_preference(*parts.loss, pairs, is_labelled, annotator_prob,

@@ -7,6 +7,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "dedpo/autocast.hpp"
+#include "dedpo/cross_fit.hpp"
 #include "dedpo/error.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "train/seeds.hpp"
@@ -34,19 +35,6 @@ std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, Weights
   return params;
 }
 
-// Adds each figure to the one of the same name (micro-batches of one step).
-void accumulate(Figures& total, const Figures& more) {
-  for (const auto& [name, value] : more) {
-    auto it = std::find_if(total.begin(), total.end(),
-                           [&](const auto& entry) { return entry.first == name; });
-    if (it == total.end()) {
-      total.emplace_back(name, value);
-    } else {
-      it->second += value;
-    }
-  }
-}
-
 }  // namespace
 
 Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device device,
@@ -55,12 +43,33 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
       settings_(settings),
       device_(device),
       total_steps_(total_steps),
+      seed_(seed),
       noise_(make_generator(derive_seed(seed, RandomStream::noise))),
       data_seed_(derive_seed(seed, RandomStream::data_order)),
       params_(checked_trainable_parameters(backbone, settings.weights_dtype)),
       masters_(params_),
       optimizer_(make_optimizer(masters_.masters(), settings_)),
       ema_(params_, settings_.ema_decay) {}
+
+void FigureSums::add(const Figures& more) {
+  for (const auto& [name, value] : more) {
+    auto it = std::find_if(sums.begin(), sums.end(),
+                           [&](const auto& entry) { return entry.first == name; });
+    if (it == sums.end()) {
+      sums.emplace_back(name, value);
+      counts.push_back(1.0);
+    } else {
+      it->second += value;
+      counts[static_cast<std::size_t>(it - sums.begin())] += 1.0;
+    }
+  }
+}
+
+Figures FigureSums::means() const {
+  Figures out = sums;
+  for (std::size_t k = 0; k < out.size(); ++k) out[k].second /= counts[k];
+  return out;
+}
 
 at::Tensor Trainer::to_device(const at::Tensor& host) const {
   if (host.device() == device_) return host;
@@ -76,6 +85,7 @@ void Trainer::set_preference(Loss& loss, const PairDataset& data, const at::Tens
   is_labelled_ = is_labelled.to(at::kCPU, at::kBool);
   annotator_prob_ = annotator_prob.defined() ? annotator_prob.to(at::kCPU) : annotator_prob;
   n_labelled_ = is_labelled_.sum().item<std::int64_t>();
+  fold_key_ = fold_keys(is_labelled_, seed_);
   n_unlabelled_ = data.size() - n_labelled_;
   at::Tensor label = data.human_label.to(at::kFloat);
   visible_label_ = at::where(is_labelled_, label, at::full_like(label, NAN));
@@ -107,18 +117,19 @@ StepReport Trainer::step() {
   }
   const auto micro_batches = static_cast<double>(settings_.grad_accum);
   double loss_sum = 0.0;
+  FigureSums diagnostics;
   for (std::int64_t micro = 0; micro < settings_.grad_accum; ++micro) {
     at::Tensor loss;
     {
       AutocastRegion autocast(device_.type(), settings_.precision == Precision::bf16);
-      loss = pairs_ != nullptr ? preference_loss(report.diagnostics) : denoising_loss();
+      loss = pairs_ != nullptr ? preference_loss(diagnostics) : denoising_loss();
     }
     loss = loss.to(at::kFloat);
     loss_sum += loss.item<double>();
     if (loss.requires_grad()) (loss / micro_batches).backward();
   }
   masters_.gradients_to_masters();
-  for (auto& [name, value] : report.diagnostics) value /= micro_batches;
+  report.diagnostics = diagnostics.means();
   report.loss = loss_sum / micro_batches;
   clip_or_skip(report);
   ++step_;
@@ -158,7 +169,7 @@ void Trainer::clip_or_skip(StepReport& report) {
   ema_.update();
 }
 
-at::Tensor Trainer::preference_loss(Figures& diagnostics) {
+at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
   at::Tensor index = sampler_.next(settings_.batch_size);
   PairBatch batch;
   batch.a = to_device(pairs_->a.index_select(0, index));
@@ -178,8 +189,9 @@ at::Tensor Trainer::preference_loss(Figures& diagnostics) {
   terms.n_labelled = n_labelled_;
   terms.n_unlabelled = n_unlabelled_;
   terms.drawn_from = loss_->pool();
+  terms.fold_key = to_device(fold_key_.index_select(0, index));
   LossResult result = loss_->compute(terms);
-  accumulate(diagnostics, result.diagnostics);
+  diagnostics.add(result.diagnostics);
   return result.loss;
 }
 

@@ -29,6 +29,15 @@ struct StepReport {
   Figures diagnostics;   // the loss's, averaged over micro-batches
 };
 
+// The figures of a step's micro-batches: each averaged over the micro-batches that gave it (a
+// micro-batch without labelled pairs has no implicit_accuracy; it must not count as 0).
+struct FigureSums {
+  Figures sums;
+  std::vector<double> counts;  // micro-batches that gave each figure
+  void add(const Figures& more);
+  Figures means() const;
+};
+
 class Trainer {
  public:
   // Batches go to `device` (the backbone's, from BackboneContext::device); the data stays on the
@@ -55,7 +64,7 @@ class Trainer {
   void load(torch::serialize::InputArchive& archive);
 
  private:
-  at::Tensor preference_loss(Figures& diagnostics);
+  at::Tensor preference_loss(FigureSums& diagnostics);
   at::Tensor denoising_loss();
   void clip_or_skip(StepReport& report);
   at::Tensor to_device(const at::Tensor& host) const;
@@ -64,6 +73,7 @@ class Trainer {
   TrainSettings settings_;
   c10::Device device_;
   std::int64_t total_steps_;
+  std::uint64_t seed_;
   at::Generator noise_;
   std::uint64_t data_seed_;
   std::vector<at::Tensor> params_;  // the model's, in weights_dtype
@@ -75,7 +85,7 @@ class Trainer {
   Loss* loss_ = nullptr;
   const PairDataset* pairs_ = nullptr;
   const SampleDataset* samples_ = nullptr;
-  at::Tensor condition_, is_labelled_, visible_label_, annotator_prob_;
+  at::Tensor condition_, is_labelled_, visible_label_, annotator_prob_, fold_key_;
   std::int64_t n_labelled_ = 0, n_unlabelled_ = 0;
 
   std::int64_t step_ = 0;
