@@ -12,7 +12,8 @@
 // the reference stored in bfloat16, the trainable UNet (or LoRA's adapters) in float32.
 // --checkpointing 1 turns on the UNet's gradient checkpointing; --compare-checkpointing times the
 // same steps without and with it and prints both side by side (its recomputation is not counted as
-// work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step, the peak
+// work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step (wall clock
+// and CPU time of all threads), minor page faults per step, the peak
 // memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
 // (counted per aten op: convolution, mm/addmm = linear, bmm and fused attention = attention; a step
 // is 3 forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
@@ -27,7 +28,7 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <malloc.h>
-#include <unistd.h>
+#include <sys/resource.h>
 #include <torch/types.h>  // before clip_grad.h, which assumes it
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
@@ -43,11 +44,14 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "dedpo/autocast.hpp"
+#include "dedpo/host/accelerator.hpp"
+#include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
@@ -133,16 +137,6 @@ double now_ms() {
 // Waits for the device's queued work, so that a wall-clock interval covers it.
 void synchronize(const at::Device& device) {
   if (!device.is_cpu()) at::accelerator::synchronizeDevice(device.index());
-}
-
-// Resident set size now (/proc/self/statm), MiB.
-double current_rss_mib() {
-  long pages_total = 0, pages_resident = 0;
-  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
-    if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
-    std::fclose(f);
-  }
-  return static_cast<double>(pages_resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
 }
 
 // Peak memory since the last reset_peak_memory(), MiB: the process's resident set (VmHWM) on the
@@ -309,8 +303,18 @@ Options parse(int argc, char** argv) {
 struct Timing {
   std::string name;
   std::vector<double> ms;
+  std::vector<double> cpu_ms;  // user + system time of all threads: robust to a loaded machine
+  double minor_faults_per_step = 0;
   double peak_mib = 0;
 };
+
+// This process's CPU time (user + system, all threads), ms, and minor page faults so far.
+std::pair<double, double> cpu_ms_and_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto ms = [](const timeval& t) { return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_usec) / 1e3; };
+  return {ms(usage.ru_utime) + ms(usage.ru_stime), static_cast<double>(usage.ru_minflt)};
+}
 
 void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& config, int64_t n_params,
                  const FlopCount& one, double step_flops, double peak, double setup_mib,
@@ -320,6 +324,8 @@ void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& confi
   std::printf("parameters        %lld\n", static_cast<long long>(n_params));
   std::printf("layout            %s\n", config.addition_embed_type == "text_time" ? "SDXL (text_time)" : "SD");
   std::printf("device, dtype     %s, %s, threads %d\n", device.str().c_str(), o.dtype.c_str(), at::get_num_threads());
+  std::printf("compute           %s\n", dedpo::compute_path(device, o.dtype == "bf16").description.c_str());
+  std::printf("allocator         %s\n", dedpo::describe(dedpo::current_allocator_policy()).c_str());
   std::printf("latent, pairs     %lldx%lld, P=%lld (2P=%lld images)\n", static_cast<long long>(o.latent),
               static_cast<long long>(o.latent), static_cast<long long>(o.pairs), static_cast<long long>(n));
   std::printf("forward GFLOP, batch 1: %.3f (conv %.3f, linear %.3f, attention %.3f)\n", one.total() / 1e9,
@@ -345,6 +351,8 @@ void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& confi
     return fixed(*std::min_element(r.ms.begin(), r.ms.end()), 0) + " / " +
            fixed(*std::max_element(r.ms.begin(), r.ms.end()), 0);
   });
+  row("median CPU ms/step", [&](const Timing& r) { return fixed(median(r.cpu_ms), 1); });
+  row("minor page faults/step", [&](const Timing& r) { return fixed(r.minor_faults_per_step, 0); });
   row("peak memory MiB", [&](const Timing& r) { return fixed(r.peak_mib, 1); });
   row("  - before, grads, AdamW", [&](const Timing& r) { return fixed(r.peak_mib - setup_mib - step_state_mib, 1); });
   row("GFLOP/s (% of matmul peak)", [&](const Timing& r) {
@@ -358,6 +366,7 @@ void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& confi
 int main(int argc, char** argv) {
   Options o;
   try {
+    dedpo::apply_allocator_policy();  // as the CLI does: what a user gets
     o = parse(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "dedpo_bench_dpo_step: " << e.what() << "\n" << kUsage << "\n";
@@ -443,7 +452,8 @@ int main(int argc, char** argv) {
     const double step_flops = (o.lora_rank > 0 ? 3.0 : 4.0) * batch.total();
 
     reset_peak_memory(device);
-    const double setup_mib = device.is_cpu() ? current_rss_mib() : peak_memory_mib(device);
+    const double setup_mib =
+        device.is_cpu() ? static_cast<double>(dedpo::resident_bytes()) / (1024.0 * 1024.0) : peak_memory_mib(device);
     auto time_steps = [&](bool gradient_checkpointing) {
       unet->set_gradient_checkpointing(gradient_checkpointing);
       reset_peak_memory(device);
@@ -452,9 +462,13 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < o.steps; ++i) {
         synchronize(device);
         const double t0 = now_ms();
+        const auto [cpu0, faults0] = cpu_ms_and_faults();
         step();
         synchronize(device);
         timing.ms.push_back(now_ms() - t0);
+        const auto [cpu1, faults1] = cpu_ms_and_faults();
+        timing.cpu_ms.push_back(cpu1 - cpu0);
+        timing.minor_faults_per_step += (faults1 - faults0) / static_cast<double>(o.steps);
       }
       timing.peak_mib = peak_memory_mib(device);
       return timing;
@@ -475,11 +489,15 @@ int main(int argc, char** argv) {
     nlohmann::json out = {{"side", "dedpo"},
                           {"torch", TORCH_VERSION},
                           {"device", device.str()},
+                          {"compute", dedpo::compute_path(device, bf16).description},
+                          {"allocator", dedpo::describe(dedpo::current_allocator_policy())},
                           {"threads", at::get_num_threads()},
                           {"parameters", n_params},
                           {"matmul_peak_gflops", peak},
                           {"step_gflop", step_flops / 1e9},
                           {"ms", runs.back().ms},
+                          {"cpu_ms", runs.back().cpu_ms},
+                          {"minor_faults_per_step", runs.back().minor_faults_per_step},
                           {"peak_mib", runs.back().peak_mib}};
     std::cout << out.dump() << std::endl;
   } catch (const std::exception& e) {

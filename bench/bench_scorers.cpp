@@ -12,6 +12,7 @@
 #include <iostream>
 #include <string>
 
+#include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/scorers/clip_scorer.hpp"
 #include "dedpo/sd/clip_model.hpp"
 
@@ -45,6 +46,7 @@ dedpo::sd::ClipModelConfig architecture(const std::string& name) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  dedpo::apply_allocator_policy();  // as the CLI does
   std::string name = "vit-l-14";
   int images = 16, threads = 0;
   for (int i = 1; i < argc; ++i) {

@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/experiment.hpp"
 #include "dedpo/host/registry.hpp"
 #include "dedpo/host/runner.hpp"
@@ -29,6 +30,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  dedpo::apply_allocator_policy();  // as the CLI does
   fs::path experiment_file = fs::path(DEDPO_SOURCE_DIR) / "experiments/toy/default.toml";
   std::int64_t steps = 200;
   std::vector<dedpo::Override> user;

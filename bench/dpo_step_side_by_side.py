@@ -3,8 +3,9 @@ same torch, in one invocation, printing one table.
 
 For each UNet config and pair count the two sides run as separate processes in alternating rounds
 (the order flips every round, so drift of the machine falls on both), each process timing --steps
-steps after --warmup. Each side runs twice per round: out of the box (no MALLOC_* variable) and
-with the same glibc allocator environment (ALLOCATOR_ENV).
+steps after --warmup. Each side runs twice per round: out of the box (no MALLOC_* variable: dedpo
+then applies its own allocator policy, diffusers runs on glibc's defaults) and with the same glibc
+allocator environment (ALLOCATOR_ENV, which dedpo respects instead of its policy).
 The table gives the median ms/step over all rounds (an even count takes the mean of the two middle values), the ratio dedpo / diffusers,
 the peak memory of the steps (resident set on the CPU, the caching allocator's on a GPU), pairs/s,
 and the achieved rate: the step's FLOPs as dedpo counts them over the median time, and its share
@@ -120,11 +121,29 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+# The instruction-set flags that decide the speed of these kernels (fp32 and bf16 matmuls).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return " ".join(flag for flag in SPEED_FLAGS if flag in present) or "none of " + " ".join(SPEED_FLAGS)
+    return "unknown"
+
+
+def load_average():
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def main(argv):
     args = parse_args(argv)
     sides = SIDES if args.with_diffusers else SIDES[:1]
     environments = list(ENVIRONMENTS) if args.environments == "both" else [args.environments]
     variants = [(side, env) for env in environments for side in sides]
+    load_before = load_average()
     results = {}  # (config, pairs, side, env) -> list of worker results
     for config in args.configs:
         for pairs in args.pairs:
@@ -136,11 +155,11 @@ def main(argv):
                     status = result.get("error") or f"{median(result['ms']):.0f} ms/step"
                     print(f"  {config.stem} P={pairs} {side:9s} {env:9s} round {round_index + 1}: {status}",
                           file=sys.stderr, flush=True)
-    print_table(args, sides, environments, results)
+    print_table(args, sides, environments, results, (load_before, load_average()))
     return 1 if any("error" in r for runs in results.values() for r in runs) else 0
 
 
-def print_table(args, sides, environments, results):
+def print_table(args, sides, environments, results, loads):
     ok = [r for runs in results.values() for r in runs if "error" not in r]
     peak = median([r["matmul_peak_gflops"] for r in ok])
     on_cpu = args.device == "cpu"
@@ -152,6 +171,11 @@ def print_table(args, sides, environments, results):
           f"(+{args.warmup} warm-up) per side, alternating")
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {', '.join(torch_versions) or '?'}; "
           f"{args.dtype} matmul peak {peak * rate_scale:.1f} {rate_unit} (median over {len(ok)} processes)")
+    print(f"CPU flags: {cpu_flags()}; load average (1/5/15 min) {loads[0]} before, {loads[1]} after")
+    computes = sorted({r["compute"] for r in ok if "compute" in r})
+    allocators = sorted({f"{ENVIRONMENTS[env]}: {r['allocator']}" for (_, _, side, env), runs in results.items()
+                         if side == "dedpo" for r in runs if "allocator" in r})
+    print(f"dedpo compute: {', '.join(computes) or '?'}; dedpo allocator: {'; '.join(allocators) or '?'}")
     for config in args.configs:
         first = {side: results[(config, args.pairs[0], side, environments[0])] for side in sides}
         counts = {side: median([r["step_gflop"] for r in first[side] if "error" not in r]) for side in sides}
@@ -159,7 +183,7 @@ def print_table(args, sides, environments, results):
               ", ".join(f"{side} counts {counts[side]:.1f}" for side in sides))
     header = ["config", "P", "environment"] + [f"{side} ms/step" for side in sides]
     if len(sides) == 2:
-        header.append("ratio dedpo/diffusers")
+        header += ["ratio dedpo/diffusers", "CPU-time ratio"]
     header += [f"{side} {memory_label}" for side in sides] + ["dedpo pairs/s"]
     header += [f"{side} {rate_unit} (% peak)" for side in sides]
     print("| " + " | ".join(header) + " |")
@@ -177,7 +201,9 @@ def print_table(args, sides, environments, results):
                 flops = median([r["step_gflop"] for r in counted])
                 row = [config.stem, str(pairs), ENVIRONMENTS[env]] + [f"{ms[side]:,.0f}" for side in sides]
                 if len(sides) == 2:
-                    row.append(f"{ms['dedpo'] / ms['diffusers']:.2f}")
+                    # CPU time per step (all threads): the same comparison, less sensitive to other load.
+                    cpu = {side: median([t for r in good[side] for t in r.get("cpu_ms", [])]) for side in sides}
+                    row += [f"{ms['dedpo'] / ms['diffusers']:.2f}", f"{cpu['dedpo'] / cpu['diffusers']:.2f}"]
                 row += [f"{memory[side]:,.0f}" for side in sides]
                 row.append(f"{pairs / (ms['dedpo'] / 1e3):.2f}")
                 for side in sides:

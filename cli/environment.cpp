@@ -6,9 +6,11 @@
 #include <thread>
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/Utils.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
+
+#include "dedpo/host/accelerator.hpp"
+#include "dedpo/host/allocator_policy.hpp"
 
 namespace dedpo::cli {
 
@@ -46,14 +48,12 @@ void print_environment(std::ostream& out) {
   for (const std::string& path : libraries) out << "loaded: " << path << "\n";
   const bool cuda = torch::cuda::is_available();
   out << "CUDA devices: " << (cuda ? std::to_string(torch::cuda::device_count()) : std::string("none")) << "\n";
-  const auto capabilities = at::cpu::get_cpu_capabilities();
-  auto flag = [&](const std::string& key) {
-    const auto it = capabilities.find(key);
-    return it != capabilities.end() && it->second.isBool() && it->second.toBool();
-  };
+  const dedpo::CpuFeatures cpu = dedpo::cpu_features();
   out << "CPU: " << std::thread::hardware_concurrency() << " hardware threads, LibTorch uses "
-      << at::get_num_threads() << "; AVX-512 " << yes_no(flag("avx512f")) << ", AVX-512 BF16 "
-      << yes_no(flag("avx512_bf16")) << ", AMX BF16 " << yes_no(flag("amx_bf16")) << "\n";
+      << at::get_num_threads() << "; AVX-512 " << yes_no(cpu.avx512) << ", AVX-512 BF16 "
+      << yes_no(cpu.avx512_bf16) << ", AMX BF16 " << yes_no(cpu.amx_bf16) << "\n";
+  out << "bf16 on the CPU: " << dedpo::compute_path(c10::Device(c10::kCPU), true, cpu).description << "\n";
+  out << "allocator: " << dedpo::describe(dedpo::current_allocator_policy()) << "\n";
 }
 
 }  // namespace dedpo::cli

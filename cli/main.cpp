@@ -22,6 +22,7 @@
 #include "dedpo/host/experiment.hpp"
 #include "dedpo/error_message.hpp"
 #include "dedpo/files.hpp"
+#include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/registry.hpp"
 #include "dedpo/host/runner.hpp"
 #include "dedpo/host/trainer.hpp"
@@ -351,6 +352,8 @@ int main(int argc, char** argv) {
   // while the plugin libraries are still loaded.
   dedpo::PluginRegistry registry;
   try {
+    // First: the runs the grid starts are `dedpo run` processes too, so they get it as well.
+    dedpo::apply_allocator_policy();
     registry.load_default_locations();
     if (command == "env") {
       dedpo::cli::print_environment(std::cout);

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
@@ -237,7 +238,14 @@ DenoisingErrors ToyBackbone::denoising_errors(const PairBatch& batch, at::Genera
   out.model_b = err.slice(0, B);
   if (with_reference) {
     at::NoGradGuard no_grad;
-    at::Tensor ref = (reference_->forward(x, tt, cc) - target).pow(2).mean(1);
+    at::Tensor prediction;
+    {
+      // No autograd bookkeeping at all for the frozen reference. Its output is an inference
+      // tensor; the errors computed from it outside are ordinary ones, which losses may keep.
+      c10::InferenceMode inference;
+      prediction = reference_->forward(x, tt, cc);
+    }
+    at::Tensor ref = (prediction - target).pow(2).mean(1);
     out.ref_a = ref.slice(0, 0, B);
     out.ref_b = ref.slice(0, B);
   }

@@ -1,10 +1,13 @@
 #include "dedpo/host/accelerator.hpp"
 
 #include <ATen/Context.h>
+#include <ATen/cpu/Utils.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 namespace dedpo {
@@ -33,10 +36,36 @@ void reset_peak_device_memory(c10::Device device) {
   if (device.is_cuda()) c10::getDeviceAllocator(device.type())->resetPeakStats(device.index());
 }
 
+CpuFeatures cpu_features() {
+  const auto capabilities = at::cpu::get_cpu_capabilities();
+  auto flag = [&](const std::string& key) {
+    const auto it = capabilities.find(key);
+    return it != capabilities.end() && it->second.isBool() && it->second.toBool();
+  };
+  return {flag("avx512_f"), flag("avx512_bf16"), flag("amx_bf16")};  // LibTorch's keys, not /proc/cpuinfo's
+}
+
+ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu) {
+  if (!bf16) return {"fp32"};
+  if (!device.is_cpu()) return {"bf16 autocast on " + device.str()};
+  if (cpu.amx_bf16) return {"bf16 autocast, AMX BF16"};
+  if (cpu.avx512_bf16) return {"bf16 autocast, AVX-512 BF16"};
+  return {"bf16 autocast, emulated (this CPU has neither AVX-512 BF16 nor AMX: slower than fp32)", true};
+}
+
 MemoryPeaks memory_peaks(c10::Device device) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return {static_cast<std::int64_t>(usage.ru_maxrss) * 1024, peak_device_memory(device)};  // ru_maxrss: KiB
+}
+
+std::int64_t resident_bytes() {
+  long pages_total = 0, pages_resident = 0;
+  if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(statm, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
+    std::fclose(statm);
+  }
+  return static_cast<std::int64_t>(pages_resident) * sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace dedpo

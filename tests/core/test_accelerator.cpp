@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include <ATen/Context.h>
@@ -31,4 +32,32 @@ TEST(Accelerator, NumericsAreSetProcessWide) {
 TEST(Accelerator, TheHostHasNoAllocatorPeak) {
   EXPECT_FALSE(dedpo::peak_device_memory(c10::Device(c10::kCPU)).has_value());
   dedpo::reset_peak_device_memory(c10::Device(c10::kCPU));  // nothing to reset, nothing fails
+}
+
+TEST(Accelerator, Bf16IsEmulatedOnlyWithoutAvx512Bf16OrAmx) {
+  const c10::Device cpu(c10::kCPU);
+  EXPECT_EQ(dedpo::compute_path(cpu, false, {}).description, "fp32");
+  EXPECT_FALSE(dedpo::compute_path(cpu, false, {}).emulated);
+  EXPECT_TRUE(dedpo::compute_path(cpu, true, {.avx512 = true}).emulated);
+  const dedpo::ComputePath avx512_bf16 = dedpo::compute_path(cpu, true, {.avx512 = true, .avx512_bf16 = true});
+  EXPECT_FALSE(avx512_bf16.emulated);
+  EXPECT_NE(avx512_bf16.description.find("AVX-512 BF16"), std::string::npos);
+  const dedpo::ComputePath amx = dedpo::compute_path(cpu, true, {.avx512 = true, .avx512_bf16 = true, .amx_bf16 = true});
+  EXPECT_NE(amx.description.find("AMX"), std::string::npos);
+  EXPECT_FALSE(dedpo::compute_path(c10::Device(c10::kCUDA, 0), true, {}).emulated);
+}
+
+TEST(Accelerator, TheCpuFeaturesAreLibTorchsCapabilities) {
+  // This machine's /proc/cpuinfo is the other witness of the same flags.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
+  }
+  ASSERT_FALSE(line.empty()) << "no flags line in /proc/cpuinfo";
+  const auto has = [&](const std::string& flag) { return (line + " ").find(" " + flag + " ") != std::string::npos; };
+  const dedpo::CpuFeatures cpu = dedpo::cpu_features();
+  EXPECT_EQ(cpu.avx512, has("avx512f"));
+  EXPECT_EQ(cpu.avx512_bf16, has("avx512_bf16"));
+  // AMX also needs the kernel's permission for its tile state, which LibTorch asks for.
+  if (cpu.amx_bf16) EXPECT_TRUE(has("amx_bf16"));
 }

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "dedpo/host/accelerator.hpp"
+#include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/experiment.hpp"
 #include "dedpo/host/registry.hpp"
 #include "dedpo/host/runner.hpp"
@@ -50,6 +52,23 @@ TEST(Device, EveryPluginGetsTheRunsDeviceAndResultsRecordItWithMemoryPeaks) {
     // The caching allocator's peak exists on CUDA only.
     EXPECT_EQ(results["peak_device_memory_bytes"].is_null(), results["device"] == "cpu");
     EXPECT_NE(test::read_text(run_dir / kLogFile).find("peak host memory"), std::string::npos);
+  }
+}
+
+TEST(Device, TheComputePathAndTheAllocatorAreInTheLogAndResults) {
+  test::TempDir temp;
+  PluginRegistry registry = fixture_registry();
+  for (const std::string precision : {"fp32", "bf16"}) {
+    Experiment e = experiment(registry, temp.path(), {{"train.precision", "\"" + precision + "\""}});
+    const fs::path run_dir = temp / precision;
+    ASSERT_TRUE(run_experiment(e, registry, quiet(run_dir)).finished);
+    const ComputePath expected = compute_path(c10::Device(c10::kCPU), precision == "bf16");
+    const nlohmann::json results = results_of(run_dir);
+    EXPECT_EQ(results["compute"], expected.description);
+    EXPECT_EQ(results["allocator"], describe(current_allocator_policy()));
+    const std::string log = test::read_text(run_dir / kLogFile);
+    EXPECT_NE(log.find("compute: " + expected.description + "; allocator: "), std::string::npos) << log;
+    EXPECT_EQ(log.find("is emulated on this CPU") != std::string::npos, expected.emulated) << log;
   }
 }
 

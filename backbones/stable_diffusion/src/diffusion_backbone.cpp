@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -373,16 +374,22 @@ at::Tensor DiffusionBackbone::unconditional_row() { return encode_prompts({""});
 at::Tensor DiffusionBackbone::run_unet(const at::Tensor& x, const at::Tensor& t, const UNetConditioning& conditioning,
                                        bool reference) {
   AutocastRegion autocast(x.device().type(), bfloat16());
+  // The frozen reference runs under inference mode: no autograd bookkeeping at all. Its output is
+  // an inference tensor, which callers only read (no in-place update, no use in the backward).
+  std::optional<c10::InferenceMode> inference;
   if (!lora_.empty()) {
     // The reference is the base with the adapters off; a bfloat16 base computes in bfloat16.
     ActiveAdapters active(reference ? nullptr : &lora_adapters_);
+    if (reference) inference.emplace();
     const UNetConditioning inputs = conditioning_in(conditioning, frozen_dtype_);
     return unet_->forward(x.to(frozen_dtype_), t, inputs.context, inputs.added).to(at::kFloat);
   }
   if (!reference) return unet_->forward(x, t, conditioning.context, conditioning.added).to(at::kFloat);
-  // reference_device = "cpu": the copy visits the batch's device for this pass only.
+  // reference_device = "cpu": the copy visits the batch's device for this pass only; it moves
+  // outside inference mode, so that its weights stay ordinary tensors.
   std::optional<ModuleOnDevice> visit;
   if (reference_on_cpu_) visit.emplace(*reference_, x.device());
+  inference.emplace();
   const UNetConditioning inputs = conditioning_in(conditioning, frozen_dtype_);
   return reference_->forward(x.to(frozen_dtype_), t, inputs.context, inputs.added).to(at::kFloat);
 }

@@ -14,6 +14,7 @@
 #include "dedpo/error_message.hpp"
 #include "dedpo/files.hpp"
 #include "dedpo/host/accelerator.hpp"
+#include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/assemble.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "run/caches.hpp"
@@ -31,6 +32,10 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
+
+ComputePath run_compute_path(const Experiment& experiment) {
+  return compute_path(experiment.run.device, experiment.train.precision == Precision::bf16);
+}
 
 // What the trainer trains on; it must outlive the trainer, which points into it.
 struct TrainingData {
@@ -190,6 +195,7 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
       save_checkpoint(run_dir, trainer, clock.seconds());
     }
     progress.update(step, report.loss);
+    if (control.after_step) control.after_step(step);
   }
   return true;
 }
@@ -220,6 +226,8 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
   const MemoryPeaks peaks = memory_peaks(experiment.run.device);
   json results = {{"metrics", figures_json(result.metrics)},
                   {"device", experiment.run.device.str()},
+                  {"compute", run_compute_path(experiment).description},
+                  {"allocator", describe(current_allocator_policy())},
                   {"peak_rss_bytes", peaks.host_bytes},
                   {"peak_device_memory_bytes", peaks.device_bytes ? json(*peaks.device_bytes) : json(nullptr)},
                   {"steps", trainer.step_index()},
@@ -279,6 +287,13 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
   RunLog log(run_dir / kLogFile);
   try {
     log.line((start == RunStart::resume ? "resuming " : "starting ") + run_dir.string());
+    const ComputePath compute = run_compute_path(experiment);
+    log.line("compute: " + compute.description + "; allocator: " + describe(current_allocator_policy()));
+    if (compute.emulated) {
+      const std::string warning = "warning: precision = \"bf16\" is emulated on this CPU; precision = \"fp32\" runs faster here";
+      log.line(warning);
+      std::cerr << "dedpo: " << warning << "\n";
+    }
     const InitialWeights init = resolve_init(experiment, registry, log);
     Assembly parts = assemble(experiment, registry, init.file);
     RunServices services(experiment, registry, parts.backbone_context);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 namespace dedpo {
 
@@ -33,5 +34,27 @@ struct MemoryPeaks {
   std::optional<std::int64_t> device_bytes;
 };
 MemoryPeaks memory_peaks(c10::Device device);
+
+// The process's resident memory now (/proc/self/statm), bytes.
+std::int64_t resident_bytes();
+
+// The CPU's instructions that carry bfloat16 matmuls and convolutions (oneDNN uses them), as
+// LibTorch's CPU capability query reports them.
+struct CpuFeatures {
+  bool avx512 = false;
+  bool avx512_bf16 = false;  // VDPBF16PS: bf16 dot products at twice the fp32 rate
+  bool amx_bf16 = false;     // AMX tiles
+};
+CpuFeatures cpu_features();
+
+// Which path a run's compute takes on `device` with bf16 autocast on or off, said in the run log
+// and results.json ("compute"). On a CPU with neither AVX-512 BF16 nor AMX, bf16 is emulated:
+// every op converts to float32 and back, several times slower than fp32 (`emulated` is then true
+// and the run warns, but runs: the numerics are those of bf16 on any machine).
+struct ComputePath {
+  std::string description;
+  bool emulated = false;
+};
+ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu = cpu_features());
 
 }  // namespace dedpo

@@ -2,6 +2,7 @@
 // Running experiments: single runs (fresh or resumed), grids of runs, and their reports.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <span>
 #include <string>
 #include <utility>
@@ -19,6 +20,9 @@ struct RunControl {
   bool progress_bar = true;  // only drawn when stderr is a terminal
   // Stop (as if killed) after this many optimiser steps; 0 = never. Lets tests interrupt a run.
   std::int64_t stop_after_steps = 0;
+  // Called after every optimiser step with its number (1-based), in the training thread; lets a
+  // caller watch a long run (tests/trainer/test_memory.cpp samples the resident memory).
+  std::function<void(std::int64_t step)> after_step;
 };
 
 struct RunResult {
