@@ -38,7 +38,7 @@ std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, Weights
 void accumulate(Figures& total, const Figures& more) {
   for (const auto& [name, value] : more) {
     auto it = std::find_if(total.begin(), total.end(),
-                           [&](const auto& entry) { return entry.first == name; });
+                           [&key = name](const auto& entry) { return entry.first == key; });
     if (it == total.end()) {
       total.emplace_back(name, value);
     } else {
