@@ -424,6 +424,15 @@ TEST_F(FileAnnotator, BadRowsNameTheLineAndMissingPairsAreListed) {
               HasSubstr("partial.csv: no value for 2 of 3 pairs, e.g. 'p1', 'p3'"));
 }
 
+// A CSV file in another encoding (here Latin-1's é): its cells cannot become JSON strings. Found by
+// fuzz/records.cpp; the value's error message used to throw nlohmann's own "invalid UTF-8 byte".
+TEST_F(FileAnnotator, CsvThatIsNotUtf8NamesTheLineAndColumn) {
+  EXPECT_THAT(error("latin1.csv", "id,g\np1,\xe9\n"),
+              HasSubstr("latin1.csv:2: column 'g' is not valid UTF-8 text"));
+  EXPECT_THAT(error("header.csv", "id,caf\xe9\np1,1\n"),
+              HasSubstr("header.csv:1: the header row is not valid UTF-8 text"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // `dedpo run` end to end: sd15 + pairs_manifest + dedpo loss + file annotator
 
