@@ -163,7 +163,7 @@ TEST(Safetensors, BadOffsets) {
 }
 
 // An empty tensor whose other sizes multiply past 2^63 passed the byte count (0) and then threw
-// LibTorch's own "Storage size calculation overflowed" from get(). Found by fuzz/safetensors_header.
+// LibTorch's own "Stride calculation overflowed" from get(). Found by fuzz/safetensors_header.
 TEST(Safetensors, EmptyTensorWithOverflowingSizes) {
   TempDir dir;
   const auto path = write_raw(
