@@ -69,7 +69,7 @@ std::vector<Record> parse_jsonl(const std::string& text) {
         record.fields = nlohmann::json();
         record.error = "expected a JSON object {...}";
       }
-    } catch (const nlohmann::json::parse_error& error) {
+    } catch (const nlohmann::json::exception& error) {  // also out_of_range: 1e999
       record.error = std::string("malformed JSON: ") + error.what();
     }
     records.push_back(std::move(record));

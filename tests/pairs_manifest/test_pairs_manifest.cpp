@@ -433,6 +433,13 @@ TEST_F(FileAnnotator, CsvThatIsNotUtf8NamesTheLineAndColumn) {
               HasSubstr("header.csv:1: the header row is not valid UTF-8 text"));
 }
 
+// A number beyond a double is nlohmann's out_of_range, not a parse_error: it ended the process
+// (std::terminate) instead of naming the line. Found by fuzz/records.
+TEST_F(FileAnnotator, JsonlNumberBeyondADoubleNamesTheLine) {
+  EXPECT_THAT(error("huge.jsonl", R"({"id": "p1", "g": 1e999})" "\n"),
+              HasSubstr("huge.jsonl:1: malformed JSON"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // `dedpo run` end to end: sd15 + pairs_manifest + dedpo loss + file annotator
 
