@@ -4,7 +4,8 @@
 #   - a git-ignored Python environment .venv/ holding the pinned PyTorch wheel, whose LibTorch (a CUDA
 #     build that also runs on machines without a GPU) the build links against.
 # `--bench` also installs the Python reference stack the benchmarks compare against (never needed by
-# the tests).
+# the tests); `--sanitize` also installs clang and its sanitizer / libFuzzer runtimes for the
+# instrumented build (scripts/build_sanitize.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # torch 2.11.0 is built against CUDA 13.0, the toolkit of the project's machines and of the GPU
@@ -12,15 +13,18 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_pin="torch==2.11.0"
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
+sanitize=0
 for arg in "$@"; do
   case "$arg" in
     --bench) bench=1 ;;
-    *) echo "setup: unknown argument '$arg' (expected --bench)" >&2; exit 2 ;;
+    --sanitize) sanitize=1 ;;
+    *) echo "setup: unknown argument '$arg' (expected --bench or --sanitize)" >&2; exit 2 ;;
   esac
 done
 
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
           libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev)
+((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)
 [[ -n "$python" ]] && "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)

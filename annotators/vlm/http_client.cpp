@@ -59,6 +59,8 @@ HttpUrl parse_http_url(const std::string& url) {
   return parsed;
 }
 
+void limit_response(ResponseParser& parser) { parser.body_limit(kMaxResponseBytes); }
+
 HttpClient::HttpClient(HttpUrl url) : url_(std::move(url)) {
   asio::io_context io;
   tcp::resolver resolver(io);
@@ -84,8 +86,8 @@ HttpResponse HttpClient::post_json(const std::string& path, const std::string& b
   asio::io_context io;
   beast::tcp_stream stream(io);
   beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(kMaxResponseBytes);
+  ResponseParser parser;
+  limit_response(parser);
   beast::error_code failure;
   const char* stage = "connecting";
   // One deadline for connect, write and read: tcp_stream applies it to every pending operation.

@@ -6,6 +6,8 @@
 #include <string>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
 
 namespace dedpo::vlm {
 
@@ -23,6 +25,11 @@ struct HttpResponse {
   int status = 0;
   std::string body;
 };
+
+using ResponseParser = boost::beast::http::response_parser<boost::beast::http::string_body>;
+// The parser post_json reads a server's response with (it refuses bodies over 16 MiB); fuzz/
+// feeds it bytes directly.
+void limit_response(ResponseParser& parser);
 
 // The request got no HTTP response: it timed out, or the connection failed or was dropped.
 class TransportError : public std::runtime_error {

@@ -15,6 +15,40 @@ RecordFormat record_format_of(const std::filesystem::path& file) {
 
 namespace {
 
+// Well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF). JSON
+// text must be UTF-8, so CSV cells, which become JSON strings, are held to it too.
+bool is_utf8(const std::string& text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    std::size_t length = 1;
+    unsigned char low = 0x80, high = 0xBF;  // the range of the second byte
+    if (byte < 0x80) {
+      ++i;
+      continue;
+    } else if (byte >= 0xC2 && byte <= 0xDF) {
+      length = 2;
+    } else if (byte >= 0xE0 && byte <= 0xEF) {
+      length = 3;
+      if (byte == 0xE0) low = 0xA0;
+      if (byte == 0xED) high = 0x9F;
+    } else if (byte >= 0xF0 && byte <= 0xF4) {
+      length = 4;
+      if (byte == 0xF0) low = 0x90;
+      if (byte == 0xF4) high = 0x8F;
+    } else {
+      return false;
+    }
+    if (text.size() - i < length) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if (next < (k == 1 ? low : 0x80) || next > (k == 1 ? high : 0xBF)) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
 std::vector<Record> parse_jsonl(const std::string& text) {
   std::vector<Record> records;
   std::int64_t line_number = 0;
@@ -35,7 +69,7 @@ std::vector<Record> parse_jsonl(const std::string& text) {
         record.fields = nlohmann::json();
         record.error = "expected a JSON object {...}";
       }
-    } catch (const nlohmann::json::parse_error& error) {
+    } catch (const nlohmann::json::exception& error) {  // also out_of_range: 1e999
       record.error = std::string("malformed JSON: ") + error.what();
     }
     records.push_back(std::move(record));
@@ -89,6 +123,11 @@ std::vector<Record> parse_csv(const std::string& text, const std::string& name) 
       throw Error(name + ":" + std::to_string(line) + ": unterminated quote in the header row");
     }
     if (!(cells.size() == 1 && cells[0].empty())) header = cells;
+    for (const std::string& cell : header) {
+      if (!is_utf8(cell)) {
+        throw Error(name + ":" + std::to_string(line) + ": the header row is not valid UTF-8 text");
+      }
+    }
     line += consumed;
   }
   if (header.empty()) throw Error(name + ": no header row (expected column names)");
@@ -106,7 +145,14 @@ std::vector<Record> parse_csv(const std::string& text, const std::string& name) 
                      std::to_string(cells.size());
     } else {
       record.fields = nlohmann::json::object();
-      for (std::size_t i = 0; i < header.size(); ++i) record.fields[header[i]] = cells[i];
+      for (std::size_t i = 0; i < header.size(); ++i) {
+        if (!is_utf8(cells[i])) {
+          record.fields = nlohmann::json();
+          record.error = "column '" + header[i] + "' is not valid UTF-8 text";
+          break;
+        }
+        record.fields[header[i]] = cells[i];
+      }
     }
     records.push_back(std::move(record));
   }

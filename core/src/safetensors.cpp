@@ -147,10 +147,15 @@ File::File(const std::filesystem::path& path) : path_(path) {
       const DtypeEntry* dtype = find_dtype(info.dtype);
       if (!dtype) throw Error(fmt::format("{}: tensor '{}' has unknown dtype '{}'", where, key, info.dtype));
       uint64_t bytes = c10::elementSize(dtype->type);
+      // The bytes of the shape without its zero sizes must fit too: LibTorch checks that product
+      // for every tensor, also an empty one such as [0, 2^40, 2^40].
+      uint64_t bytes_of_nonzero = bytes;
       for (const auto& dim : entry["shape"]) {
         if (!dim.is_number_unsigned()) throw Error(at_key + " has a shape entry that is not a non-negative integer");
         const uint64_t d = dim.get<uint64_t>();
-        if (d > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes)) {
+        if (d > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes) ||
+            (d != 0 && __builtin_mul_overflow(bytes_of_nonzero, d, &bytes_of_nonzero)) ||
+            bytes_of_nonzero > static_cast<uint64_t>(INT64_MAX)) {
           throw Error(at_key + " has a shape too large");
         }
         info.shape.push_back(static_cast<int64_t>(d));

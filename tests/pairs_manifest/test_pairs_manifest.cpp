@@ -464,6 +464,22 @@ TEST_F(FileAnnotator, BadRowsNameTheLineAndMissingPairsAreListed) {
               HasSubstr("partial.csv: no value for 2 of 3 pairs, e.g. 'p1', 'p3'"));
 }
 
+// A CSV file in another encoding (here Latin-1's é): its cells cannot become JSON strings. Found by
+// fuzz/records.cpp; the value's error message used to throw nlohmann's own "invalid UTF-8 byte".
+TEST_F(FileAnnotator, CsvThatIsNotUtf8NamesTheLineAndColumn) {
+  EXPECT_THAT(error("latin1.csv", "id,g\np1,\xe9\n"),
+              HasSubstr("latin1.csv:2: column 'g' is not valid UTF-8 text"));
+  EXPECT_THAT(error("header.csv", "id,caf\xe9\np1,1\n"),
+              HasSubstr("header.csv:1: the header row is not valid UTF-8 text"));
+}
+
+// A number beyond a double is nlohmann's out_of_range, not a parse_error: it ended the process
+// (std::terminate) instead of naming the line. Found by fuzz/records.
+TEST_F(FileAnnotator, JsonlNumberBeyondADoubleNamesTheLine) {
+  EXPECT_THAT(error("huge.jsonl", R"({"id": "p1", "g": 1e999})" "\n"),
+              HasSubstr("huge.jsonl:1: malformed JSON"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // `dedpo run` end to end: sd15 + pairs_manifest + dedpo loss + file annotator
 

@@ -163,6 +163,18 @@ TEST(Safetensors, BadOffsets) {
                                   "': tensor 'b' has bad data_offsets [4, 12]: they overlap tensor 'a' [0, 8]");
 }
 
+// An empty tensor whose other sizes multiply past 2^63 passed the byte count (0) and then threw
+// LibTorch's own "Stride calculation overflowed" from get(). Found by fuzz/safetensors_header.
+TEST(Safetensors, EmptyTensorWithOverflowingSizes) {
+  TempDir dir;
+  const auto path = write_raw(
+      dir, R"({"w": {"dtype": "F32", "shape": [0, 4294967296, 4294967296], "data_offsets": [0, 0]}})", 0);
+  EXPECT_EQ(open_error(path), "safetensors file '" + path.string() +
+                                  "': malformed header: tensor 'w' has a shape too large");
+  const auto fine = write_raw(dir, R"({"w": {"dtype": "F32", "shape": [0, 65536], "data_offsets": [0, 0]}})", 0);
+  EXPECT_EQ(st::File(fine).get("w").sizes(), (std::vector<int64_t>{0, 65536}));
+}
+
 TEST(Safetensors, TruncatedData) {
   TempDir dir;
   const auto path = write_raw(dir, R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", 10);

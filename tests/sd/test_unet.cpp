@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "dedpo/error.hpp"
 #include "dedpo/safetensors.hpp"
 #include "dedpo/sd/unet.hpp"
 #include "golden.hpp"
@@ -39,6 +40,35 @@ void check_unet(const std::filesystem::path& dir) {
     EXPECT_TENSOR_NEAR("sample_t500", unet->forward(in.at("sample"), t500, in.at("encoder_hidden_states"), added),
                        out.at("sample_t500"));
   }
+}
+
+std::string config_error(const std::string& json) {
+  try {
+    UNet2DConditionConfig::from_json(json, "'config.json'");
+  } catch (const dedpo::Error& e) {
+    return e.what();
+  }
+  return "<no dedpo::Error>";
+}
+
+// Found by fuzz/model_config.cpp: an empty block list read block_out_channels[0] past the end; a
+// huge first block overflowed 4 x channels; a float beyond int64_t was cast (undefined behaviour).
+TEST(UNet2DConditionConfig, RefusesSizesItCannotHold) {
+  EXPECT_EQ(config_error(R"({"block_out_channels": [], "down_block_types": [], "up_block_types": []})"),
+            "config 'config.json': 'block_out_channels' is empty");
+  EXPECT_EQ(config_error(R"({"block_out_channels": [4611686018427387904], "down_block_types": ["DownBlock2D"],
+                             "up_block_types": ["UpBlock2D"], "attention_head_dim": 1})"),
+            "config 'config.json': 'block_out_channels' is too large");
+  EXPECT_EQ(config_error(R"({"block_out_channels": [0, 8], "down_block_types": ["DownBlock2D", "DownBlock2D"],
+                             "up_block_types": ["UpBlock2D", "UpBlock2D"]})"),
+            "config 'config.json': 'block_out_channels' must be positive sizes");
+  EXPECT_EQ(config_error(R"({"in_channels": 1e300})"), "config 'config.json': 'in_channels' has the wrong type (1e+300)");
+  EXPECT_EQ(config_error(R"({"block_out_channels": [32, 2.5]})"),
+            "config 'config.json': 'block_out_channels' has the wrong type ([32,2.5])");
+  EXPECT_EQ(config_error(R"({"layers_per_block": 18446744073709551615})"),
+            "config 'config.json': 'layers_per_block' has the wrong type (18446744073709551615)");
+  // A float without a fraction is still an integer, as Python's configs sometimes write them.
+  EXPECT_EQ(UNet2DConditionConfig::from_json(R"({"in_channels": 8.0})").in_channels, 8);
 }
 
 TEST(UNet2DCondition, MatchesDiffusersSd15) {

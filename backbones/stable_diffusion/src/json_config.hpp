@@ -3,12 +3,15 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dedpo/error.hpp"
@@ -54,7 +57,7 @@ class Config {
   // An int or a list of ints; an int is repeated `count` times.
   std::vector<int64_t> int_or_list(const std::string& key, std::size_t count) const {
     const auto& v = json_.at(key);
-    if (v.is_number_integer()) return std::vector<int64_t>(count, v.get<int64_t>());
+    if (std::optional<int64_t> n = integer(v)) return std::vector<int64_t>(count, *n);
     auto list = convert<std::vector<int64_t>>(key, v);
     if (list.size() != count) {
       throw Error(fmt::format("config {}: '{}' has {} entries, expected {}", origin_, key, list.size(), count));
@@ -67,12 +70,45 @@ class Config {
   const std::string& origin() const { return origin_; }
 
  private:
+  // An integer within int64_t, also one written as a float without a fraction (3.0). nlohmann's
+  // get<int64_t>() casts any float, which is undefined behaviour beyond the range (1e300).
+  static std::optional<int64_t> integer(const nlohmann::json& value) {
+    if (value.is_number_unsigned()) {
+      const auto n = value.get<uint64_t>();
+      if (n > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+      return static_cast<int64_t>(n);
+    }
+    if (value.is_number_integer()) return value.get<int64_t>();
+    if (value.is_number_float()) {
+      const double d = value.get<double>();
+      // [-2^63, 2^63): the doubles that convert to int64_t.
+      if (std::trunc(d) == d && d >= -0x1p63 && d < 0x1p63) return static_cast<int64_t>(d);
+    }
+    return std::nullopt;
+  }
   template <typename T>
   T convert(const std::string& key, const nlohmann::json& value) const {
-    try {
-      return value.get<T>();
-    } catch (const nlohmann::json::exception&) {
-      throw Error(fmt::format("config {}: '{}' has the wrong type ({})", origin_, key, value.dump()));
+    auto wrong_type = [&] {
+      return Error(fmt::format("config {}: '{}' has the wrong type ({})", origin_, key, value.dump()));
+    };
+    if constexpr (std::is_same_v<T, int64_t>) {
+      if (std::optional<int64_t> n = integer(value)) return *n;
+      throw wrong_type();
+    } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+      if (!value.is_array()) throw wrong_type();
+      std::vector<int64_t> list;
+      for (const auto& item : value) {
+        std::optional<int64_t> n = integer(item);
+        if (!n) throw wrong_type();
+        list.push_back(*n);
+      }
+      return list;
+    } else {
+      try {
+        return value.get<T>();
+      } catch (const nlohmann::json::exception&) {
+        throw wrong_type();
+      }
     }
   }
   nlohmann::json json_;

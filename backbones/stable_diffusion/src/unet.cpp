@@ -43,6 +43,10 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const std::string& text, 
   c.flip_sin_to_cos = cfg.get<bool>("flip_sin_to_cos", c.flip_sin_to_cos);
   c.freq_shift = cfg.get<double>("freq_shift", c.freq_shift);
   c.block_out_channels = cfg.get<std::vector<int64_t>>("block_out_channels", {320, 640, 1280, 1280});
+  if (c.block_out_channels.empty()) cfg.fail("block_out_channels", "is empty");
+  for (const int64_t channels : c.block_out_channels) {
+    if (channels <= 0) cfg.fail("block_out_channels", "must be positive sizes");
+  }
   const std::size_t n = c.block_out_channels.size();
   c.down_block_types = cfg.get<std::vector<std::string>>(
       "down_block_types", {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"});
@@ -77,7 +81,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const std::string& text, 
   c.downsample_padding = cfg.get<int64_t>("downsample_padding", c.downsample_padding);
   c.conv_in_kernel = cfg.get<int64_t>("conv_in_kernel", c.conv_in_kernel);
   c.conv_out_kernel = cfg.get<int64_t>("conv_out_kernel", c.conv_out_kernel);
-  c.time_embed_dim = cfg.get<int64_t>("time_embedding_dim", 4 * c.block_out_channels[0]);
+  int64_t default_time_embed_dim = 0;  // diffusers: 4 x the first block's channels
+  if (__builtin_mul_overflow(int64_t{4}, c.block_out_channels[0], &default_time_embed_dim)) {
+    cfg.fail("block_out_channels", "is too large");
+  }
+  c.time_embed_dim = cfg.get<int64_t>("time_embedding_dim", default_time_embed_dim);
   c.addition_embed_type = cfg.get<std::string>("addition_embed_type", "");
   if (!c.addition_embed_type.empty()) {
     if (c.addition_embed_type != "text_time") cfg.fail("addition_embed_type", "'" + c.addition_embed_type + "' is not supported");

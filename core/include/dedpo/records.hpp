@@ -1,7 +1,7 @@
 #pragma once
 // Line-oriented tables for plugins that read data files: JSONL (one JSON object per line) and
 // CSV (RFC 4180: a header row naming the columns, fields quoted with "..." and "" inside quotes,
-// quoted fields may span lines). Each record keeps the line it starts on, so errors can name it;
+// quoted fields may span lines; like JSON, it must be UTF-8 text). Each record keeps the line it starts on, so errors can name it;
 // a line that cannot be parsed becomes a record with `error` set instead of stopping the read,
 // so callers that skip bad input can count it. A plugin using it links
 // nlohmann_json::nlohmann_json itself (the records hold JSON).
@@ -28,7 +28,8 @@ enum class RecordFormat { jsonl, csv };
 RecordFormat record_format_of(const std::filesystem::path& file);
 
 // Every record of `file`; blank lines are skipped. Throws only when the file cannot be read (or
-// a CSV file has no header row); bad lines come back as records with `error` set.
+// a CSV file has no header row, or one that is not UTF-8); bad lines come back as records with
+// `error` set.
 std::vector<Record> read_records(const std::filesystem::path& file, RecordFormat format);
 
 // A CSV field as written: quoted (with "" for ") when it holds a comma, quote or line break.

@@ -54,7 +54,7 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
 void FigureSums::add(const Figures& more) {
   for (const auto& [name, value] : more) {
     auto it = std::find_if(sums.begin(), sums.end(),
-                           [&](const auto& entry) { return entry.first == name; });
+                           [&key = name](const auto& entry) { return entry.first == key; });
     if (it == sums.end()) {
       sums.emplace_back(name, value);
       counts.push_back(1.0);
