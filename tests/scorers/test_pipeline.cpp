@@ -182,7 +182,7 @@ loss = {{ plugin = "dpo" }}
 name = "dedpo-clip"
 [[grid.cases]]
 name = "dedpo-self_train"
-annotator = {{ plugin = "self_train", steps = 2, n_draws = 2 }}
+annotator = {{ plugin = "self_train", steps = 2, n_draws = 2, folds = 2 }}
 )", root));
   auto result = run_shell(std::string("'") + DEDPO_EXECUTABLE + "' grid '" + root + "/grid.toml' --jobs 2");
   ASSERT_EQ(result.exit_code, 0) << result.output;
