@@ -72,7 +72,11 @@ std::optional<double> p_first_from_logprobs(const Question& question, const json
   add(position);  // the chosen token, in case the server left it out of top_logprobs
   double mass[3] = {0, 0, 0};
   for (const auto& [token, logprob] : candidates) {
-    if (std::isfinite(logprob)) mass[side_of(question, trimmed(token))] += std::exp(logprob);
+    // A log-probability is at most 0; a larger or non-finite one is no probability (exp(777) is
+    // infinite and would make the answer NaN), so it is left out like a missing token.
+    if (std::isfinite(logprob) && logprob <= 0.0) {
+      mass[side_of(question, trimmed(token))] += std::exp(logprob);
+    }
   }
   if (!(mass[1] + mass[2] > 0)) return std::nullopt;
   return mass[1] / (mass[1] + mass[2]);
