@@ -178,19 +178,18 @@ class LatentCache {
     lock_.reset();
   }
 
+  // An entry read when contains() checked that it loads is kept, so each file is read once.
   std::pair<at::Tensor, at::Tensor> load(const std::string& key) const {
-    std::map<std::string, at::Tensor> entry = safetensors::load(file(key));
-    if (!entry.count("latent") || !entry.count("info")) {
-      throw Error(file(key).string() + ": not a latent cache entry (no 'latent' or 'info')");
-    }
-    return {entry.at("latent"), entry.at("info")};
+    if (auto it = loaded_.find(key); it != loaded_.end()) return it->second;
+    return read_entry(key);
   }
 
   bool loads(const std::string& key) const {
+    if (loaded_.count(key) != 0) return true;
     std::error_code error;
     if (!fs::exists(file(key), error)) return false;
     try {
-      load(key);
+      loaded_.emplace(key, read_entry(key));
       return true;
     } catch (const std::exception&) {
       return false;
@@ -205,6 +204,14 @@ class LatentCache {
     at::Tensor image, info;
     fs::path source;
   };
+
+  std::pair<at::Tensor, at::Tensor> read_entry(const std::string& key) const {
+    std::map<std::string, at::Tensor> entry = safetensors::load(file(key));
+    if (!entry.count("latent") || !entry.count("info")) {
+      throw Error(file(key).string() + ": not a latent cache entry (no 'latent' or 'info')");
+    }
+    return {entry.at("latent"), entry.at("info")};
+  }
 
   void flush() {
     if (pending_.empty()) return;
@@ -233,6 +240,7 @@ class LatentCache {
   std::optional<FileLock> lock_;
   std::vector<Pending> pending_;
   std::set<std::string> pending_keys_;
+  mutable std::map<std::string, std::pair<at::Tensor, at::Tensor>> loaded_;  // read by loads()
   std::int64_t encoded_ = 0;
 };
 
