@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+#include <optional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -12,11 +15,20 @@ namespace dedpo::scorers {
 
 namespace {
 
+// Far above any CLIP-family processor (224 to 448); a bigger side is a broken file whose image
+// would not fit in memory.
+constexpr std::int64_t kMaxSide = 8192;
+
 std::array<double, 3> three_numbers(const nlohmann::json& value, const std::string& key, const std::string& origin) {
-  if (!value.is_array() || value.size() != 3) {
-    throw Error(fmt::format("{}: '{}' must be a list of 3 numbers", origin, key));
+  if (!value.is_array() || value.size() != 3 ||
+      !std::all_of(value.begin(), value.end(), [](const nlohmann::json& v) { return v.is_number(); })) {
+    throw Error(fmt::format("{}: '{}' must be a list of 3 numbers, got {}", origin, key, value.dump()));
   }
-  return {value[0].get<double>(), value[1].get<double>(), value[2].get<double>()};
+  const std::array<double, 3> numbers{value[0].get<double>(), value[1].get<double>(), value[2].get<double>()};
+  if (!std::all_of(numbers.begin(), numbers.end(), [](double x) { return std::isfinite(x); })) {
+    throw Error(fmt::format("{}: '{}' must hold finite numbers, got {}", origin, key, value.dump()));
+  }
+  return numbers;
 }
 
 }  // namespace
@@ -31,24 +43,35 @@ ClipImageProcessorConfig ClipImageProcessorConfig::from_file(const std::filesyst
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": malformed JSON: " + e.what());
   }
+  // A side is an integer in [1, kMaxSide], given alone or as the named member of an object.
+  const auto side = [&](const char* key, const char* member) -> std::optional<std::int64_t> {
+    if (!json.contains(key)) return std::nullopt;
+    const nlohmann::json& given = json[key];
+    const nlohmann::json* value = &given;
+    if (given.is_object()) {
+      if (!given.contains(member)) throw Error(fmt::format("{}: '{}' has no '{}'", origin, key, member));
+      value = &given[member];
+    }
+    // Checked before any conversion to int64: a float or a huge value does not fit one.
+    const bool in_range =
+        value->is_number_unsigned() ? value->get<std::uint64_t>() - 1 < std::uint64_t{kMaxSide}
+        : value->is_number_integer() ? value->get<std::int64_t>() >= 1 && value->get<std::int64_t>() <= kMaxSide
+                                     : false;
+    if (!in_range) {
+      throw Error(fmt::format("{}: '{}' must be an integer in [1, {}] or an object with one, got {}", origin, key,
+                              kMaxSide, given.dump()));
+    }
+    return value->get<std::int64_t>();
+  };
   ClipImageProcessorConfig c;
-  try {
-    if (json.contains("size")) {
-      const auto& size = json["size"];
-      c.shortest_edge = size.is_object() ? size.at("shortest_edge").get<std::int64_t>() : size.get<std::int64_t>();
-    }
-    if (json.contains("crop_size")) {
-      const auto& crop = json["crop_size"];
-      c.crop_height = crop.is_object() ? crop.at("height").get<std::int64_t>() : crop.get<std::int64_t>();
-      c.crop_width = crop.is_object() ? crop.at("width").get<std::int64_t>() : crop.get<std::int64_t>();
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(origin + ": 'size' / 'crop_size': " + e.what());
-  }
+  if (const auto edge = side("size", "shortest_edge")) c.shortest_edge = *edge;
+  if (const auto height = side("crop_size", "height")) c.crop_height = *height;
+  if (const auto width = side("crop_size", "width")) c.crop_width = *width;
   if (json.contains("image_mean")) c.image_mean = three_numbers(json["image_mean"], "image_mean", origin);
   if (json.contains("image_std")) c.image_std = three_numbers(json["image_std"], "image_std", origin);
-  if (c.shortest_edge < 1 || c.crop_height < 1 || c.crop_width < 1) {
-    throw Error(origin + ": sizes must be positive");
+  // Normalising divides by the std: a zero (or a denormal) makes every pixel infinite.
+  if (!std::all_of(c.image_std.begin(), c.image_std.end(), [](double x) { return x >= 1e-6; })) {
+    throw Error(origin + ": 'image_std' must hold numbers >= 1e-6, got " + json["image_std"].dump());
   }
   return c;
 }

@@ -2,6 +2,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "dedpo/error.hpp"
 #include "dedpo/scorers/image_processor.hpp"
 #include "test_support.hpp"
@@ -103,6 +107,34 @@ TEST(ClipPreprocessing, ReadsPreprocessorConfigInBothSpellings) {
     FAIL() << "no error";
   } catch (const dedpo::Error& e) {
     EXPECT_NE(std::string(e.what()).find("bad.json"), std::string::npos) << e.what();
+  }
+}
+
+// Each of these once either escaped as a JSON library exception (terminating the program) or loaded
+// and made infinite pixels / an image too big to allocate; found by fuzz/image_processor_config.
+TEST(ClipPreprocessing, RefusesAPreprocessorConfigThatCannotPreprocess) {
+  dedpo::test::TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"image_mean": [0.5, "x", 0.5]})", "'image_mean' must be a list of 3 numbers"},
+      {R"({"image_std": [0.5, 0.5]})", "'image_std' must be a list of 3 numbers"},
+      {R"({"image_std": [0, 0.5, 0.5]})", "'image_std' must hold numbers >= 1e-6"},
+      {R"({"image_mean": [1e999, 0, 0]})", "malformed JSON"},
+      {R"({"size": 100000})", "'size' must be an integer in [1, 8192]"},
+      {R"({"crop_size": {"height": 0, "width": 4}})", "'crop_size' must be an integer in [1, 8192]"},
+      {R"({"crop_size": 77777777777777777777.7})", "'crop_size' must be an integer in [1, 8192]"},
+      {R"({"crop_size": 18446744073709551615})", "'crop_size' must be an integer in [1, 8192]"},
+      {R"({"crop_size": {"height": 8}})", "'crop_size' has no 'width'"},
+      {R"({"size": {"shortest_edge": "224"}})", "'size' must be an integer in [1, 8192]"},
+  };
+  for (const auto& [json, expected] : cases) {
+    dedpo::test::write_file(dir / "preprocessor_config.json", json);
+    try {
+      ClipImageProcessorConfig::from_file(dir / "preprocessor_config.json");
+      ADD_FAILURE() << json << ": no error";
+    } catch (const dedpo::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << json << " -> " << e.what();
+      EXPECT_NE(std::string(e.what()).find("preprocessor_config.json"), std::string::npos) << e.what();
+    }
   }
 }
 
