@@ -132,7 +132,7 @@ ServerUrl parse_server_url(const std::string& url) {
 }
 
 bool ResponseBody::append(std::string_view piece) {
-  if (too_large_ || piece.size() > kMaxResponseBytes - text_.size()) {
+  if (too_large_ || piece.size() > limit_ - text_.size()) {
     too_large_ = true;
     return false;
   }

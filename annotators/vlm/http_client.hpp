@@ -26,9 +26,11 @@ ServerUrl parse_server_url(const std::string& url);
 // Chat answers are small; a bigger body is a misbehaving server, not an answer.
 constexpr std::size_t kMaxResponseBytes = std::size_t{16} << 20;
 
-// A response body as libcurl hands it over, piece by piece, refused past kMaxResponseBytes.
+// A response body as libcurl hands it over, piece by piece, refused past `limit` bytes (another
+// limit than kMaxResponseBytes lets the fuzzer reach it with small inputs).
 class ResponseBody {
  public:
+  explicit ResponseBody(std::size_t limit = kMaxResponseBytes) : limit_(limit) {}
   // False, and the piece dropped, when it would take the body past the limit.
   bool append(std::string_view piece);
   bool too_large() const { return too_large_; }
@@ -36,6 +38,7 @@ class ResponseBody {
   std::string take();
 
  private:
+  std::size_t limit_;
   std::string text_;
   bool too_large_ = false;
 };
