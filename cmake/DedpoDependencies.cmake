@@ -76,6 +76,8 @@ find_package(Boost 1.74 REQUIRED COMPONENTS program_options)
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(Threads REQUIRED)
+# The vlm annotator's HTTP(S) client; 7.85: thread-safe global init and CURLOPT_PROTOCOLS_STR.
+find_package(CURL 7.85 REQUIRED)
 
 # Torch's imported targets carry its include dirs and ABI flag; wrap them once. The wheel's own
 # NVIDIA libraries (nvidia/*/lib beside torch/) come first in the run path, before the toolkit's,

@@ -14,8 +14,8 @@ if(DEDPO_SANITIZE OR DEDPO_FUZZ)
   add_compile_options(${dedpo_sanitizer_flags})
   add_link_options(${dedpo_sanitizer_flags})
   # Boost's internal assertions are compiled out of the Release build that ships (NDEBUG); here
-  # too, so the sanitizers report what users run (memory errors, undefined behaviour). Beast 1.74
-  # asserts on a chunk header ended by a bare LF (fuzz/corpus/vlm_http/regression_chunk_header_lf).
+  # too, so the sanitizers report what users run (memory errors, undefined behaviour). (Beast 1.74
+  # asserted on a chunk header ended by a bare LF when the vlm annotator parsed HTTP with it.)
   add_compile_definitions(BOOST_DISABLE_ASSERTS)
 endif()
 if(DEDPO_FUZZ)

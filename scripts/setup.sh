@@ -22,8 +22,10 @@ for arg in "$@"; do
   esac
 done
 
+# libcurl4-openssl-dev: the vlm annotator's HTTP(S) client; libssl-dev: its tests' TLS server.
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
-          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev)
+          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
+          libcurl4-openssl-dev libssl-dev)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)

@@ -1,6 +1,7 @@
 // `vlm`: a vision-language model judges each pair. Both images and the prompt go to an
-// OpenAI-compatible chat-completions server (vLLM, llama.cpp's server); the answer's
-// log-probabilities over the answer tokens, or else its text, become ĝ = P(A preferred).
+// OpenAI-compatible chat-completions server (vLLM, llama.cpp's server, a hosted API; http or
+// https); the answer's log-probabilities over the answer tokens, or else its text, become
+// ĝ = P(A preferred).
 // Answers are journaled as they arrive, so a restarted annotation asks only for the rest.
 // docs/annotators.md describes the options and how to serve a model.
 #include <ATen/ATen.h>
@@ -47,10 +48,15 @@ const char* const kDefaultQuestion =
 
 const OptionSpec kVlmOptions[] = {
     {"base_url", T::string, "\"http://127.0.0.1:8000/v1\"",
-     "OpenAI-compatible API root (plain http); requests go to <base_url>/chat/completions."},
+     "OpenAI-compatible API root, http:// or https://; requests go to "
+     "<base_url>/chat/completions. Proxies come from http_proxy, https_proxy and no_proxy."},
+    {"ca_file", T::string, "\"\"",
+     "PEM bundle of the CA certificates an https server's certificate must chain to; empty: the "
+     "system's CA store. The certificate is always verified."},
     {"model", T::string, nullptr, "Model name the server serves (vLLM: its --served-model-name)."},
     {"api_key_env", T::string, "\"\"",
-     "Environment variable holding a bearer token for the server; empty: none sent."},
+     "Environment variable holding a bearer token for the server (sent as \"Authorization: "
+     "Bearer\", never logged or stored); empty: none sent."},
     {"question", T::string, kDefaultQuestion,
      "Text sent after the two images; {prompt}, {first} and {second} (the first answer of "
      "first_answers / second_answers) are replaced."},
@@ -70,6 +76,9 @@ const OptionSpec kVlmOptions[] = {
      "completion; such questions are counted and reported."},
     {"concurrency", T::integer, "4", "Requests in flight at once."},
     {"timeout", T::real, "120.0", "Seconds one request may take, connection included."},
+    {"connect_timeout", T::real, "10.0",
+     "Seconds to connect (TCP and TLS handshake) before the attempt counts as failed; at most "
+     "timeout."},
     {"retries", T::integer, "4",
      "Further attempts after a timeout, a dropped connection, HTTP 5xx, 408 or 429."},
     {"backoff", T::real, "1.0",
@@ -119,10 +128,8 @@ std::string mime_of(const fs::path& file) {
   return "";
 }
 
-std::string base_url_of(const Options& options) {
-  std::string url = options.string("base_url");
-  while (!url.empty() && url.back() == '/') url.pop_back();
-  return url;
+std::chrono::milliseconds milliseconds_of(const Options& options, const char* name) {
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(options.real(name) * 1000)));
 }
 
 // One question: a pair shown in one order.
@@ -191,7 +198,7 @@ class VlmAnnotator : public Annotator {
  public:
   explicit VlmAnnotator(const Options& options) : options_(options) {
     try {
-      url_ = vlm::parse_http_url(options.string("base_url"));
+      url_ = vlm::parse_server_url(options.string("base_url"));
     } catch (const Error& error) {
       options.fail("base_url", error.what());
     }
@@ -229,6 +236,24 @@ class VlmAnnotator : public Annotator {
     }
     if (options.integer("concurrency") < 1) options.fail("concurrency", "must be at least 1");
     if (!(options.real("timeout") > 0)) options.fail("timeout", "must be positive");
+    if (!(options.real("connect_timeout") > 0)) options.fail("connect_timeout", "must be positive");
+    if (const std::string& ca_file = options.string("ca_file"); !ca_file.empty()) {
+      if (!url_.tls) {
+        options.fail("ca_file", "base_url '" + url_.root +
+                                    "' is plain http: there is no certificate to verify");
+      }
+      std::string bundle;
+      try {
+        bundle = read_file(ca_file);
+      } catch (const Error& error) {
+        options.fail("ca_file", error.what());
+      }
+      if (bundle.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+        options.fail("ca_file", "'" + ca_file +
+                                    "' holds no PEM certificate (expected a bundle of "
+                                    "-----BEGIN CERTIFICATE----- blocks)");
+      }
+    }
     if (options.integer("retries") < 0) options.fail("retries", "must be non-negative");
     if (!(options.real("backoff") >= 0)) options.fail("backoff", "must be non-negative");
     if (options.integer("decode_batch") < 1) options.fail("decode_batch", "must be at least 1");
@@ -247,7 +272,7 @@ class VlmAnnotator : public Annotator {
   }
 
   Options options_;
-  vlm::HttpUrl url_;
+  vlm::ServerUrl url_;
   vlm::Question question_;
   std::optional<double> unclear_value_;  // empty: unclear answers are an error
 };
@@ -257,9 +282,9 @@ struct VlmAnnotator::Run {
   const VlmAnnotator& self;
   const PairDataset& data;
   AnswerJournal& journal;
-  vlm::HttpClient client;
-  std::string url;                   // for messages
-  std::string authorization;         // "" or "Bearer <token>"
+  vlm::ClientSettings http;          // for the workers' sessions
+  std::string url;                   // <base_url>/chat/completions
+  std::string api_key;               // "" or the token, kept out of every message
   std::vector<Outcome> outcomes[2];  // [swapped][pair]
   RequestQueue queue;
   std::atomic<std::int64_t> sent{0}, retried{0}, unclear{0}, refused{0};
@@ -272,11 +297,25 @@ struct VlmAnnotator::Run {
       : self(annotator),
         data(pairs),
         journal(answers),
-        client(annotator.url_),
-        url(base_url_of(annotator.options_) + "/chat/completions"),
+        url(annotator.url_.root + "/chat/completions"),
         queue(2 * static_cast<std::size_t>(annotator.options_.integer("concurrency"))) {
     outcomes[0].resize(static_cast<std::size_t>(pairs.size()));
     outcomes[1].resize(static_cast<std::size_t>(pairs.size()));
+    http.ca_file = annotator.options_.string("ca_file");
+    http.timeout = milliseconds_of(annotator.options_, "timeout");
+    http.connect_timeout = milliseconds_of(annotator.options_, "connect_timeout");
+  }
+
+  // The start of a server's body for a message, the API key blanked out: a proxy that echoes
+  // the request back must not put the key into an error.
+  std::string shown(std::string text) const {
+    if (!api_key.empty()) {
+      for (std::size_t at = text.find(api_key); at != std::string::npos;
+           at = text.find(api_key, at)) {
+        text.replace(at, api_key.size(), "<api key>");
+      }
+    }
+    return excerpt(text);
   }
 
   bool stopped() {
@@ -313,11 +352,9 @@ struct VlmAnnotator::Run {
     return text;
   }
 
-  // Sends one request until it is answered, refused or out of attempts.
-  void ask(const Request& request) {
+  // Sends one request through `session` until it is answered, refused or out of attempts.
+  void ask(const Request& request, vlm::HttpSession& session) {
     const std::int64_t retries = self.options_.integer("retries");
-    const auto timeout = std::chrono::milliseconds(
-        static_cast<std::int64_t>(std::ceil(self.options_.real("timeout") * 1000)));
     const std::string where =
         "vlm annotator: " + describe(request.pair, request.swapped) + ": POST " + url + ": ";
     thread_local std::mt19937 jitter_source{std::random_device{}()};
@@ -325,25 +362,28 @@ struct VlmAnnotator::Run {
     for (std::int64_t attempt = 0;; ++attempt) {
       try {
         ++sent;
-        vlm::HttpResponse response =
-            client.post_json("/chat/completions", request.body, authorization, timeout);
+        vlm::HttpResponse response = session.post_json(url, request.body);
         const int status = response.status;
         if (status >= 200 && status < 300) {
           try {
             record(request, vlm::read_chat_response(self.question_, response.body), where);
           } catch (const Error& error) {
             refuse(request, where + "HTTP " + std::to_string(status) + ": " + error.what() + ": " +
-                                excerpt(response.body));
+                                shown(response.body));
           }
           return;
         }
-        problem = "HTTP " + std::to_string(status) + ": " + excerpt(response.body);
+        problem = "HTTP " + std::to_string(status) + ": " + shown(response.body);
         if (status < 500 && status != 408 && status != 429) {
           refuse(request, where + problem);
           return;
         }
       } catch (const vlm::TransportError& error) {
         problem = error.what();
+        if (!error.transient()) {
+          fail(where + problem);
+          return;
+        }
       }
       if (attempt == retries) {
         fail(where + "no answer after " + std::to_string(attempt + 1) +
@@ -379,13 +419,13 @@ struct VlmAnnotator::Run {
     outcome.problem = problem;
   }
 
+  // One session per worker: its requests reuse one connection (HTTP keep-alive).
   void work() {
-    while (std::optional<Request> request = queue.pop()) {
-      try {
-        ask(*request);
-      } catch (const std::exception& error) {  // e.g. the journal's disk is full
-        fail(std::string("vlm annotator: ") + error.what());
-      }
+    try {
+      vlm::HttpSession session(http);
+      while (std::optional<Request> request = queue.pop()) ask(*request, session);
+    } catch (const std::exception& error) {  // e.g. the journal's disk is full
+      fail(std::string("vlm annotator: ") + error.what());
     }
   }
 };
@@ -432,13 +472,13 @@ at::Tensor VlmAnnotator::annotate(AnnotatorContext& context) {
     throw Error(
         "vlm annotator: no cache folder to journal answers in (AnnotatorContext::cache_dir)");
   }
-  std::string authorization;
+  std::string api_key;
   if (const std::string& variable = options_.string("api_key_env"); !variable.empty()) {
     const char* token = std::getenv(variable.c_str());
     if (!token || !*token) {
       throw Error("vlm annotator: option api_key_env names '" + variable + "', which is not set");
     }
-    authorization = std::string("Bearer ") + token;
+    api_key = token;
   }
 
   // The journal is keyed by what decides an answer (not by the server's address), so a model
@@ -462,7 +502,8 @@ at::Tensor VlmAnnotator::annotate(AnnotatorContext& context) {
   AnswerJournal journal(journal_file, header.dump(), n);
 
   Run run(*this, data, journal);
-  run.authorization = authorization;
+  run.api_key = api_key;
+  if (!api_key.empty()) run.http.authorization = "Bearer " + api_key;
   for (const JournalEntry& entry : journal.recorded()) {
     Outcome& outcome = run.outcomes[entry.swapped][static_cast<std::size_t>(entry.pair)];
     outcome = {true, entry.p_first, ""};
