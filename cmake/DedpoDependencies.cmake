@@ -76,6 +76,9 @@ find_package(Boost 1.74 REQUIRED COMPONENTS program_options)
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(Threads REQUIRED)
+# TensorBoard event files (core/proto): Debian's protoc and protobuf lite runtime. The wheel's
+# libtorch_cpu links its own protobuf in with hidden symbols, so the two never meet.
+find_package(Protobuf 3 REQUIRED)
 
 # Torch's imported targets carry its include dirs and ABI flag; wrap them once. The wheel's own
 # NVIDIA libraries (nvidia/*/lib beside torch/) come first in the run path, before the toolkit's,

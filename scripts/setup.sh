@@ -12,8 +12,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # torch 2.11.0 is built against CUDA 13.0, the toolkit of the project's machines and of the GPU
 # machines it is checked on; a newer wheel would need a newer toolkit for its headers.
 torch_pin="torch==2.11.0"
-# scripts/parquet_to_manifest.py (pyarrow, pillow).
-python_pins=("pyarrow==26.0.1" "pillow==13.0.0")
+# scripts/parquet_to_manifest.py (pyarrow, pillow) and the test that reads TensorBoard event files
+# back (tensorboard).
+python_pins=("pyarrow==26.0.1" "pillow==13.0.0" "tensorboard==2.21.0")
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
 sanitize=0
@@ -26,7 +27,8 @@ for arg in "$@"; do
 done
 
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
-          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev)
+          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
+          libprotobuf-dev protobuf-compiler)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)
