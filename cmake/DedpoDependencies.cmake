@@ -78,6 +78,9 @@ find_package(nlohmann_json 3 REQUIRED)
 find_package(Threads REQUIRED)
 # The vlm annotator's HTTP(S) client; 7.85: thread-safe global init and CURLOPT_PROTOCOLS_STR.
 find_package(CURL 7.85 REQUIRED)
+# TensorBoard event files (core/proto): Debian's protoc and protobuf lite runtime. The wheel's
+# libtorch_cpu links its own protobuf in with hidden symbols, so the two never meet.
+find_package(Protobuf 3 REQUIRED)
 
 # Torch's imported targets carry its include dirs and ABI flag; wrap them once. The wheel's own
 # NVIDIA libraries (nvidia/*/lib beside torch/) come first in the run path, before the toolkit's,

@@ -250,3 +250,27 @@ TEST_F(ExperimentTest, VarErrorsNameTheFileLineAndTheKnownVariables) {
   write_file(dir / "typed.toml", std::string(kMinimal) + "[vars]\nsteps = 3\n");
   EXPECT_THAT(error_of("typed.toml"), HasSubstr("[vars] steps: expected a string"));
 }
+
+TEST_F(ExperimentTest, LogTableIsCheckedAndJoinsTheResolvedConfigOnlyWhenUsed) {
+  write_file(dir / "plain.toml", kMinimal);
+  dedpo::Experiment plain = load("plain.toml");
+  EXPECT_FALSE(plain.log.tensorboard);
+  // At its defaults [log] is left out: experiments that do not use it keep their identity.
+  EXPECT_THAT(plain.resolved_toml, testing::Not(HasSubstr("[log]")));
+
+  write_file(dir / "board.toml", std::string(kMinimal) + "[log]\ntensorboard = true\n");
+  dedpo::Experiment board = load("board.toml");
+  EXPECT_TRUE(board.log.tensorboard);
+  EXPECT_THAT(board.resolved_toml, HasSubstr("[log]\ntensorboard = true"));
+  dedpo::Experiment again =
+      dedpo::load_experiment_text(board.resolved_toml, "resolved", dir.path(), {}, registry);
+  EXPECT_TRUE(again.log.tensorboard);
+
+  write_file(dir / "word.toml", std::string(kMinimal) + "[log]\ntensorboard = \"yes\"\n");
+  EXPECT_EQ(error_of("word.toml"), path("word.toml") + ":12:15: " + path("word.toml") +
+                                       " [log]: option 'tensorboard' expects a boolean, got string "
+                                       "\"yes\"");
+  write_file(dir / "typo.toml", std::string(kMinimal) + "[log]\ntensorbord = true\n");
+  EXPECT_THAT(error_of("typo.toml"),
+              HasSubstr("[log]: unknown option 'tensorbord'; did you mean 'tensorboard'?"));
+}

@@ -106,6 +106,25 @@ RunFolderLock::RunFolderLock(const fs::path& dir) {
 
 RunFolderLock::~RunFolderLock() { ::close(fd_); }  // closing releases the flock
 
+MetricsLog::MetricsLog(const fs::path& run_dir, const LogSettings& settings,
+                       std::int64_t first_step)
+    : jsonl_(run_dir / kMetricsFile, std::ios::app) {
+  if (settings.tensorboard) tensorboard_.emplace(run_dir / kTensorBoardDir, first_step);
+}
+
+void MetricsLog::write(const json& line) {
+  jsonl_ << line.dump() << "\n";
+  jsonl_.flush();
+  if (!tensorboard_) return;
+  Figures scalars;
+  for (const auto& [name, value] : line.items()) {
+    if (name == "step") continue;
+    if (value.is_number()) scalars.emplace_back(name, value.get<double>());
+    if (value.is_boolean()) scalars.emplace_back(name, value.get<bool>() ? 1.0 : 0.0);
+  }
+  tensorboard_->scalars(line.at("step").get<std::int64_t>(), scalars);
+}
+
 void RunLog::line(const std::string& text) {
   if (out_.is_open()) {
     out_ << "[" << now_text() << "] " << text << "\n";

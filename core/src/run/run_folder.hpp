@@ -1,8 +1,10 @@
 #pragma once
-// A run folder and its files: the folder itself, log.txt, metrics.jsonl, results.json.
+// A run folder and its files: the folder itself, log.txt, metrics.jsonl (and its TensorBoard
+// copy), results.json.
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -10,6 +12,7 @@
 #include "dedpo/figures.hpp"
 #include "dedpo/host/experiment.hpp"
 #include "dedpo/host/runner.hpp"
+#include "run/tensorboard.hpp"
 
 namespace dedpo {
 
@@ -47,6 +50,22 @@ class RunLog {
 
  private:
   std::ofstream out_;
+};
+
+// metrics.jsonl, a line at a time, and with [log] tensorboard the same numbers as TensorBoard
+// scalars in <run>/tensorboard. Every line is handed to the operating system as it is written, so
+// a killed run loses nothing it logged.
+class MetricsLog {
+ public:
+  // `first_step`: the first step this session logs (1, or a resumed checkpoint's step + 1).
+  MetricsLog(const std::filesystem::path& run_dir, const LogSettings& settings,
+             std::int64_t first_step);
+  // `line` holds "step"; its other numbers and booleans (as 0 or 1) become scalars of that name.
+  void write(const nlohmann::json& line);
+
+ private:
+  std::ofstream jsonl_;
+  std::optional<TensorBoardWriter> tensorboard_;
 };
 
 nlohmann::json figures_json(const Figures& figures);

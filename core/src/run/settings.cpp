@@ -79,6 +79,12 @@ const OptionSpec kInitOptions[] = {
     {"weights", T::string, "\"\"", "Weights file that initialises the backbone."},
 };
 
+const OptionSpec kLogOptions[] = {
+    {"tensorboard", T::boolean, "false",
+     "Also write what metrics.jsonl holds as TensorBoard scalars, in <run folder>/tensorboard "
+     "(`tensorboard --logdir <output>` shows the runs side by side)."},
+};
+
 std::int64_t positive(const Options& options, std::string_view name) {
   const std::int64_t value = options.integer(name);
   if (value <= 0) options.fail(name, "expected a positive integer, got " + std::to_string(value));
@@ -226,6 +232,8 @@ InitSettings read_init_settings(const Options& init) {
   return settings;
 }
 
+LogSettings read_log_settings(const Options& log) { return {log.boolean("tensorboard")}; }
+
 const char* to_string(LabelSplit split) {
   return split == LabelSplit::by_prompt ? "by_prompt" : "random";
 }
@@ -234,5 +242,6 @@ std::span<const OptionSpec> run_options_schema() { return kRunOptions; }
 std::span<const OptionSpec> train_options_schema() { return kTrainOptions; }
 std::span<const OptionSpec> eval_options_schema() { return kEvalOptions; }
 std::span<const OptionSpec> init_options_schema() { return kInitOptions; }
+std::span<const OptionSpec> log_options_schema() { return kLogOptions; }
 
 }  // namespace dedpo

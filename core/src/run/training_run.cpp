@@ -1,7 +1,6 @@
 #include "run/training_run.hpp"
 
 #include <chrono>
-#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -60,6 +59,7 @@ void start_afresh(const Experiment& experiment, const fs::path& run_dir, PluginR
   }
   fs::remove_all(run_dir / kCheckpointDir, error);
   fs::remove(run_dir / kMetricsFile, error);
+  fs::remove_all(run_dir / kTensorBoardDir, error);
   write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
   write_run_inputs(run_dir, run_inputs_key(experiment, registry));
 }
@@ -156,7 +156,7 @@ void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunClock&
 // when RunControl::stop_after_steps stopped it first.
 bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer,
                  const PairDataset* eval_pairs, const RunControl& control, const RunClock& clock,
-                 const fs::path& run_dir, std::ofstream& metrics_out, RunLog& log) {
+                 const fs::path& run_dir, MetricsLog& metrics, RunLog& log) {
   const TrainSettings& settings = experiment.train;
   const std::int64_t eval_every = experiment.eval.every;
   std::int64_t session_steps = 0;
@@ -183,8 +183,7 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
         });
         for (const auto& [name, value] : values) line["eval/" + name] = value;
       }
-      metrics_out << line.dump() << "\n";
-      metrics_out.flush();
+      metrics.write(line);
     }
     if (report.skipped) {
       log.line(fmt::format("step {}: non-finite loss or gradient (loss {}, grad norm {}); "
@@ -203,7 +202,7 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
 // The end of a run: last checkpoint, final weights (the EMA when kept), the final evaluation
 // and results.json, whose presence marks the run finished.
 void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
-                const TrainingData& data, const RunClock& clock, std::ofstream& metrics_out,
+                const TrainingData& data, const RunClock& clock, MetricsLog& metrics,
                 RunLog& log, RunResult& result) {
   const fs::path& run_dir = result.run_dir;
   const fs::path last_checkpoint = latest_checkpoint(run_dir);
@@ -219,8 +218,7 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
   const double wall = clock.seconds();
   json final_line = {{"step", trainer.step_index()}, {"skipped", trainer.skipped()}};
   for (const auto& [name, value] : result.metrics) final_line["eval/" + name] = value;
-  metrics_out << final_line.dump() << "\n";
-  metrics_out.flush();
+  metrics.write(final_line);
 
   const bool used_annotator = parts.loss && parts.loss->needs_annotator() && experiment.annotator;
   const MemoryPeaks peaks = memory_peaks(experiment.run.device);
@@ -303,20 +301,19 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
     set_objective(experiment, parts, trainer, data, services, init, run_dir, log);
     if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, clock, log);
 
-    std::ofstream metrics_out(run_dir / kMetricsFile, std::ios::app);
+    MetricsLog metrics(run_dir, experiment.log, trainer.step_index() + 1);
     RunResult result;
     result.run_dir = run_dir;
     const PairDataset* eval_pairs = data.pairs ? &*data.pairs : nullptr;
     const bool completed =
-        train_steps(experiment, parts, trainer, eval_pairs, control, clock, run_dir, metrics_out,
-                    log);
+        train_steps(experiment, parts, trainer, eval_pairs, control, clock, run_dir, metrics, log);
     result.steps_done = trainer.step_index();
     result.skipped_steps = trainer.skipped();
     if (!completed) {
       log.line(fmt::format("stopped after step {} (as if killed)", trainer.step_index()));
       return result;
     }
-    finish_run(experiment, parts, trainer, data, clock, metrics_out, log, result);
+    finish_run(experiment, parts, trainer, data, clock, metrics, log, result);
     return result;
   } catch (const std::exception& error) {
     const std::string message = error_message(error);

@@ -1,7 +1,7 @@
 #pragma once
-// An experiment is a TOML file: core tables ([run], [train], [eval], [init], [plugins]) validated
-// into typed settings (dedpo/host/settings.hpp), and one table per plugin slot naming `plugin = "..."` plus
-// that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
+// An experiment is a TOML file: core tables ([run], [train], [eval], [init], [log], [plugins])
+// validated into typed settings (dedpo/host/settings.hpp), and one table per plugin slot naming
+// `plugin = "..."` plus that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
 // overrides `a.b=value` apply last.
 #include <filesystem>
 #include <optional>
@@ -33,6 +33,7 @@ struct Experiment {
   TrainSettings train;          // [train]
   EvalSettings eval;            // [eval]
   InitSettings init;            // [init]: where the backbone's initial weights come from
+  LogSettings log;              // [log]
   std::optional<PluginSlot> backbone, data, annotator, loss;
   std::vector<PluginSlot> metrics;  // [[metrics]]
   std::vector<std::filesystem::path> plugin_paths;  // [plugins] paths, absolute

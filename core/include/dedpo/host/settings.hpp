@@ -1,7 +1,7 @@
 #pragma once
-// The core's own experiment tables ([run], [train], [eval], [init]) as typed settings. Each is
-// read and checked once, when the experiment loads (core/src/run/settings.cpp owns every rule),
-// so the run never compares strings or checks a range again.
+// The core's own experiment tables ([run], [train], [eval], [init], [log]) as typed settings. Each
+// is read and checked once, when the experiment loads (core/src/run/settings.cpp owns every
+// rule), so the run never compares strings or checks a range again.
 #include <cstdint>
 #include <filesystem>
 #include <span>
@@ -19,6 +19,7 @@ std::span<const OptionSpec> run_options_schema();
 std::span<const OptionSpec> train_options_schema();
 std::span<const OptionSpec> eval_options_schema();
 std::span<const OptionSpec> init_options_schema();
+std::span<const OptionSpec> log_options_schema();
 
 // [run] device as written: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda"
 // (the first CUDA device) or "cuda:N".
@@ -88,11 +89,17 @@ struct InitSettings {
   std::filesystem::path weights;     // absolute: a weights file
 };
 
+// How a run reports, beside metrics.jsonl (which every run writes).
+struct LogSettings {
+  bool tensorboard = false;  // TensorBoard event files in <run>/tensorboard
+};
+
 // Each throws Options::fail's "<where>: option '<name>': <problem>" for a bad value.
 RunSettings read_run_settings(const Options& run, int cuda_devices);
 TrainSettings read_train_settings(const Options& train);
 EvalSettings read_eval_settings(const Options& eval);
 InitSettings read_init_settings(const Options& init);
+LogSettings read_log_settings(const Options& log);
 
 // The option's spelling, for logs.
 const char* to_string(LabelSplit split);

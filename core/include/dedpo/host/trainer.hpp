@@ -21,6 +21,7 @@ inline constexpr const char* kResultsFile = "results.json";  // written last: it
 inline constexpr const char* kWeightsFile = "weights.pt";     // Backbone::save_weights
 inline constexpr const char* kCheckpointDir = "checkpoint";   // step-<N>.pt and `latest`
 inline constexpr const char* kSplitFile = "split.csv";        // labelled split of the pairs
+inline constexpr const char* kTensorBoardDir = "tensorboard";  // with [log] tensorboard: events
 // Written when dedpo creates a run folder: only folders carrying it are ever written into again.
 inline constexpr const char* kRunMarkerFile = ".dedpo-run";
 // Locked (flock) by the process that writes the folder; holds that process's pid.

@@ -1,0 +1,37 @@
+#pragma once
+// TensorBoard event files: scalars as TensorBoard's Event records (protobuf messages in TFRecord
+// framing), so `tensorboard --logdir` draws a run's curves. The messages stay inside
+// tensorboard.cpp: callers hand over a step and named numbers.
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+
+#include "dedpo/figures.hpp"
+
+namespace dedpo {
+
+class TensorBoardWriter {
+ public:
+  // Starts a new event file in `dir` (created when missing), events.out.tfevents.<seconds since
+  // the epoch>.<host>.<pid>. Its first events are the file version and a session start at
+  // `first_step`, from which TensorBoard drops what earlier files in the folder logged at that
+  // step and after (a resumed run logs those steps again) and merges the rest.
+  TensorBoardWriter(const std::filesystem::path& dir, std::int64_t first_step);
+
+  // One event holding `values` at `step`, handed to the operating system before returning: a run
+  // killed later keeps it.
+  void scalars(std::int64_t step, const Figures& values);
+
+ private:
+  void write_event(const std::string& serialized);
+
+  std::filesystem::path file_;
+  std::ofstream out_;
+};
+
+// TFRecord's checksum of `bytes`: their CRC-32C, rotated right by 15 bits plus 0xa282ead8.
+std::uint32_t masked_crc32c(std::string_view bytes);
+
+}  // namespace dedpo
