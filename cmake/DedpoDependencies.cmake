@@ -76,6 +76,9 @@ find_package(Boost 1.74 REQUIRED COMPONENTS program_options)
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(Threads REQUIRED)
+# cairo draws the report's charts (core/src/chart.cpp) to SVG and PNG.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(CAIRO REQUIRED IMPORTED_TARGET cairo-svg cairo-png)
 
 # Torch's imported targets carry its include dirs and ABI flag; wrap them once. The wheel's own
 # NVIDIA libraries (nvidia/*/lib beside torch/) come first in the run path, before the toolkit's,

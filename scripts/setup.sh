@@ -23,7 +23,8 @@ for arg in "$@"; do
 done
 
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
-          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev)
+          libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
+          pkg-config libcairo2-dev fonts-dejavu-core)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)
