@@ -38,7 +38,8 @@ constexpr const char* kUsage = R"(usage: dedpo <command> [options]
 commands:
   env                          the LibTorch build and libraries this program loaded, devices, CPU
   plugins                      list the loaded plugins, grouped by kind
-  plugins show NAME            a plugin's options (types, defaults, help); also run|train|eval|init
+  plugins show NAME            a plugin's options (types, defaults, help); also
+                               run|train|eval|init|report
   validate EXP.toml [--set K=V]...
                                load and check an experiment, run nothing
   run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress]
@@ -125,7 +126,8 @@ int command_plugins(const std::vector<std::string>& args, dedpo::PluginRegistry&
   const CoreTable core_tables[] = {{"run", dedpo::run_options_schema()},
                                    {"train", dedpo::train_options_schema()},
                                    {"eval", dedpo::eval_options_schema()},
-                                   {"init", dedpo::init_options_schema()}};
+                                   {"init", dedpo::init_options_schema()},
+                                   {"report", dedpo::report_options_schema()}};
   bool shown = false;
   for (const CoreTable& table : core_tables) {
     if (name != table.name) continue;

@@ -1,5 +1,5 @@
 #pragma once
-// An experiment is a TOML file: core tables ([run], [train], [eval], [init], [plugins]) validated
+// An experiment is a TOML file: core tables ([run], [train], [eval], [init], [report], [plugins]) validated
 // into typed settings (dedpo/host/settings.hpp), and one table per plugin slot naming `plugin = "..."` plus
 // that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
 // overrides `a.b=value` apply last.
@@ -33,6 +33,7 @@ struct Experiment {
   TrainSettings train;          // [train]
   EvalSettings eval;            // [eval]
   InitSettings init;            // [init]: where the backbone's initial weights come from
+  ReportSettings report;        // [report]: a grid's report; not in resolved_toml (no run depends on it)
   std::optional<PluginSlot> backbone, data, annotator, loss;
   std::vector<PluginSlot> metrics;  // [[metrics]]
   std::vector<std::filesystem::path> plugin_paths;  // [plugins] paths, absolute
