@@ -48,6 +48,9 @@ commands:
   grid EXP.toml [--jobs N] [--set K=V]...
                                run every case of the experiment's [grid]
   report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+  plot RUN_DIR                 draw a run's training curves (loss, implicit accuracy, λ,
+                               gradient norm, learning rate) from its metrics.jsonl as PNG and
+                               SVG into RUN_DIR/plots/
   eval RUN_DIR [--set K=V]...  evaluate a finished run's trained weights with its [[metrics]]
                                and [eval] (overridable); the figures join its results.json and,
                                for a run of a grid, the grid's report
@@ -247,6 +250,12 @@ int command_report(const std::vector<std::string>& args) {
   return 0;
 }
 
+int command_plot(const std::vector<std::string>& args) {
+  if (args.size() != 1) throw UsageError("expected: dedpo plot RUN_DIR");
+  for (const fs::path& file : dedpo::plot_run_curves(args[0])) std::cout << file.string() << "\n";
+  return 0;
+}
+
 // One prompt per non-empty line.
 std::vector<std::string> read_prompts(const fs::path& file) {
   std::ifstream in(file);
@@ -366,6 +375,7 @@ int main(int argc, char** argv) {
     if (command == "run") return command_run(args, registry);
     if (command == "grid") return command_grid(args, registry);
     if (command == "report") return command_report(args);
+    if (command == "plot") return command_plot(args);
     if (command == "eval") return command_eval(args, registry);
     if (command == "sample") return command_sample(args, registry);
     throw UsageError("unknown command '" + command + "'");
