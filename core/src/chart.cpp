@@ -370,6 +370,7 @@ void draw_reference(cairo_t* cr, const Frame& frame, double position, Direction 
 constexpr double kPlotWidth = 640, kPlotHeight = 380, kLegendRow = 20;
 constexpr std::size_t kMaxMarkers = 60;  // longer series (run curves) are drawn as lines only
 constexpr double kSeriesDashes[] = {7, 4};
+constexpr double kDodge = 3;  // pixels between neighbouring series (LineChart::dodge)
 
 void check_series(const LineChart& chart) {
   bool any = false;
@@ -390,9 +391,11 @@ void check_series(const LineChart& chart) {
   if (!any) throw Error("chart '" + chart.title + "': nothing to draw (no finite point)");
 }
 
+// `shift`: pixels to the side (LineChart::dodge).
 void draw_series(cairo_t* cr, const Series& series, const Axis& x, const Axis& y, Colour colour,
-                 std::size_t index) {
+                 std::size_t index, double shift) {
   const std::size_t n = series.x.size();
+  auto px = [&](std::size_t i) { return x.position(series.x[i]) + shift; };
   auto finite = [&](std::size_t i) {
     return std::isfinite(series.x[i]) && std::isfinite(series.y[i]);
   };
@@ -409,15 +412,14 @@ void draw_series(cairo_t* cr, const Series& series, const Axis& x, const Axis& y
     std::size_t end = start;
     while (end + 1 < n && banded(end + 1)) ++end;
     if (end == start) {
-      draw_bar(cr, x.position(series.x[start]), y.position(series.low[start]),
-               x.position(series.x[start]), y.position(series.high[start]), Direction::vertical,
-               colour);
+      draw_bar(cr, px(start), y.position(series.low[start]), px(start),
+               y.position(series.high[start]), Direction::vertical, colour);
     } else {
-      cairo_move_to(cr, x.position(series.x[start]), y.position(series.high[start]));
+      cairo_move_to(cr, px(start), y.position(series.high[start]));
       for (std::size_t i = start + 1; i <= end; ++i)
-        cairo_line_to(cr, x.position(series.x[i]), y.position(series.high[i]));
+        cairo_line_to(cr, px(i), y.position(series.high[i]));
       for (std::size_t i = end + 1; i-- > start;)
-        cairo_line_to(cr, x.position(series.x[i]), y.position(series.low[i]));
+        cairo_line_to(cr, px(i), y.position(series.low[i]));
       cairo_close_path(cr);
       set_colour(cr, colour, 0.15);
       cairo_fill(cr);
@@ -434,14 +436,14 @@ void draw_series(cairo_t* cr, const Series& series, const Axis& x, const Axis& y
       drawing = false;
       continue;
     }
-    (drawing ? cairo_line_to : cairo_move_to)(cr, x.position(series.x[i]), y.position(series.y[i]));
+    (drawing ? cairo_line_to : cairo_move_to)(cr, px(i), y.position(series.y[i]));
     drawing = true;
   }
   cairo_stroke(cr);
   cairo_set_dash(cr, nullptr, 0, 0);
   if (n > kMaxMarkers) return;
   for (std::size_t i = 0; i < n; ++i) {
-    if (finite(i)) draw_dot(cr, x.position(series.x[i]), y.position(series.y[i]), 3.5, colour);
+    if (finite(i)) draw_dot(cr, px(i), y.position(series.y[i]), 3.5, colour);
   }
 }
 
@@ -515,7 +517,9 @@ std::vector<fs::path> write_chart(const LineChart& chart, const fs::path& stem) 
     cairo_save(cr);
     clip_to(cr, frame);
     for (std::size_t k = 0; k < chart.series.size(); ++k) {
-      draw_series(cr, chart.series[k], x, y, kPalette[k % std::size(kPalette)], k);
+      const double shift =
+          chart.dodge ? kDodge * (static_cast<double>(k) - (chart.series.size() - 1) / 2.0) : 0.0;
+      draw_series(cr, chart.series[k], x, y, kPalette[k % std::size(kPalette)], k, shift);
     }
     cairo_restore(cr);
     const double left = frame.right() + 16;

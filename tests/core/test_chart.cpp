@@ -73,6 +73,16 @@ TEST(Chart, DotIntervalChartIsWrittenAsPngAndSvgWithARowPerItem) {
   const auto files = chart::write_chart(chart, dir / "reward");
   test::expect_svg(files[0]);
   const test::PngSize four_rows = test::expect_png(files[1], 5);
+  // The highlighted row (the baseline) is drawn in red; no other mark is.
+  auto red_pixels = [](const fs::path& png) {
+    const at::Tensor image = read_image(png).to(at::kInt);
+    return ((image.select(2, 0) == 0xd6) & (image.select(2, 1) == 0x27) &
+            (image.select(2, 2) == 0x28)).sum().item<std::int64_t>();
+  };
+  EXPECT_GT(red_pixels(files[1]), 100);
+  chart.rows[1].highlighted = false;
+  EXPECT_EQ(red_pixels(chart::write_chart(chart, dir / "plain")[1]), 0);
+  chart.rows[1].highlighted = true;
   // Each row takes its own height: rows can never be drawn over each other.
   chart.rows.push_back({"one more", 0.31, 0.3, 0.32, false});
   const test::PngSize five_rows = test::expect_png(chart::write_chart(chart, dir / "more")[1]);
@@ -98,4 +108,24 @@ TEST(Chart, RefusesWhatItCannotDraw) {
   chart::DotIntervalChart no_rows;
   no_rows.title = "none";
   EXPECT_THAT(error_of(no_rows, dir / "none"), HasSubstr("chart 'none': nothing to draw"));
+}
+
+// Series with equal points (every method at a labelled fraction of 1) are drawn side by side.
+TEST(Chart, DodgedSeriesWithEqualPointsStayVisible) {
+  test::TempDir dir;
+  chart::LineChart chart;
+  chart.title = "equal";
+  chart.series = {{"first", {0.1, 0.5, 1.0}, {1, 2, 3}, {}, {}},
+                  {"second", {0.1, 0.5, 1.0}, {1, 2, 3}, {}, {}}};
+  // Pixels of the first series' colour (matplotlib's blue): its line, dots and legend entry.
+  auto first_colour_pixels = [&](const std::string& name) {
+    const at::Tensor image = read_image(chart::write_chart(chart, dir / name)[1]).to(at::kInt);
+    const at::Tensor blue = (image.select(2, 0) == 0x1f) & (image.select(2, 1) == 0x77) &
+                            (image.select(2, 2) == 0xb4);
+    return blue.sum().item<std::int64_t>();
+  };
+  const std::int64_t covered = first_colour_pixels("covered");
+  chart.dodge = true;
+  const std::int64_t dodged = first_colour_pixels("dodged");
+  EXPECT_GT(dodged, 2 * covered) << "covered " << covered << ", dodged " << dodged;
 }

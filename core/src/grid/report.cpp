@@ -398,6 +398,7 @@ std::string write_charts(const fs::path& grid_dir, const GridRuns& runs,
       chart.x_label = "labelled fraction";
       chart.y_label = title;
       chart.clip_outliers = true;
+      chart.dodge = true;
       chart.note = "Line: mean over seeds; band: its 95% interval (Student t).";
       if (const auto reference = reference_of(metric)) {
         chart.reference = *reference;

@@ -30,6 +30,9 @@ struct LineChart {
   // 10^8 against 0.3) is left off the axis and named in a note, instead of flattening every other
   // series. Off for run curves, whose early values are rightly far from the late ones.
   bool clip_outliers = false;
+  // Draws each series a few pixels to the side of the previous one, so that series with equal
+  // points (every method at a labelled fraction of 1) stay visible instead of covering each other.
+  bool dodge = false;
   std::optional<double> reference;  // a dashed horizontal line at this y, labelled
   std::string reference_label;
   std::string note;  // a line under the chart (what the bands are)
