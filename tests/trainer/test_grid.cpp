@@ -116,6 +116,12 @@ TEST(Grid, FailingCaseDoesNotStopTheOthersAndRerunSkipsFinishedRuns) {
   EXPECT_NE(summary.find("ok__train.labelled_fraction=0.5"), std::string::npos) << summary;
   test::expect_svg(grid / "test_error.svg");
   test::expect_png(grid / "test_error.png");
+  // grid.json keeps the grid file's order (case "ok" before "broken", unlike the alphabet), and
+  // the report lists the methods in it.
+  const nlohmann::json index = nlohmann::json::parse(test::read_text(grid / "grid.json"));
+  ASSERT_EQ(index["order"].size(), 8u);
+  EXPECT_EQ(index["order"][0], "ok__run.seed=0__train.labelled_fraction=0.5");
+  EXPECT_EQ(index["order"][4], "broken__run.seed=0__train.labelled_fraction=0.5");
 
   // Rerun: finished runs are skipped; a run that lost its results (killed at the end) resumes.
   auto finished_at = fs::last_write_time(grid / "ok__run.seed=1__train.labelled_fraction=1" / kResultsFile);
