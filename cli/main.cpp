@@ -39,7 +39,7 @@ commands:
   env                          the LibTorch build and libraries this program loaded, devices, CPU
   plugins                      list the loaded plugins, grouped by kind
   plugins show NAME            a plugin's options (types, defaults, help); also the core
-                               tables run|train|eval|init|log
+                               tables run|train|eval|init|log|report
   validate EXP.toml [--set K=V]...
                                load and check an experiment, run nothing
   run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress]
@@ -48,6 +48,9 @@ commands:
   grid EXP.toml [--jobs N] [--set K=V]...
                                run every case of the experiment's [grid]
   report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+  plot RUN_DIR                 draw a run's training curves (loss, implicit accuracy, λ,
+                               gradient norm, learning rate) from its metrics.jsonl as PNG and
+                               SVG into RUN_DIR/plots/
   eval RUN_DIR [--set K=V]...  evaluate a finished run's trained weights with its [[metrics]]
                                and [eval] (overridable); the figures join its results.json and,
                                for a run of a grid, the grid's report
@@ -127,7 +130,8 @@ int command_plugins(const std::vector<std::string>& args, dedpo::PluginRegistry&
                                    {"train", dedpo::train_options_schema()},
                                    {"eval", dedpo::eval_options_schema()},
                                    {"init", dedpo::init_options_schema()},
-                                   {"log", dedpo::log_options_schema()}};
+                                   {"log", dedpo::log_options_schema()},
+                                   {"report", dedpo::report_options_schema()}};
   bool shown = false;
   for (const CoreTable& table : core_tables) {
     if (name != table.name) continue;
@@ -244,6 +248,12 @@ int command_eval(const std::vector<std::string>& args, dedpo::PluginRegistry& re
 int command_report(const std::vector<std::string>& args) {
   if (args.size() != 1) throw UsageError("expected: dedpo report GRID_DIR");
   std::cout << dedpo::write_report(args[0]);
+  return 0;
+}
+
+int command_plot(const std::vector<std::string>& args) {
+  if (args.size() != 1) throw UsageError("expected: dedpo plot RUN_DIR");
+  for (const fs::path& file : dedpo::plot_run_curves(args[0])) std::cout << file.string() << "\n";
   return 0;
 }
 
@@ -366,6 +376,7 @@ int main(int argc, char** argv) {
     if (command == "run") return command_run(args, registry);
     if (command == "grid") return command_grid(args, registry);
     if (command == "report") return command_report(args);
+    if (command == "plot") return command_plot(args);
     if (command == "eval") return command_eval(args, registry);
     if (command == "sample") return command_sample(args, registry);
     throw UsageError("unknown command '" + command + "'");

@@ -81,6 +81,9 @@ find_package(CURL 7.85 REQUIRED)
 # TensorBoard event files (core/proto): Debian's protoc and protobuf lite runtime. The wheel's
 # libtorch_cpu links its own protobuf in with hidden symbols, so the two never meet.
 find_package(Protobuf 3 REQUIRED)
+# cairo draws the report's charts (core/src/chart.cpp) to SVG and PNG.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(CAIRO REQUIRED IMPORTED_TARGET cairo-svg cairo-png)
 
 # Torch's imported targets carry its include dirs and ABI flag; wrap them once. The wheel's own
 # NVIDIA libraries (nvidia/*/lib beside torch/) come first in the run path, before the toolkit's,

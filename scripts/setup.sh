@@ -27,10 +27,12 @@ for arg in "$@"; do
 done
 
 # libcurl4-openssl-dev: the vlm annotator's HTTP(S) client; libssl-dev: its tests' TLS server;
-# libprotobuf-dev, protobuf-compiler: TensorBoard event files.
+# libprotobuf-dev, protobuf-compiler: TensorBoard event files; libcairo2-dev (found with pkg-config)
+# and fonts-dejavu-core: the report's charts.
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
           libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
-          libcurl4-openssl-dev libssl-dev libprotobuf-dev protobuf-compiler)
+          libcurl4-openssl-dev libssl-dev libprotobuf-dev protobuf-compiler
+          pkg-config libcairo2-dev fonts-dejavu-core)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)

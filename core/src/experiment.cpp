@@ -24,7 +24,7 @@ constexpr SlotSpec kSlots[] = {{"backbone", PluginKind::backbone},
                                {"loss", PluginKind::loss}};
 constexpr const char* kMetricsTable = "metrics";
 constexpr const char* kTopLevelKeys[] = {"base",     "vars",    "run",  "train",    "eval",
-                                         "init",     "log",     "plugins", "grid", "backbone",
+                                         "init",     "log",     "report",  "plugins", "grid", "backbone",
                                          "data",     "annotator", "loss", "metrics"};
 
 toml::table parse_text(std::string_view text, const std::string& origin) {
@@ -385,18 +385,20 @@ void reject_unknown_top_level_keys(const toml::table& root, const std::string& o
 // The core tables as validated, before they become typed settings (the resolved config writes
 // them back).
 struct CoreTables {
-  Options run, train, eval, init, log;
+  Options run, train, eval, init, log, report;
 };
 
-// Validates [run], [train], [eval], [init] and [log]. Paths are resolved against the experiment's
-// folder once, here, so the resolved config means the same from any working directory.
+// Validates [run], [train], [eval], [init], [log] and [report]. Paths are resolved against the
+// experiment's folder once, here, so the resolved config means the same from any working
+// directory.
 CoreTables read_core_tables(const toml::table& root, const std::string& origin,
                             const fs::path& base_dir) {
   CoreTables tables{core_table(root, "run", run_options_schema(), origin),
                     core_table(root, "train", train_options_schema(), origin),
                     core_table(root, "eval", eval_options_schema(), origin),
                     core_table(root, "init", init_options_schema(), origin),
-                    core_table(root, "log", log_options_schema(), origin)};
+                    core_table(root, "log", log_options_schema(), origin),
+                    core_table(root, "report", report_options_schema(), origin)};
   tables.run.set("output", absolute_from(base_dir, tables.run.string("output")).string());
   for (const char* key : {"experiment", "weights"}) {
     const std::string& value = tables.init.string(key);
@@ -517,6 +519,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   experiment.eval = read_eval_settings(tables.eval);
   experiment.init = read_init_settings(tables.init);
   experiment.log = read_log_settings(tables.log);
+  experiment.report = read_report_settings(tables.report);
   experiment.plugin_paths = load_plugin_paths(root, origin, base_dir, registry);
   resolve_plugin_slots(root, origin, effects, registry, experiment);
   if (const toml::table* grid = optional_table(root, "grid", origin)) {

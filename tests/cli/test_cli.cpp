@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chart_files.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -175,4 +177,43 @@ TEST(Cli, SampleNeedsABackboneThatWritesFiles) {
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_THAT(result.output, HasSubstr("no prompt"));
   EXPECT_THAT(result.output, HasSubstr("usage: dedpo"));
+}
+
+TEST(Cli, PlotDrawsTheRunsCurvesAndNamesAMalformedLine) {
+  TempDir dir;
+  write_file(dir / "exp.toml", kTinyRun);
+  const fs::path run = dir / "run";
+  // A line per step: six points on every curve.
+  auto result = run_dedpo("run " + (dir / "exp.toml").string() +
+                          " --no-progress --set train.log_every=1 --run-dir " + run.string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  result = run_dedpo("plot " + run.string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  // DeDPO logs λ and, with labelled pairs in its batches, the implicit accuracy.
+  for (const char* curve : {"loss", "implicit_accuracy", "lambda", "grad_norm", "lr"}) {
+    const fs::path png = run / "plots" / (std::string(curve) + ".png");
+    EXPECT_THAT(result.output, HasSubstr(png.string()));
+    dedpo::test::expect_png(png);
+    dedpo::test::expect_svg(run / "plots" / (std::string(curve) + ".svg"));
+  }
+
+  const std::string metrics = dedpo::test::read_file(run / "metrics.jsonl");
+  const auto lines = std::count(metrics.begin(), metrics.end(), '\n');
+  write_file(run / "metrics.jsonl", metrics + "{\"step\": 7, \"loss\": \"high\"}\n");
+  result = run_dedpo("plot " + run.string());
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr((run / "metrics.jsonl").string() + ":" +
+                                       std::to_string(lines + 1) +
+                                       ": 'loss' is \"high\", expected a number"));
+  write_file(run / "metrics.jsonl", metrics + "{\"step\": 7, \"loss\": 0.5\n");
+  result = run_dedpo("plot " + run.string());
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr((run / "metrics.jsonl").string() + ":" +
+                                       std::to_string(lines + 1) + ": malformed JSON"));
+
+  result = run_dedpo("plot " + (dir / "nowhere").string());
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("no metrics.jsonl"));
+  result = run_dedpo("plot");
+  EXPECT_EQ(result.exit_code, 2);
 }

@@ -274,3 +274,20 @@ TEST_F(ExperimentTest, LogTableIsCheckedAndJoinsTheResolvedConfigOnlyWhenUsed) {
   EXPECT_THAT(error_of("typo.toml"),
               HasSubstr("[log]: unknown option 'tensorbord'; did you mean 'tensorboard'?"));
 }
+
+TEST_F(ExperimentTest, ReportTableIsTypedAndKeptOutOfTheRunsConfig) {
+  write_file(dir / "exp.toml",
+             std::string(kMinimal) + "[report]\nbaseline = \"dpo-25h\"\nprimary = \"reward\"\n");
+  dedpo::Experiment experiment = load("exp.toml");
+  EXPECT_EQ(experiment.report.baseline, "dpo-25h");
+  EXPECT_EQ(experiment.report.primary, "reward");
+  // How a grid is reported is no input of its runs: changing it makes no run stale.
+  write_file(dir / "plain.toml", kMinimal);
+  EXPECT_EQ(experiment.resolved_toml, load("plain.toml").resolved_toml);
+
+  write_file(dir / "typo.toml", std::string(kMinimal) + "[report]\nbaselin = \"dpo\"\n");
+  EXPECT_THAT(error_of("typo.toml"), HasSubstr("[report]: unknown option 'baselin'; did you mean 'baseline'?"));
+  write_file(dir / "type.toml", std::string(kMinimal) + "[report]\nprimary = 3\n");
+  EXPECT_THAT(error_of("type.toml"), HasSubstr("[report]"));
+  EXPECT_THAT(error_of("type.toml"), HasSubstr("primary"));
+}

@@ -110,6 +110,26 @@ TEST(ToyExperiments, EveryFileValidates) {
   }
 }
 
+// The toy grids vary only the seed and the labelled fraction, so their method lines are their
+// case names: [report] baseline names one (`dedpo grid` refuses it otherwise, before any run).
+TEST(ToyExperiments, ReportBaselineNamesAGridCase) {
+  std::size_t reported = 0;
+  for (const auto& entry : fs::directory_iterator(kExperiments / "toy")) {
+    if (entry.path().extension() != ".toml") continue;
+    const toml::table table = toml::parse_file(entry.path().string());
+    const std::optional<std::string> baseline = table["report"]["baseline"].value<std::string>();
+    if (!baseline) continue;
+    ++reported;
+    std::set<std::string> cases;
+    if (const toml::array* array = table["grid"]["cases"].as_array()) {
+      for (const toml::node& item : *array) cases.insert((*item.as_table())["name"].value_or(std::string()));
+    }
+    EXPECT_TRUE(cases.contains(*baseline)) << entry.path() << ": baseline " << *baseline;
+    EXPECT_EQ(table["report"]["primary"].value_or(std::string()), "reward") << entry.path();
+  }
+  EXPECT_EQ(reported, 4u);  // paper_table, label_budget, scarce_table, scarce_budget
+}
+
 namespace {
 
 // Every seed a toy experiment file runs: its grid's run.seed values, else its [run] seed (the

@@ -464,11 +464,16 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
     experiments.push_back(load_experiment(file, all, registry));
     run.labels.inputs = run_inputs_key(experiments.back(), registry);
   }
-  fs::path grid_dir = experiment.run.output / (experiment.run.name + "-grid");
-  fs::create_directories(grid_dir);
   fs::path experiment_file = experiment.file.empty() ? fs::absolute(file) : experiment.file;
   GridIndex index;
-  for (const GridRun& run : runs) index[run.name] = run.labels;
+  for (const GridRun& run : runs) {
+    index.runs[run.name] = run.labels;
+    index.order.push_back(run.name);
+  }
+  index.report = experiment.report;
+  check_report_baseline(index, experiment_file.string());
+  fs::path grid_dir = experiment.run.output / (experiment.run.name + "-grid");
+  fs::create_directories(grid_dir);
   write_grid_index(grid_dir, index);
 
   JobPlan plan = plan_jobs(experiment_file, grid_dir, runs, experiments, overrides, control);

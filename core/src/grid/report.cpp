@@ -1,9 +1,12 @@
-// Grid reports: results.csv, summary.md (mean ± 95% interval over seeds per method) and one SVG
-// plot per metric over the labelled fraction.
+// Grid reports: results.csv, summary.md (mean ± 95% interval over seeds per method, in the grid
+// file's order; paired comparisons with the [report] baseline) and one chart per metric, as PNG
+// and SVG: dot-and-interval rows for a grid at one labelled fraction per method, lines with
+// interval bands over the labelled fraction for a label-budget sweep.
 #include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -11,7 +14,9 @@
 #include <toml++/toml.h>
 
 #include "dedpo/files.hpp"
+#include "dedpo/host/chart.hpp"
 #include "dedpo/host/runner.hpp"
+#include "dedpo/host/statistics.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "dedpo/records.hpp"
 #include "grid/grid_index.hpp"
@@ -23,18 +28,9 @@ using json = nlohmann::json;
 
 namespace {
 
-double student_t975(std::size_t df) {
-  static const double table[] = {0,      12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365,
-                                 2.306,  2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-                                 2.120,  2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069,
-                                 2.064,  2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
-  if (df == 0) return NAN;
-  if (df <= 30) return table[df];
-  if (df <= 40) return 2.021;
-  if (df <= 60) return 2.000;
-  if (df <= 120) return 1.980;
-  return 1.960;
-}
+// A metric's reference figure is named <metric>_ref (toy_reward, the scorers): drawn as the
+// reference line of the metric's chart.
+constexpr const char* kReferenceSuffix = "_ref";
 
 struct Row {
   std::string run, loss, annotator;
@@ -45,178 +41,8 @@ struct Row {
   std::string line;    // the run without seed and labelled fraction
 };
 
-struct Stat {
-  double mean = NAN, half_width = NAN;
-  std::size_t n = 0;
-};
-
-Stat stat(const std::vector<double>& values) {
-  Stat s;
-  std::vector<double> finite;
-  for (double v : values) {
-    if (std::isfinite(v)) finite.push_back(v);
-  }
-  s.n = finite.size();
-  if (s.n == 0) return s;
-  double sum = 0;
-  for (double v : finite) sum += v;
-  s.mean = sum / static_cast<double>(s.n);
-  if (s.n >= 2) {
-    double ss = 0;
-    for (double v : finite) ss += (v - s.mean) * (v - s.mean);
-    double sd = std::sqrt(ss / static_cast<double>(s.n - 1));
-    s.half_width = student_t975(s.n - 1) * sd / std::sqrt(static_cast<double>(s.n));
-  }
-  return s;
-}
-
 std::string number(double value) {
   return std::isfinite(value) ? fmt::format("{:.6g}", value) : std::string();
-}
-
-// Ticks at 1, 2, 5 × 10^k covering [lo, hi].
-std::vector<double> nice_ticks(double lo, double hi, int target = 5) {
-  double span = hi - lo;
-  if (!(span > 0)) span = std::abs(lo) > 0 ? std::abs(lo) : 1.0;
-  double raw = span / target;
-  double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
-  double step = magnitude;
-  for (double m : {1.0, 2.0, 5.0, 10.0}) {
-    step = m * magnitude;
-    if (step >= raw) break;
-  }
-  std::vector<double> ticks;
-  for (double t = std::ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9; t += step) {
-    ticks.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
-  }
-  return ticks;
-}
-
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
-// One plot line per method line: mean ± half-width over seeds at each labelled fraction.
-struct PlotPoint {
-  double x, y, h;
-};
-struct PlotData {
-  std::map<std::string, std::vector<PlotPoint>> lines;
-  double x_lo = INFINITY, x_hi = -INFINITY, y_lo = INFINITY, y_hi = -INFINITY;
-};
-
-PlotData plot_data(const std::string& metric, const std::vector<Row>& rows) {
-  // line -> fraction -> values
-  std::map<std::string, std::map<double, std::vector<double>>> series;
-  for (const Row& row : rows) {
-    auto it = row.metrics.find(metric);
-    if (it == row.metrics.end() || !std::isfinite(row.fraction)) continue;
-    series[row.line][row.fraction].push_back(it->second);
-  }
-  PlotData data;
-  for (const auto& [line, by_fraction] : series) {
-    for (const auto& [fraction, values] : by_fraction) {
-      Stat s = stat(values);
-      if (s.n == 0) continue;
-      double h = std::isfinite(s.half_width) ? s.half_width : 0.0;
-      data.lines[line].push_back({fraction, s.mean, h});
-      data.x_lo = std::min(data.x_lo, fraction);
-      data.x_hi = std::max(data.x_hi, fraction);
-      data.y_lo = std::min(data.y_lo, s.mean - h);
-      data.y_hi = std::max(data.y_hi, s.mean + h);
-    }
-  }
-  return data;
-}
-
-// Widens the ranges to hold a single value, a margin and whole ticks; returns the ticks.
-std::pair<std::vector<double>, std::vector<double>> fit_axes(PlotData& d) {
-  if (d.x_hi - d.x_lo < 1e-12) { d.x_lo -= 0.05; d.x_hi += 0.05; }
-  if (d.y_hi - d.y_lo < 1e-12) {
-    double pad = std::max(1e-3, std::abs(d.y_lo) * 0.05);
-    d.y_lo -= pad;
-    d.y_hi += pad;
-  }
-  double y_pad = (d.y_hi - d.y_lo) * 0.05;
-  d.y_lo -= y_pad;
-  d.y_hi += y_pad;
-  std::vector<double> x_ticks = nice_ticks(d.x_lo, d.x_hi), y_ticks = nice_ticks(d.y_lo, d.y_hi);
-  if (!x_ticks.empty()) { d.x_lo = std::min(d.x_lo, x_ticks.front()); d.x_hi = std::max(d.x_hi, x_ticks.back()); }
-  if (!y_ticks.empty()) { d.y_lo = std::min(d.y_lo, y_ticks.front()); d.y_hi = std::max(d.y_hi, y_ticks.back()); }
-  return {x_ticks, y_ticks};
-}
-
-std::string svg_plot(const std::string& metric, const std::vector<Row>& rows) {
-  PlotData d = plot_data(metric, rows);
-  if (d.lines.empty()) return {};
-  const auto [x_ticks, y_ticks] = fit_axes(d);
-  const double width = 760, height = 440, left = 70, right = 230, top = 40, bottom = 60;
-  const double pw = width - left - right, ph = height - top - bottom;
-  auto sx = [&](double x) { return left + (x - d.x_lo) / (d.x_hi - d.x_lo) * pw; };
-  auto sy = [&](double y) { return top + (1.0 - (y - d.y_lo) / (d.y_hi - d.y_lo)) * ph; };
-  static const char* colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
-                                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
-  std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
-      "viewBox=\"0 0 {0} {1}\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      "<text x=\"{2}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{3} vs labelled "
-      "fraction</text>\n",
-      width, height, left + pw / 2, xml_escape(metric));
-  for (double t : x_ticks) {
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"#e5e5e5\"/>\n"
-        "<line x1=\"{0:.1f}\" y1=\"{2:.1f}\" x2=\"{0:.1f}\" y2=\"{3:.1f}\" stroke=\"black\"/>\n"
-        "<text x=\"{0:.1f}\" y=\"{4:.1f}\" text-anchor=\"middle\">{5:g}</text>\n",
-        sx(t), top, top + ph, top + ph + 5, top + ph + 18, t);
-  }
-  for (double t : y_ticks) {
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"#e5e5e5\"/>\n"
-        "<line x1=\"{3:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{1:.1f}\" stroke=\"black\"/>\n"
-        "<text x=\"{4:.1f}\" y=\"{5:.1f}\" text-anchor=\"end\">{6:g}</text>\n",
-        left, sy(t), left + pw, left - 5, left - 8, sy(t) + 4, t);
-  }
-  svg += fmt::format(
-      "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n"
-      "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">labelled fraction</text>\n"
-      "<text transform=\"translate(18,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n",
-      left, top, pw, ph, left + pw / 2, height - 18, top + ph / 2, xml_escape(metric));
-  std::size_t k = 0;
-  for (const auto& [line, pts] : d.lines) {
-    const char* colour = colours[k % std::size(colours)];
-    std::string path;
-    for (const PlotPoint& p : pts) path += fmt::format("{:.1f},{:.1f} ", sx(p.x), sy(p.y));
-    svg += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>\n",
-                       path, colour);
-    for (const PlotPoint& p : pts) {
-      if (p.h > 0) {
-        svg += fmt::format(
-            "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"{3}\"/>\n",
-            sx(p.x), sy(p.y - p.h), sy(p.y + p.h), colour);
-      }
-      svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>\n", sx(p.x),
-                         sy(p.y), colour);
-    }
-    double ly = top + 10 + 20.0 * static_cast<double>(k);
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\" "
-        "stroke-width=\"2\"/>\n<text x=\"{4:.1f}\" y=\"{5:.1f}\">{6}</text>\n",
-        left + pw + 15, ly, left + pw + 40, colour, left + pw + 46, ly + 4, xml_escape(line));
-    ++k;
-  }
-  svg += "</svg>\n";
-  return svg;
 }
 
 std::string table_text(const std::vector<std::vector<std::string>>& cells) {
@@ -249,11 +75,16 @@ std::string table_text(const std::vector<std::vector<std::string>>& cells) {
 
 // What the run folders of a grid hold.
 struct GridRuns {
-  std::vector<Row> rows;                   // finished runs, by folder name
-  std::vector<std::string> metric_names;   // in order of first appearance
+  std::vector<Row> rows;                      // finished runs, in the grid file's order
+  std::vector<std::string> metric_names;      // in order of first appearance
   std::map<std::string, std::string> titles;  // metric -> summary column title, when declared
   std::size_t unfinished = 0;
   std::vector<std::string> stale;  // finished, but from other inputs than the grid's now: left out
+
+  std::string title(const std::string& metric) const {
+    const auto it = titles.find(metric);
+    return it != titles.end() ? it->second : metric;
+  }
 };
 
 // One finished run: its config.toml and results.json. Runs missing from the grid's index
@@ -278,21 +109,29 @@ Row read_row(const fs::path& dir, const GridIndex& index, GridRuns& runs) {
   }
   const json titles = results.value("titles", json::object());
   for (const auto& [name, title] : titles.items()) runs.titles[name] = title.get<std::string>();
-  const auto labels = index.find(row.run);
-  row.method = labels != index.end() ? labels->second.method : row.run;
-  row.line = labels != index.end() ? labels->second.line : row.run;
+  const auto labels = index.runs.find(row.run);
+  row.method = labels != index.runs.end() ? labels->second.method : row.run;
+  row.line = labels != index.runs.end() ? labels->second.line : row.run;
   return row;
 }
 
-GridRuns read_runs(const fs::path& grid_dir) {
+GridRuns read_runs(const fs::path& grid_dir, const GridIndex& index) {
   std::vector<fs::path> dirs;
   for (const auto& entry : fs::directory_iterator(grid_dir)) {
     if (entry.is_directory() && !entry.path().filename().string().starts_with(".")) {
       dirs.push_back(entry.path());
     }
   }
-  std::sort(dirs.begin(), dirs.end());
-  const GridIndex index = read_grid_index(grid_dir);
+  // The grid file's order; folders it does not list (gathered by hand) after, by name.
+  std::map<std::string, std::size_t> position;
+  for (std::size_t i = 0; i < index.order.size(); ++i) position.emplace(index.order[i], i);
+  auto rank = [&](const fs::path& dir) {
+    const auto it = position.find(dir.filename().string());
+    return std::pair(it != position.end() ? it->second : index.order.size(),
+                     dir.filename().string());
+  };
+  std::sort(dirs.begin(), dirs.end(),
+            [&](const fs::path& a, const fs::path& b) { return rank(a) < rank(b); });
   GridRuns runs;
   std::error_code error;
   for (const fs::path& dir : dirs) {
@@ -301,8 +140,8 @@ GridRuns read_runs(const fs::path& grid_dir) {
       ++runs.unfinished;
       continue;
     }
-    const auto expected = index.find(dir.filename().string());
-    if (expected != index.end() && !expected->second.inputs.empty() &&
+    const auto expected = index.runs.find(dir.filename().string());
+    if (expected != index.runs.end() && !expected->second.inputs.empty() &&
         read_run_inputs_key(dir) != expected->second.inputs) {
       runs.stale.push_back(dir.filename().string());
       continue;
@@ -333,51 +172,288 @@ void write_results_csv(const fs::path& file, const GridRuns& runs) {
   write_file_atomic(file, csv);
 }
 
-std::string mean_and_interval(const std::vector<const Row*>& members, const std::string& metric) {
-  std::vector<double> values;
-  for (const Row* row : members) {
-    auto it = row->metrics.find(metric);
-    if (it != row->metrics.end()) values.push_back(it->second);
+// A summary row: the finished runs of one method (its seeds).
+struct Method {
+  std::string name, line;
+  std::vector<const Row*> runs;
+
+  const Row& first() const { return *runs.front(); }
+  // The metric of each run that reports it (non-finite when it diverged).
+  ValuesBySeed by_seed(const std::string& metric) const {
+    ValuesBySeed values;
+    for (const Row* row : runs) {
+      const auto it = row->metrics.find(metric);
+      if (it != row->metrics.end()) values[row->seed] = it->second;
+    }
+    return values;
   }
-  Stat s = stat(values);
-  std::string cell = s.n == 0                        ? std::string("-")
-                     : std::isfinite(s.half_width) ? fmt::format("{:.4g} ± {:.2g}", s.mean, s.half_width)
-                                                   : fmt::format("{:.4g}", s.mean);
+  MeanInterval statistic(const std::string& metric) const {
+    std::vector<double> values;
+    for (const auto& [seed, value] : by_seed(metric)) values.push_back(value);
+    return mean_interval(values);
+  }
+};
+
+// Methods in order of their first run, which is the grid file's order.
+std::vector<Method> group_methods(const GridRuns& runs) {
+  std::vector<Method> methods;
+  for (const Row& row : runs.rows) {
+    auto it = std::find_if(methods.begin(), methods.end(),
+                           [&](const Method& m) { return m.name == row.method; });
+    if (it == methods.end()) {
+      methods.push_back({row.method, row.line, {}});
+      it = methods.end() - 1;
+    }
+    it->runs.push_back(&row);
+  }
+  return methods;
+}
+
+// The summary's columns: the primary metric first, the others in the runs' order; figures with
+// one value in every run (the reference model's) are shown once below the table instead.
+struct Columns {
+  std::string primary;
+  std::vector<std::string> table;
+  std::vector<std::pair<std::string, double>> constant;
+};
+
+Columns plan_columns(const GridRuns& runs, std::size_t method_count, const ReportSettings& report,
+                     const fs::path& grid_dir) {
+  Columns columns;
+  if (!report.primary.empty() && !runs.metric_names.empty() &&
+      std::find(runs.metric_names.begin(), runs.metric_names.end(), report.primary) ==
+          runs.metric_names.end()) {
+    throw Error(fmt::format(
+        "{}: [report] primary = \"{}\": no figure of the grid's runs has that "
+        "name (known: {})",
+        (grid_dir / kGridIndexFile).string(), report.primary, fmt::join(runs.metric_names, ", ")));
+  }
+  auto constant_value = [&](const std::string& metric) -> std::optional<double> {
+    if (method_count < 2) return std::nullopt;  // one row: every column would be "constant"
+    const double first =
+        runs.rows.front().metrics.contains(metric) ? runs.rows.front().metrics.at(metric) : NAN;
+    for (const Row& row : runs.rows) {
+      const auto it = row.metrics.find(metric);
+      if (it == row.metrics.end() || !std::isfinite(it->second) ||
+          std::abs(it->second - first) > 1e-12 * std::max(1.0, std::abs(first))) {
+        return std::nullopt;
+      }
+    }
+    return first;
+  };
+  for (const std::string& metric : runs.metric_names) {
+    if (metric == report.primary) continue;
+    if (const auto value = constant_value(metric)) {
+      columns.constant.emplace_back(metric, *value);
+    } else {
+      columns.table.push_back(metric);
+    }
+  }
+  columns.primary = report.primary;
+  if (columns.primary.empty() && !columns.table.empty()) columns.primary = columns.table.front();
+  if (!report.primary.empty()) columns.table.insert(columns.table.begin(), report.primary);
+  return columns;
+}
+
+std::string mean_and_interval(const Method& method, const std::string& metric) {
+  const MeanInterval s = method.statistic(metric);
+  std::string cell = s.n == 0 ? std::string("-")
+                     : std::isfinite(s.half_width)
+                         ? fmt::format("{:.4g} ± {:.2g}", s.mean, s.half_width)
+                         : fmt::format("{:.4g}", s.mean);
   // A diverged run (non-finite figure) is left out of the mean, and the cell says so.
-  const std::size_t diverged = values.size() - s.n;
-  if (diverged > 0) {
-    cell += fmt::format(" (n = {} of {}, {} diverged)", s.n, values.size(), diverged);
+  if (s.diverged > 0) {
+    cell += fmt::format(" (n = {} of {}, {} diverged)", s.n, s.n + s.diverged, s.diverged);
   }
   return cell;
 }
 
 // summary.md's table: one row per method, mean ± 95% CI over its seeds.
-std::vector<std::vector<std::string>> summary_cells(const GridRuns& runs) {
-  std::vector<std::string> methods;
-  for (const Row& row : runs.rows) {
-    if (std::find(methods.begin(), methods.end(), row.method) == methods.end()) {
-      methods.push_back(row.method);
-    }
-  }
+std::string summary_table(const GridRuns& runs, const std::vector<Method>& methods,
+                          const Columns& columns) {
   std::vector<std::vector<std::string>> cells;
   std::vector<std::string> header = {"method", "loss", "annotator", "fraction", "n"};
-  for (const auto& name : runs.metric_names) {
-    const auto title = runs.titles.find(name);
-    header.push_back(title != runs.titles.end() ? title->second : name);
-  }
+  for (const auto& name : columns.table) header.push_back(runs.title(name));
   cells.push_back(header);
-  for (const std::string& method : methods) {
-    std::vector<const Row*> members;
-    for (const Row& row : runs.rows) {
-      if (row.method == method) members.push_back(&row);
-    }
-    std::vector<std::string> line = {method, members[0]->loss,
-                                     members[0]->annotator.empty() ? "-" : members[0]->annotator,
-                                     number(members[0]->fraction), std::to_string(members.size())};
-    for (const auto& name : runs.metric_names) line.push_back(mean_and_interval(members, name));
+  for (const Method& method : methods) {
+    std::vector<std::string> line = {
+        method.name, method.first().loss,
+        method.first().annotator.empty() ? "-" : method.first().annotator,
+        number(method.first().fraction), std::to_string(method.runs.size())};
+    for (const auto& name : columns.table) line.push_back(mean_and_interval(method, name));
     cells.push_back(line);
   }
-  return cells;
+  std::string text = table_text(cells);
+  if (!columns.constant.empty()) {
+    std::vector<std::string> values;
+    for (const auto& [name, value] : columns.constant) {
+      values.push_back(fmt::format("{} = {}", runs.title(name), number(value)));
+    }
+    text += fmt::format(
+        "\nThe same in every run (such as the reference model's figures), so "
+        "not in the table: {}.\n",
+        fmt::join(values, ", "));
+  }
+  return text;
+}
+
+// Runs gathered by hand may have no labelled fraction (NaN): the same as another without one.
+bool same_fraction(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
+
+// Does the grid vary the labelled fraction within a method line (a label-budget sweep)?
+bool is_sweep(const std::vector<Method>& methods) {
+  std::map<std::string, double> fraction_of_line;
+  for (const Method& method : methods) {
+    const auto [it, added] = fraction_of_line.emplace(method.line, method.first().fraction);
+    if (!added && !same_fraction(it->second, method.first().fraction)) return true;
+  }
+  return false;
+}
+
+// The baseline's method that `method` is compared with: the baseline line's only method, or, in
+// a sweep, its method at the same labelled fraction. Null when there is none.
+const Method* baseline_for(const Method& method, const std::vector<Method>& methods,
+                           const std::string& baseline) {
+  std::vector<const Method*> candidates;
+  for (const Method& m : methods) {
+    if (m.line == baseline) candidates.push_back(&m);
+  }
+  if (candidates.size() == 1) return candidates.front();
+  for (const Method* m : candidates) {
+    if (same_fraction(m->first().fraction, method.first().fraction)) return m;
+  }
+  return nullptr;
+}
+
+std::string significance_marker(double p) {
+  if (!std::isfinite(p)) return "";
+  return p < 0.001 ? "***" : p < 0.01 ? "**" : p < 0.05 ? "*" : "n.s.";
+}
+
+// summary.md's paired comparisons of every method with the baseline on the primary metric.
+std::string paired_section(const GridRuns& runs, const std::vector<Method>& methods,
+                           const std::string& baseline, const std::string& metric) {
+  const std::string title = runs.title(metric);
+  std::string text = fmt::format("\n## Paired comparison with {} ({})\n\n", baseline, title);
+  const bool sweep = is_sweep(methods);
+  std::vector<std::vector<std::string>> cells = {
+      {"method", "difference", "95% interval", "p", "", "pairs"}};
+  for (const Method& method : methods) {
+    const Method* base = baseline_for(method, methods, baseline);
+    if (base == &method) {
+      cells.push_back({method.name, "(baseline)", "", "", "", ""});
+      continue;
+    }
+    if (base == nullptr) {
+      cells.push_back({method.name, "-", "", "", "", "no baseline run at this fraction"});
+      continue;
+    }
+    const PairedComparison c = paired_comparison(method.by_seed(metric), base->by_seed(metric));
+    std::string pairs = fmt::format("{} of {}", c.pairs, c.seeds);
+    if (c.pairs < c.seeds) pairs += fmt::format(" ({} diverged or missing)", c.seeds - c.pairs);
+    const std::string p = !std::isfinite(c.p_value) ? "-"
+                          : c.p_value < 0.001       ? "< 0.001"
+                                                    : fmt::format("{:.2g}", c.p_value);
+    cells.push_back(
+        {method.name,
+         std::isfinite(c.mean_difference) ? fmt::format("{:+.3g}", c.mean_difference) : "-",
+         std::isfinite(c.low) ? fmt::format("[{:+.3g}, {:+.3g}]", c.low, c.high) : "-", p,
+         significance_marker(c.p_value), pairs});
+  }
+  text += table_text(cells);
+  text += fmt::format(
+      "\nDifference: the method's {0} minus {1}'s on the same seed{2}, averaged over the seeds "
+      "where both have a finite value; seeds that diverged or are missing on either side are left "
+      "out (pairs: used of all). 95% interval: Student t with pairs − 1 degrees of freedom. p: "
+      "two-sided paired t-test of a zero mean difference. * p < 0.05, ** p < 0.01, *** p < 0.001, "
+      "n.s. not significant; no correction for multiple comparisons.\n",
+      title, baseline, sweep ? " and labelled fraction" : "");
+  return text;
+}
+
+// One chart per metric of the table; returns the sentence that lists them.
+std::string write_charts(const fs::path& grid_dir, const GridRuns& runs,
+                         const std::vector<Method>& methods, const Columns& columns,
+                         const std::string& baseline) {
+  auto reference_of = [&](const std::string& metric) -> std::optional<double> {
+    for (const auto& [name, value] : columns.constant) {
+      if (name == metric + kReferenceSuffix) return value;
+    }
+    return std::nullopt;
+  };
+  const bool sweep = is_sweep(methods);
+  std::vector<std::string> files;
+  for (const std::string& metric : columns.table) {
+    const std::string title = runs.title(metric);
+    const fs::path stem = grid_dir / file_name_safe(metric);
+    std::vector<MeanInterval> statistics;
+    for (const Method& method : methods) statistics.push_back(method.statistic(metric));
+    if (std::none_of(statistics.begin(), statistics.end(),
+                     [](const MeanInterval& s) { return s.n > 0; })) {
+      continue;
+    }
+    if (sweep) {
+      chart::LineChart chart;
+      chart.title = title + " against the labelled fraction";
+      chart.x_label = "labelled fraction";
+      chart.y_label = title;
+      chart.clip_outliers = true;
+      chart.dodge = true;
+      chart.note = "Line: mean over seeds; band: its 95% interval (Student t).";
+      if (const auto reference = reference_of(metric)) {
+        chart.reference = *reference;
+        chart.reference_label = "reference";
+      }
+      std::vector<std::string> lines;  // one series per method line, in the grid's order
+      double lowest = INFINITY, highest = 0;
+      for (std::size_t i = 0; i < methods.size(); ++i) {
+        const Method& method = methods[i];
+        auto line = std::find(lines.begin(), lines.end(), method.line);
+        if (line == lines.end()) {
+          lines.push_back(method.line);
+          chart.series.push_back(
+              {method.line == baseline ? method.line + " (baseline)" : method.line});
+          line = lines.end() - 1;
+        }
+        chart::Series& series = chart.series[static_cast<std::size_t>(line - lines.begin())];
+        const MeanInterval& s = statistics[i];
+        series.x.push_back(method.first().fraction);
+        series.y.push_back(s.mean);
+        series.low.push_back(s.mean - s.half_width);
+        series.high.push_back(s.mean + s.half_width);
+        lowest = std::min(lowest, method.first().fraction);
+        highest = std::max(highest, method.first().fraction);
+      }
+      // Fractions such as 0.05 ... 1 crowd at the left of a linear axis.
+      chart.x_scale = highest >= 8 * lowest ? chart::Scale::log : chart::Scale::linear;
+      chart::write_chart(chart, stem);
+    } else {
+      chart::DotIntervalChart chart;
+      chart.title = title + " by method";
+      chart.value_label = title;
+      chart.note = "Dot: mean over seeds; bar: its 95% interval (Student t).";
+      if (const auto reference = reference_of(metric)) {
+        chart.reference = *reference;
+        chart.reference_label = "reference";
+      }
+      for (std::size_t i = 0; i < methods.size(); ++i) {
+        const MeanInterval& s = statistics[i];
+        const bool is_baseline = methods[i].line == baseline;
+        chart.rows.push_back({is_baseline ? methods[i].name + " (baseline)" : methods[i].name,
+                              s.mean, s.mean - s.half_width, s.mean + s.half_width, is_baseline});
+      }
+      chart::write_chart(chart, stem);
+    }
+    files.push_back(stem.filename().string() + ".png");
+  }
+  if (files.empty()) return {};
+  return fmt::format("\nPlots ({}; each also as .svg): {}\n",
+                     sweep
+                         ? "each metric against the labelled fraction, one line with its interval "
+                           "band per method"
+                         : "each metric as a dot-and-interval chart, one row per method in the "
+                           "grid's order",
+                     fmt::join(files, ", "));
 }
 
 }  // namespace
@@ -385,35 +461,37 @@ std::vector<std::vector<std::string>> summary_cells(const GridRuns& runs) {
 std::string write_report(const fs::path& grid_dir) {
   std::error_code error;
   if (!fs::is_directory(grid_dir, error)) throw Error(grid_dir.string() + ": not a folder");
-  const GridRuns runs = read_runs(grid_dir);
+  const GridIndex index = read_grid_index(grid_dir);
+  const GridRuns runs = read_runs(grid_dir, index);
   write_results_csv(grid_dir / "results.csv", runs);
+  const std::vector<Method> methods = group_methods(runs);
+  const Columns columns = plan_columns(runs, methods.size(), index.report, grid_dir);
+  const std::string& baseline = index.report.baseline;
+  // The launcher checked it when the grid started; grid.json may have been edited since.
+  check_report_baseline(index, (grid_dir / kGridIndexFile).string());
+
   std::string summary = fmt::format("# Grid {}\n\n", grid_dir.filename().string());
   summary += fmt::format("{} finished runs", runs.rows.size());
   if (runs.unfinished > 0) summary += fmt::format(", {} unfinished", runs.unfinished);
-  summary += "; mean ± 95% confidence interval (Student t) over seeds, n = seeds; runs whose "
-             "figure is not finite (diverged) are counted in their cell, not averaged.\n\n";
-  summary += table_text(summary_cells(runs));
+  summary +=
+      "; mean ± 95% confidence interval (Student t) over seeds, n = seeds; runs whose "
+      "figure is not finite (diverged) are counted in their cell, not averaged.\n\n";
+  summary += summary_table(runs, methods, columns);
+  if (!baseline.empty() && !columns.primary.empty()) {
+    const bool finished = std::any_of(methods.begin(), methods.end(),
+                                      [&](const Method& m) { return m.line == baseline; });
+    summary += finished
+                   ? paired_section(runs, methods, baseline, columns.primary)
+                   : fmt::format("\nNo paired comparison: the baseline {} has no finished run.\n",
+                                 baseline);
+  }
   if (!runs.stale.empty()) {
     summary += fmt::format(
         "\nLeft out, stale (their config, [init] weights or plugins differ from the grid's now; "
         "remove them to run them again): {}\n",
         fmt::join(runs.stale, ", "));
   }
-
-  // Plots: one per metric, one line per method without its labelled fraction.
-  std::vector<std::string> plots;
-  for (const auto& name : runs.metric_names) {
-    std::string svg = svg_plot(name, runs.rows);
-    if (svg.empty()) continue;
-    std::string file = file_name_safe(name) + ".svg";
-    write_file_atomic(grid_dir / file, svg);
-    plots.push_back(file);
-  }
-  if (!plots.empty()) {
-    summary += "\nPlots:";
-    for (const auto& p : plots) summary += " " + p;
-    summary += "\n";
-  }
+  summary += write_charts(grid_dir, runs, methods, columns, baseline);
   write_file_atomic(grid_dir / "summary.md", summary);
   return summary;
 }

@@ -85,6 +85,15 @@ const OptionSpec kLogOptions[] = {
      "(`tensorboard --logdir <output>` shows the runs side by side)."},
 };
 
+const OptionSpec kReportOptions[] = {
+    {"baseline", T::string, "\"\"",
+     "A method line of the grid (a case name, e.g. \"dpo-25h\"): summary.md compares every method "
+     "with it seed by seed (paired t-test) and the plots mark it; \"\" = no comparison."},
+    {"primary", T::string, "\"\"",
+     "The metric (a figure's name, e.g. \"reward\") shown first in summary.md and used for the "
+     "paired comparisons; \"\" = the first figure the runs report."},
+};
+
 std::int64_t positive(const Options& options, std::string_view name) {
   const std::int64_t value = options.integer(name);
   if (value <= 0) options.fail(name, "expected a positive integer, got " + std::to_string(value));
@@ -234,6 +243,10 @@ InitSettings read_init_settings(const Options& init) {
 
 LogSettings read_log_settings(const Options& log) { return {log.boolean("tensorboard")}; }
 
+ReportSettings read_report_settings(const Options& report) {
+  return {report.string("baseline"), report.string("primary")};
+}
+
 const char* to_string(LabelSplit split) {
   return split == LabelSplit::by_prompt ? "by_prompt" : "random";
 }
@@ -243,5 +256,6 @@ std::span<const OptionSpec> train_options_schema() { return kTrainOptions; }
 std::span<const OptionSpec> eval_options_schema() { return kEvalOptions; }
 std::span<const OptionSpec> init_options_schema() { return kInitOptions; }
 std::span<const OptionSpec> log_options_schema() { return kLogOptions; }
+std::span<const OptionSpec> report_options_schema() { return kReportOptions; }
 
 }  // namespace dedpo

@@ -1,7 +1,7 @@
 #pragma once
-// An experiment is a TOML file: core tables ([run], [train], [eval], [init], [log], [plugins])
-// validated into typed settings (dedpo/host/settings.hpp), and one table per plugin slot naming
-// `plugin = "..."` plus that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
+// An experiment is a TOML file: core tables ([run], [train], [eval], [init], [log], [report],
+// [plugins]) validated into typed settings (dedpo/host/settings.hpp), and one table per plugin slot
+// naming `plugin = "..."` plus that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
 // overrides `a.b=value` apply last.
 #include <filesystem>
 #include <optional>
@@ -34,6 +34,7 @@ struct Experiment {
   EvalSettings eval;            // [eval]
   InitSettings init;            // [init]: where the backbone's initial weights come from
   LogSettings log;              // [log]
+  ReportSettings report;        // [report]: a grid's report; not in resolved_toml (no run depends on it)
   std::optional<PluginSlot> backbone, data, annotator, loss;
   std::vector<PluginSlot> metrics;  // [[metrics]]
   std::vector<std::filesystem::path> plugin_paths;  // [plugins] paths, absolute

@@ -66,4 +66,9 @@ int run_grid(const std::filesystem::path& file, std::span<const Override> overri
 // Runs whose recorded inputs differ from those grid.json expects (stale) are left out and listed.
 std::string write_report(const std::filesystem::path& grid_dir);
 
+// Draws a run's training curves from its metrics.jsonl (loss, implicit accuracy, λ, gradient
+// norm, learning rate: those the run logged) into RUN_DIR/plots/<curve>.png and .svg; returns
+// the files. A malformed line is an Error naming the file and line.
+std::vector<std::filesystem::path> plot_run_curves(const std::filesystem::path& run_dir);
+
 }  // namespace dedpo

@@ -1,6 +1,6 @@
 #pragma once
-// The core's own experiment tables ([run], [train], [eval], [init], [log]) as typed settings. Each
-// is read and checked once, when the experiment loads (core/src/run/settings.cpp owns every
+// The core's own experiment tables ([run], [train], [eval], [init], [log], [report]) as typed
+// settings. Each is read and checked once, when the experiment loads (core/src/run/settings.cpp owns every
 // rule), so the run never compares strings or checks a range again.
 #include <cstdint>
 #include <filesystem>
@@ -14,12 +14,13 @@
 
 namespace dedpo {
 
-// The tables' schemas (shown by `dedpo plugins show run|train|eval|init`).
+// The tables' schemas (shown by `dedpo plugins show run|train|eval|init|report`).
 std::span<const OptionSpec> run_options_schema();
 std::span<const OptionSpec> train_options_schema();
 std::span<const OptionSpec> eval_options_schema();
 std::span<const OptionSpec> init_options_schema();
 std::span<const OptionSpec> log_options_schema();
+std::span<const OptionSpec> report_options_schema();
 
 // [run] device as written: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda"
 // (the first CUDA device) or "cuda:N".
@@ -94,12 +95,21 @@ struct LogSettings {
   bool tensorboard = false;  // TensorBoard event files in <run>/tensorboard
 };
 
+// [report]: how a grid's report (summary.md, plots) presents its runs. Not part of a run's
+// configuration: changing it makes no run stale. Names are checked against the grid when it
+// starts (baseline) and against the runs' figures when the report is written (primary).
+struct ReportSettings {
+  std::string baseline;  // a method line of the grid ("dpo-25h"); empty = no paired comparisons
+  std::string primary;   // the metric shown first and compared; empty = the first the runs report
+};
+
 // Each throws Options::fail's "<where>: option '<name>': <problem>" for a bad value.
 RunSettings read_run_settings(const Options& run, int cuda_devices);
 TrainSettings read_train_settings(const Options& train);
 EvalSettings read_eval_settings(const Options& eval);
 InitSettings read_init_settings(const Options& init);
 LogSettings read_log_settings(const Options& log);
+ReportSettings read_report_settings(const Options& report);
 
 // The option's spelling, for logs.
 const char* to_string(LabelSplit split);
