@@ -7,6 +7,7 @@
 #include <toml++/toml.h>
 
 #include "dedpo/files.hpp"
+#include "dedpo/loss.hpp"
 #include "option_table.hpp"
 
 namespace dedpo {
@@ -539,6 +540,15 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   require(experiment.data, "data");
   if (experiment.train.objective == Objective::preference) require(experiment.loss, "loss");
   construct_plugins(experiment, registry);
+  if (experiment.loss && experiment.train.batches == BatchComposition::two_stream) {
+    const std::shared_ptr<Loss> loss =
+        registry.create<Loss>(experiment.loss->plugin, experiment.loss->options);
+    try {
+      check_batches_suit_loss(experiment.train, *loss, experiment.loss->plugin);
+    } catch (const Error& error) {
+      throw Error(origin + ": " + error.what());
+    }
+  }
   experiment.resolved_toml = resolved_config(tables, experiment);
   return experiment;
 }

@@ -126,6 +126,10 @@ at::Tensor masked_sum(const at::Tensor& values, const at::Tensor& mask) {
 
 at::Tensor labelled_mean(const at::Tensor& values, const at::Tensor& mask,
                          const PairTerms& terms) {
+  if (const std::int64_t stream = terms.labelled_stream_size; stream > 0) {
+    return masked_sum(values.slice(0, 0, stream), mask.slice(0, 0, stream)) /
+           static_cast<double>(stream);
+  }
   const double batch = static_cast<double>(values.size(0));
   at::Tensor sum = masked_sum(values, mask);
   if (terms.drawn_from == PairPool::labelled) return sum / batch;
@@ -147,7 +151,22 @@ at::Tensor all_mean(const at::Tensor& values, const at::Tensor& mask, const Pair
                 std::to_string(terms.n_unlabelled) +
                 " unlabelled pairs); draw this loss's batches from PairPool::all");
   }
+  if (const std::int64_t stream = terms.labelled_stream_size; stream > 0) {
+    const std::int64_t batch = values.size(0);
+    return masked_sum(values.slice(0, stream, batch), mask.slice(0, stream, batch)) /
+           static_cast<double>(batch - stream);
+  }
   return masked_sum(values, mask) / static_cast<double>(values.size(0));
+}
+
+at::Tensor all_mean_by_stream(const at::Tensor& values, const at::Tensor& mask,
+                              const PairTerms& terms, std::string_view loss_name) {
+  if (terms.labelled_stream_size == 0) return all_mean(values, mask, terms, loss_name);
+  const at::Tensor labelled = terms.is_labelled.to(at::kBool);
+  const double share = static_cast<double>(terms.n_labelled) /
+                       static_cast<double>(terms.n_labelled + terms.n_unlabelled);
+  return labelled_mean(values, mask.logical_and(labelled), terms) * share +
+         all_mean(values, mask.logical_and(labelled.logical_not()), terms, loss_name);
 }
 
 // ---- checks and diagnostics ------------------------------------------------------------------
@@ -181,6 +200,20 @@ void check_terms(const PairTerms& terms, std::string_view loss_name, const Loss&
                 ", n_unlabelled = " + std::to_string(terms.n_unlabelled) + ")");
   }
   at::Tensor labelled = terms.is_labelled.to(at::kBool);
+  if (const std::int64_t stream = terms.labelled_stream_size; stream != 0) {
+    if (!loss.takes_two_stream_batches()) {
+      throw Error(name + ": given a two-stream batch (PairTerms::labelled_stream_size = " +
+                  std::to_string(stream) + "), which this loss does not take");
+    }
+    if (stream < 0 || stream >= batch || terms.drawn_from != PairPool::all) {
+      throw Error(name + ": a two-stream batch needs 0 < labelled_stream_size < B = " +
+                  std::to_string(batch) + " and drawn_from = all, got labelled_stream_size = " +
+                  std::to_string(stream));
+    }
+    if (!labelled.slice(0, 0, stream).all().item<bool>()) {
+      throw Error(name + ": the labelled stream of a two-stream batch holds an unlabelled pair");
+    }
+  }
   at::Tensor z = terms.human_label.to(at::kFloat);
   bool bad = labelled.logical_and(z.isnan().logical_or(z < 0).logical_or(z > 1)).any().item<bool>();
   if (bad) {

@@ -7,7 +7,9 @@
 // from running moments of the scores s_z = sigmoid(h) - z, s_g = sigmoid(h) - g on the labelled
 // pairs of previous batches, cross-fitted: a labelled pair of fold k (PairTerms::fold_key % K)
 // gets the lambda_k estimated from the other folds only, an unlabelled pair the fold-size
-// weighted average, so no pair's lambda has seen its label.
+// weighted average, so no pair's lambda has seen its label. With two-stream batches ([train]
+// batches) the labelled mean comes from the labelled stream and the all-pairs mean from the
+// all-pairs stream: the same L_lambda, estimated without the N/n_l weight of pooled batches.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -99,6 +101,9 @@ class DedpoLoss final : public dedpo::Loss {
 
   dedpo::PairPool pool() const override { return dedpo::PairPool::all; }
   bool needs_annotator() const override { return true; }
+  // Its two means come through labelled_mean and all_mean, which read a two-stream batch's
+  // labelled and all-pairs streams: the same L_lambda, with the correction's share fixed.
+  bool takes_two_stream_batches() const override { return true; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
     dedpo::check_terms(terms, "dedpo", *this);

@@ -33,6 +33,8 @@ class NaiveSslDpoLoss final : public dedpo::Loss {
 
   dedpo::PairPool pool() const override { return dedpo::PairPool::all; }
   bool needs_annotator() const override { return true; }
+  // The human share of its all-pairs mean comes from the labelled stream (all_mean_by_stream).
+  bool takes_two_stream_batches() const override { return true; }
 
   dedpo::LossResult compute(const dedpo::PairTerms& terms) override {
     dedpo::check_terms(terms, "naive_ssl_dpo", *this);
@@ -44,8 +46,8 @@ class NaiveSslDpoLoss final : public dedpo::Loss {
     at::Tensor pseudo = hard_ ? (g > 0.5).to(dtype) : g;
     at::Tensor target = at::where(labels.labelled, labels.target, pseudo);
     at::Tensor use = labels.use.logical_or(labels.unlabelled.logical_and(confident));
-    at::Tensor loss =
-        dedpo::all_mean(dedpo::bce_with_logits(h, target), use, terms, "naive_ssl_dpo");
+    at::Tensor loss = dedpo::all_mean_by_stream(dedpo::bce_with_logits(h, target), use, terms,
+                                                "naive_ssl_dpo");
 
     dedpo::Figures diagnostics = dedpo::preference_diagnostics(terms, h);
     diagnostics.emplace_back(

@@ -27,6 +27,10 @@ TEST_F(SettingsTest, EveryBadTrainValueIsNamedWithWhatWasExpected) {
       {"steps", "0", "expected a positive integer, got 0"},
       {"batch_size", "0", "expected a positive integer, got 0"},
       {"grad_accum", "-1", "expected a positive integer, got -1"},
+      {"batches", "\"mixed\"", "expected one of \"pooled\", \"two_stream\", got \"mixed\""},
+      {"labelled_batch_size", "-1", "expected a non-negative integer, got -1"},
+      {"labelled_batch_size", "16",
+       "applies to batches = \"two_stream\" only (batches is \"pooled\"), got 16"},
       {"labelled_fraction", "0.0", "expected a number in (0, 1], got 0"},
       {"labelled_fraction", "1.5", "expected a number in (0, 1], got 1.5"},
       {"split", "\"sideways\"", "expected one of \"random\", \"by_prompt\", got \"sideways\""},
@@ -52,6 +56,28 @@ TEST_F(SettingsTest, EveryBadTrainValueIsNamedWithWhatWasExpected) {
   }
 }
 
+TEST_F(SettingsTest, TwoStreamBatchesNeedTwoNonEmptyStreamsOfPairsAndALossThatTakesThem) {
+  const dedpo::Override two_stream{"train.batches", "\"two_stream\""};
+  auto error = [&](std::vector<dedpo::Override> more) {
+    more.insert(more.begin(), two_stream);
+    return error_of("exp.toml", more);
+  };
+  EXPECT_THAT(error({{"train.labelled_batch_size", "64"}}),
+              testing::HasSubstr("option 'labelled_batch_size': expected an integer in [1, "
+                                 "batch_size) = [1, 64) so that both streams draw pairs, got 64"));
+  EXPECT_THAT(error({{"train.batch_size", "1"}}),
+              testing::HasSubstr("option 'batches': \"two_stream\" needs batch_size >= 2 (a "
+                                 "pair for each stream), got 1"));
+  EXPECT_THAT(error({{"train.objective", "\"denoising\""}}),
+              testing::HasSubstr("option 'batches': \"two_stream\" draws pairs: it needs "
+                                 "objective = \"preference\""));
+  // The options are right; the fixture loss (labelled pool) cannot take them.
+  EXPECT_EQ(error({{"train.labelled_batch_size", "8"}}),
+            path("exp.toml") + ": [train] batches = \"two_stream\": loss 'fixture_loss' does not "
+            "take two-stream batches (it trains on the labelled pairs only, so there is no "
+            "all-pairs term for a second stream); use batches = \"pooled\"");
+}
+
 TEST_F(SettingsTest, GoodValuesAreTyped) {
   dedpo::Experiment e = load_with("train.split", "\"by_prompt\"");
   EXPECT_EQ(e.train.split, dedpo::LabelSplit::by_prompt);
@@ -64,6 +90,8 @@ TEST_F(SettingsTest, GoodValuesAreTyped) {
             dedpo::OptimizerKind::adafactor);
   EXPECT_EQ(load_with("train.precision", "\"bf16\"").train.precision, dedpo::Precision::bf16);
   EXPECT_EQ(load_with("train.ties", "\"drop\"").train.ties, dedpo::TiePolicy::drop);
+  EXPECT_EQ(e.train.batches, dedpo::BatchComposition::pooled);
+  EXPECT_EQ(e.train.labelled_batch_size, 0);
 }
 
 TEST_F(SettingsTest, BadRunAndEvalValuesAreNamed) {

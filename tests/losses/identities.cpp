@@ -2,6 +2,8 @@
 #include <cmath>
 #include <random>
 
+#include <gmock/gmock.h>
+
 #include "dedpo/error.hpp"
 #include "loss_helpers.hpp"
 
@@ -135,12 +137,81 @@ TEST(LossIdentities, PoolsAndNeeds) {
     EXPECT_EQ(loss->pool(), PairPool::labelled) << name;
     EXPECT_FALSE(loss->needs_annotator()) << name;
     EXPECT_EQ(loss->needs_reference(), std::string(name) != "sft") << name;
+    EXPECT_FALSE(loss->takes_two_stream_batches()) << name;
   }
   for (const char* name : {"dedpo", "naive_ssl_dpo"}) {
     auto loss = make_loss(name);
     EXPECT_EQ(loss->pool(), PairPool::all) << name;
     EXPECT_TRUE(loss->needs_annotator()) << name;
+    EXPECT_TRUE(loss->takes_two_stream_batches()) << name;
   }
+}
+
+TEST(LossIdentities, TwoStreamBatchesAreCheckedAndRefusedByLossesThatDoNotTakeThem) {
+  World w = make_world({});
+  std::mt19937_64 rng(12);
+  std::vector<bool> labelled = random_labelled(w.n, 30, rng);
+  std::vector<std::int64_t> batch = random_two_stream_batch(labelled, 4, 8, rng);
+  auto error_of = [&](dedpo::Loss& loss, std::vector<std::int64_t> idx, std::int64_t stream) {
+    try {
+      evaluate(loss, w, w.theta, idx, labelled, PairPool::all, stream);
+    } catch (const dedpo::Error& error) {
+      return std::string(error.what());
+    }
+    return std::string("(no error)");
+  };
+  auto dpo = make_loss("dpo");
+  EXPECT_EQ(error_of(*dpo, batch, 4),
+            "dpo: given a two-stream batch (PairTerms::labelled_stream_size = 4), which this loss "
+            "does not take");
+  auto dedpo = make_loss("dedpo");
+  EXPECT_EQ(error_of(*dedpo, batch, 4), "(no error)");
+  EXPECT_THAT(error_of(*dedpo, batch, 12),
+              ::testing::HasSubstr("a two-stream batch needs 0 < labelled_stream_size < B = 12"));
+  std::vector<std::int64_t> unlabelled_first = batch;
+  for (std::int64_t i = 0; i < w.n; ++i) {
+    if (!labelled[i]) unlabelled_first[0] = i;
+  }
+  EXPECT_EQ(error_of(*dedpo, unlabelled_first, 4),
+            "dedpo: the labelled stream of a two-stream batch holds an unlabelled pair");
+}
+
+TEST(LossIdentities, TwoStreamMeansReadEachStream) {
+  // dedpo with lambda = 1 on a two-stream batch is, written out, the all-pairs stream's mean of
+  // L(G, g) plus the labelled stream's mean of L(G, z) - L(G, g).
+  World w = make_world({});
+  std::mt19937_64 rng(13);
+  std::vector<bool> labelled = random_labelled(w.n, 30, rng);
+  std::vector<std::int64_t> batch = random_two_stream_batch(labelled, 5, 9, rng);
+  const std::vector<double> h = logits(w);
+  auto bce = [&](std::int64_t i, double p) { return p * log1pexp(-h[i]) + (1 - p) * log1pexp(h[i]); };
+  double correction = 0, pseudo = 0;
+  for (std::size_t k = 0; k < batch.size(); ++k) {
+    const std::int64_t i = batch[k];
+    if (k < 5) {
+      const double human = w.z[i] == 0.5 ? 0.0 : bce(i, w.z[i]);  // ties dropped
+      correction += (human - bce(i, w.g[i])) / 5;
+    } else {
+      pseudo += bce(i, w.g[i]) / 9;
+    }
+  }
+  auto dedpo = make_loss("dedpo", "lambda = 1.0");
+  EXPECT_NEAR(evaluate(*dedpo, w, w.theta, batch, labelled, PairPool::all, 5).loss,
+              pseudo + correction, 1e-10 * (1 + std::abs(pseudo + correction)));
+  // naive_ssl_dpo: n_l/N times the labelled stream's mean of L(G, z), plus the all-pairs
+  // stream's unlabelled pairs' L(G, g) over its size.
+  double human_share = 0, unlabelled_share = 0;
+  for (std::size_t k = 0; k < batch.size(); ++k) {
+    const std::int64_t i = batch[k];
+    if (k < 5) {
+      human_share += (w.z[i] == 0.5 ? 0.0 : bce(i, w.z[i])) / 5 * (30.0 / w.n);
+    } else if (!labelled[i]) {
+      unlabelled_share += bce(i, w.g[i]) / 9;
+    }
+  }
+  auto naive = make_loss("naive_ssl_dpo");
+  EXPECT_NEAR(evaluate(*naive, w, w.theta, batch, labelled, PairPool::all, 5).loss,
+              human_share + unlabelled_share, 1e-10 * (1 + human_share + unlabelled_share));
 }
 
 TEST(LossIdentities, CdpoWithZeroEpsilonIsDpoAndOtherwiseLabelSmoothing) {

@@ -103,10 +103,12 @@ inline at::Tensor bool_mask(const std::vector<bool>& values) {
 }
 
 // The batch `idx` of world `w` with errors computed from `theta` (a [d] tensor, possibly requiring
-// grad). `labelled[i]` says whether dataset pair i has a human label.
+// grad). `labelled[i]` says whether dataset pair i has a human label. A two-stream batch
+// (labelled_stream_size > 0) is its labelled stream's pairs, then its all-pairs stream's.
 inline dedpo::PairTerms make_terms(const World& w, const at::Tensor& theta,
                                    const std::vector<std::int64_t>& idx,
-                                   const std::vector<bool>& labelled, dedpo::PairPool drawn_from) {
+                                   const std::vector<bool>& labelled, dedpo::PairPool drawn_from,
+                                   std::int64_t labelled_stream_size = 0) {
   const auto b = static_cast<std::int64_t>(idx.size());
   std::vector<double> xa, xb, ra, rb, z, g;
   std::vector<std::uint8_t> lab;
@@ -133,6 +135,7 @@ inline dedpo::PairTerms make_terms(const World& w, const at::Tensor& theta,
   t.n_labelled = std::count(labelled.begin(), labelled.end(), true);
   t.n_unlabelled = w.n - t.n_labelled;
   t.drawn_from = drawn_from;
+  t.labelled_stream_size = labelled_stream_size;
   // The run's cross-fitting order of the labelled pairs: random, fixed for a labelled set.
   at::Tensor keys = dedpo::fold_keys(bool_mask(labelled), std::hash<std::vector<bool>>{}(labelled));
   t.fold_key = keys.index_select(0, at::tensor(at::ArrayRef<std::int64_t>(idx)));
@@ -147,10 +150,10 @@ struct Eval {
 
 inline Eval evaluate(dedpo::Loss& loss, const World& w, const std::vector<double>& theta_values,
                      const std::vector<std::int64_t>& idx, const std::vector<bool>& labelled,
-                     dedpo::PairPool drawn_from) {
+                     dedpo::PairPool drawn_from, std::int64_t labelled_stream_size = 0) {
   at::Tensor theta = dvec(theta_values).requires_grad_(true);
   Eval e;
-  e.result = loss.compute(make_terms(w, theta, idx, labelled, drawn_from));
+  e.result = loss.compute(make_terms(w, theta, idx, labelled, drawn_from, labelled_stream_size));
   e.loss = e.result.loss.item<double>();
   e.result.loss.backward();
   at::Tensor grad = theta.grad();
@@ -188,6 +191,21 @@ inline std::vector<std::int64_t> labelled_indices(const std::vector<bool>& label
     if (labelled[i]) v.push_back(static_cast<std::int64_t>(i));
   }
   return v;
+}
+
+// A two-stream batch: `from_labelled` pairs drawn uniformly from the labelled pairs, then
+// `from_all` from all pairs (each stream without replacement, independently).
+inline std::vector<std::int64_t> random_two_stream_batch(const std::vector<bool>& labelled,
+                                                         std::int64_t from_labelled,
+                                                         std::int64_t from_all,
+                                                         std::mt19937_64& rng) {
+  std::vector<std::int64_t> batch = labelled_indices(labelled);
+  std::shuffle(batch.begin(), batch.end(), rng);
+  batch.resize(from_labelled);
+  const std::vector<std::int64_t> rest =
+      random_batch(static_cast<std::int64_t>(labelled.size()), from_all, rng);
+  batch.insert(batch.end(), rest.begin(), rest.end());
+  return batch;
 }
 
 // Running mean and standard error of a vector quantity: [loss, grad...].

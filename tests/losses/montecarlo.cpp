@@ -1,7 +1,8 @@
 // Monte Carlo checks: unbiasedness of DeDPO (loss and gradient) over random labelled subsets and
-// random pooled batches, the bias of naive pseudo-labelling, rDPO under known flip noise, and the
-// variance reduction of lambda = "auto", and the cross-fitting that keeps a learned annotator
-// and lambda = "auto" from using the labels they correct with.
+// random pooled or two-stream batches, the bias of naive pseudo-labelling, rDPO under known flip
+// noise, the variance reduction of lambda = "auto" and of two-stream batches, and the
+// cross-fitting that keeps a learned annotator and lambda = "auto" from using the labels they
+// correct with.
 #include <cmath>
 #include <random>
 
@@ -24,6 +25,12 @@ void expect_within_band(const Moments& m, const std::vector<double>& target, dou
     EXPECT_GT(m.std_error(k), 0.0) << what;  // the draws really varied
   }
 }
+
+// A loss plugin and its options.
+struct LossCase {
+  const char* name;
+  const char* options;
+};
 
 }  // namespace
 
@@ -157,12 +164,8 @@ TEST(LossMonteCarlo, PooledBatchesAreUnbiasedForTheDatasetLevelFormula) {
   World w = make_world({});
   std::mt19937_64 rng(99);
   std::vector<bool> labelled = random_labelled(w.n, 30, rng);
-  struct Case {
-    const char* name;
-    const char* options;
-  };
-  for (Case c : {Case{"dedpo", "lambda = 1.0"}, Case{"dedpo", "lambda = 0.4"}, Case{"dpo", ""},
-                 Case{"naive_ssl_dpo", ""}}) {
+  for (LossCase c : {LossCase{"dedpo", "lambda = 1.0"}, LossCase{"dedpo", "lambda = 0.4"},
+                     LossCase{"dpo", ""}, LossCase{"naive_ssl_dpo", ""}}) {
     auto loss = make_loss(c.name, c.options);
     // Dataset-level value: every pair in one batch drawn from all pairs.
     std::vector<double> target =
@@ -192,6 +195,99 @@ TEST(LossMonteCarlo, PooledBatchesAreUnbiasedForTheDatasetLevelFormula) {
     }
     expect_within_band(random, target, 4.0, std::string(c.name) + " " + c.options);
   }
+}
+
+TEST(LossMonteCarlo, TwoStreamBatchesAreUnbiasedForTheDatasetLevelFormula) {
+  // A two-stream batch estimates the same dataset-level L_lambda as a pooled one: its all-pairs
+  // stream the all-pairs mean, its labelled stream the labelled mean (docs/losses.md §3).
+  World w = make_world({});
+  std::mt19937_64 rng(98);
+  std::vector<bool> labelled = random_labelled(w.n, 30, rng);
+  for (LossCase c : {LossCase{"dedpo", "lambda = 1.0"}, LossCase{"dedpo", "lambda = 0.4"},
+                     LossCase{"naive_ssl_dpo", ""}}) {
+    SCOPED_TRACE(std::string(c.name) + " " + c.options);
+    auto loss = make_loss(c.name, c.options);
+    std::vector<double> target =
+        loss_and_grad(evaluate(*loss, w, w.theta, range(w.n), labelled, PairPool::all));
+    // One epoch of each stream (6 batches of 5 labelled + 20 from all pairs) averages to the
+    // dataset value exactly.
+    std::vector<std::int64_t> labelled_order = labelled_indices(labelled), all_order = range(w.n);
+    std::shuffle(labelled_order.begin(), labelled_order.end(), rng);
+    std::shuffle(all_order.begin(), all_order.end(), rng);
+    Moments epoch;
+    for (std::int64_t b = 0; b < 6; ++b) {
+      std::vector<std::int64_t> batch(labelled_order.begin() + 5 * b, labelled_order.begin() + 5 * b + 5);
+      batch.insert(batch.end(), all_order.begin() + 20 * b, all_order.begin() + 20 * b + 20);
+      epoch.add(loss_and_grad(evaluate(*loss, w, w.theta, batch, labelled, PairPool::all, 5)));
+    }
+    for (std::size_t k = 0; k < target.size(); ++k) {
+      EXPECT_NEAR(epoch.mean(k), target[k], 1e-10 * (1 + std::abs(target[k]))) << "component " << k;
+    }
+    // Independent batches of 4 labelled + 8 from all pairs: within the Monte Carlo band.
+    Moments random;
+    for (int rep = 0; rep < 800; ++rep) {
+      random.add(loss_and_grad(evaluate(*loss, w, w.theta,
+                                        random_two_stream_batch(labelled, 4, 8, rng), labelled,
+                                        PairPool::all, 4)));
+    }
+    expect_within_band(random, target, 4.0, "two-stream batches");
+  }
+}
+
+TEST(LossMonteCarlo, TwoStreamDedpoIsUnbiasedForTheFullyLabelledObjective) {
+  // Over random labelled subsets and random two-stream batches, DeDPO's mean is the fully
+  // labelled DPO loss and gradient: fixed lambda, hard pseudo-labels, and lambda = "auto"
+  // (cross-fitted; its moments from a pass over the subset, as after an epoch).
+  WorldSpec spec;
+  spec.annotator_bias = 0.5;
+  spec.annotator_noise = 2.0;
+  spec.annotator_slope = 0.7;
+  World w = make_world(spec);  // 10% ties, dropped by every loss here
+  const std::vector<double> target = loss_and_grad(evaluate(
+      *make_loss("dpo"), w, w.theta, range(w.n), all_labelled(w), PairPool::labelled));
+  auto one = make_loss("dedpo", "lambda = 1.0");
+  auto half_hard = make_loss("dedpo", "lambda = 0.5\npseudo_labels = \"hard\"");
+  Moments m_one, m_half, m_auto;
+  double lambda_sum = 0;
+  std::mt19937_64 rng(4242);
+  const int draws = 3000;
+  for (int rep = 0; rep < draws; ++rep) {
+    std::vector<bool> labelled = random_labelled(w.n, 12, rng);
+    std::vector<std::int64_t> batch = random_two_stream_batch(labelled, 4, 12, rng);
+    m_one.add(loss_and_grad(evaluate(*one, w, w.theta, batch, labelled, PairPool::all, 4)));
+    m_half.add(loss_and_grad(evaluate(*half_hard, w, w.theta, batch, labelled, PairPool::all, 4)));
+    auto automatic = make_loss("dedpo", "lambda = \"auto\"\nlambda_warmup = 1\nlambda_decay = 1.0");
+    evaluate(*automatic, w, w.theta, range(w.n), labelled, PairPool::all);  // the moments
+    Eval e = evaluate(*automatic, w, w.theta, batch, labelled, PairPool::all, 4);
+    lambda_sum += diagnostic(e.result, "lambda");
+    m_auto.add(loss_and_grad(e));
+  }
+  expect_within_band(m_one, target, 4.0, "two-stream dedpo lambda=1");
+  expect_within_band(m_half, target, 4.0, "two-stream dedpo lambda=0.5 hard");
+  expect_within_band(m_auto, target, 4.0, "two-stream dedpo lambda=auto");
+  EXPECT_GT(lambda_sum / draws, 0.05);  // the estimate was in use, not lambda = 0 or 1
+  EXPECT_LT(lambda_sum / draws, 0.95);
+}
+
+TEST(LossMonteCarlo, TwoStreamBatchesHaveLessGradientVarianceAtFewLabels) {
+  // 5% of 400 pairs labelled, batches of 40: a pooled batch holds 2 labelled pairs on average
+  // (a random number) weighted by N/n_l = 20; a two-stream batch always 20, weighted 1/20.
+  WorldSpec spec;
+  spec.n = 400;
+  World w = make_world(spec);
+  std::mt19937_64 rng(5);
+  std::vector<bool> labelled = random_labelled(w.n, 20, rng);
+  auto dedpo = make_loss("dedpo", "lambda = 1.0");
+  Moments pooled, two_stream;
+  for (int rep = 0; rep < 600; ++rep) {
+    pooled.add(evaluate(*dedpo, w, w.theta, random_batch(w.n, 40, rng), labelled, PairPool::all).grad);
+    two_stream.add(evaluate(*dedpo, w, w.theta, random_two_stream_batch(labelled, 20, 20, rng),
+                            labelled, PairPool::all, 20)
+                       .grad);
+  }
+  EXPECT_LT(two_stream.total_variance(), 0.5 * pooled.total_variance());
+  std::printf("[two-stream] gradient variance at 5%% labels: pooled %.4g, two-stream %.4g\n",
+              pooled.total_variance(), two_stream.total_variance());
 }
 
 TEST(LossMonteCarlo, RdpoIsUnbiasedUnderKnownFlipNoise) {

@@ -31,6 +31,11 @@ struct PairTerms {
   std::int64_t n_labelled = 0;    // labelled pairs in the whole training set
   std::int64_t n_unlabelled = 0;  // unlabelled pairs in the whole training set
   PairPool drawn_from = PairPool::labelled;
+  // Two-stream batches ([train] batches = "two_stream", docs/losses.md §3): the first
+  // labelled_stream_size pairs were drawn from the labelled pairs, the other
+  // B - labelled_stream_size from all pairs (drawn_from = all). 0: the whole batch was drawn
+  // from drawn_from. dedpo::labelled_mean and dedpo::all_mean read each mean from its stream.
+  std::int64_t labelled_stream_size = 0;
   // [B] int64: a labelled pair's place in a random order of the run's labelled pairs, fixed for
   // the run (dedpo/cross_fit.hpp fold_keys), -1 for an unlabelled pair. `fold_key % K` is the
   // pair's fold when a loss cross-fits an estimate over K folds (dedpo's lambda = "auto" must
@@ -51,6 +56,10 @@ class Loss : public Plugin {
   virtual PairPool pool() const = 0;
   virtual bool needs_annotator() const = 0;
   virtual bool needs_reference() const { return true; }
+  // Whether the loss takes two-stream batches (PairTerms::labelled_stream_size > 0): a loss says
+  // so when it weighs each stream right (its batch means through dedpo::labelled_mean and
+  // dedpo::all_mean); the trainer refuses [train] batches = "two_stream" for the others.
+  virtual bool takes_two_stream_batches() const { return false; }
   // Not const: a loss may keep running statistics (e.g. DeDPO's λ = auto).
   virtual LossResult compute(const PairTerms& terms) = 0;
 

@@ -25,7 +25,8 @@ namespace dedpo {
 // 4: LibraryInfo::build; typed ExperimentServices::make_loss and experiment_loss_options;
 //    Metric::title.
 // 5: PairTerms::fold_key (cross-fitted estimates in losses).
-inline constexpr std::uint32_t kAbiVersion = 5;
+// 6: PairTerms::labelled_stream_size, Loss::takes_two_stream_batches (two-stream batches).
+inline constexpr std::uint32_t kAbiVersion = 6;
 
 // Adding a kind: append here, add its name to to_string()/kind_from_string(), give its interface
 // `static constexpr PluginKind kind`.

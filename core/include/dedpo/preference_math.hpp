@@ -81,15 +81,27 @@ at::Tensor annotator_target(const PairTerms& terms, bool hard, at::ScalarType dt
 // their value is NaN):
 //   drawn_from == labelled:  (1 / B) * sum_{i in batch, mask} values_i
 //   drawn_from == all:       (N / n_l) * (1 / B) * sum_{i in batch, mask} values_i,  N = n_l + n_u
+//   two-stream batch:        (1 / B_l) * sum_{i in the labelled stream, mask} values_i
+//                            (B_l = labelled_stream_size; the all-pairs stream is not used)
 // Returns a differentiable scalar.
 at::Tensor labelled_mean(const at::Tensor& values, const at::Tensor& mask,
                          const PairTerms& terms);
 
 // Unbiased batch estimate of (1 / N) * sum over all pairs of `values` (masked as above):
-// (1 / B) * sum_{i in batch, mask} values_i. Throws when the batch was drawn from the labelled
-// pool while unlabelled pairs exist (an all-pairs mean cannot be estimated from it).
+// (1 / B) * sum_{i in batch, mask} values_i; for a two-stream batch the same over the all-pairs
+// stream only, (1 / (B - B_l)) * sum_{i in it, mask} values_i. Throws when the batch was drawn
+// from the labelled pool while unlabelled pairs exist (an all-pairs mean cannot be estimated
+// from it).
 at::Tensor all_mean(const at::Tensor& values, const at::Tensor& mask, const PairTerms& terms,
                     std::string_view loss_name);
+
+// The same all-pairs mean, (1 / N) * sum over all pairs of `values` (masked), with the labelled
+// pairs' share taken from the labelled stream of a two-stream batch:
+//   (n_l / N) * labelled_mean(values on labelled pairs) + all_mean(values on unlabelled pairs);
+// for a batch from one pool it is all_mean. For a loss whose all-pairs mean treats labelled and
+// unlabelled pairs differently (naive_ssl_dpo), so that the labelled stream is not wasted.
+at::Tensor all_mean_by_stream(const at::Tensor& values, const at::Tensor& mask,
+                              const PairTerms& terms, std::string_view loss_name);
 
 // Sum of `values` where `mask` (zero elsewhere, NaN-safe), as a scalar tensor.
 at::Tensor masked_sum(const at::Tensor& values, const at::Tensor& mask);
@@ -97,7 +109,8 @@ at::Tensor masked_sum(const at::Tensor& values, const at::Tensor& mask);
 // ---- checks and diagnostics ------------------------------------------------------------------
 
 // Throws dedpo::Error "<loss_name>: ..." when the batch is empty or inconsistent (shapes, missing
-// reference/annotator tensors that `loss` says it needs, pool sizes).
+// reference/annotator tensors that `loss` says it needs, pool sizes, a two-stream batch that
+// `loss` does not take or whose labelled stream is not labelled pairs).
 void check_terms(const PairTerms& terms, std::string_view loss_name, const Loss& loss);
 
 // Common figures for metrics.jsonl:

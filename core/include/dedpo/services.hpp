@@ -31,7 +31,8 @@ class ExperimentServices {
   virtual const Options& experiment_loss_options() const = 0;
 
   // Trains `backbone` for `steps` optimiser steps with the experiment's [train] settings (no
-  // checkpoints, no metrics file). `annotator_prob` may be undefined when `loss` needs none.
+  // checkpoints, no metrics file); batches are pooled unless [train] asks for two-stream batches
+  // and `loss` takes them. `annotator_prob` may be undefined when `loss` needs none.
   virtual void train(Backbone& backbone, Loss& loss, const PairDataset& data,
                      const at::Tensor& is_labelled, const at::Tensor& annotator_prob,
                      std::int64_t steps, std::uint64_t seed) = 0;

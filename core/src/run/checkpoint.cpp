@@ -77,9 +77,13 @@ void Trainer::save(torch::serialize::OutputArchive& archive) const {
   archive.write("optimizer", optimizer);
   ema_.save(archive);
   archive.write("noise_generator", noise_.get_state(), true);
-  torch::serialize::OutputArchive sampler;
-  sampler_.save(sampler);
-  archive.write("sampler", sampler);
+  if (pairs_ != nullptr) {
+    pair_batches_.save(archive);
+  } else {
+    torch::serialize::OutputArchive sampler;
+    samples_order_.save(sampler);
+    archive.write("sampler", sampler);
+  }
   std::vector<double> loss_state = loss_ != nullptr ? loss_->state() : std::vector<double>{};
   archive.write("loss_state",
                 at::tensor(at::ArrayRef<double>(loss_state), at::kDouble).reshape({-1}), true);
@@ -102,9 +106,13 @@ void Trainer::load(torch::serialize::InputArchive& archive) {
   at::Tensor state;
   archive.read("noise_generator", state, true);
   noise_.set_state(state);
-  torch::serialize::InputArchive sampler;
-  archive.read("sampler", sampler);
-  sampler_.load(sampler);
+  if (pairs_ != nullptr) {
+    pair_batches_.load(archive);
+  } else {
+    torch::serialize::InputArchive sampler;
+    archive.read("sampler", sampler);
+    samples_order_.load(sampler);
+  }
   at::Tensor loss_state;
   archive.read("loss_state", loss_state, true);
   if (loss_ != nullptr) {

@@ -31,7 +31,14 @@ void RunServices::train(Backbone& backbone, Loss& loss, const PairDataset& data,
   if (loss.needs_annotator() && !annotator_prob.defined()) {
     throw Error("services.train: the loss needs annotator probabilities, none were given");
   }
-  Trainer trainer(backbone, experiment_.train, context_.device, seed, steps);
+  // Two-stream batches are the experiment's loss's; a plugin's own training (e.g. self_train's
+  // DPO on the labelled pairs) draws pooled batches when its loss takes no other.
+  TrainSettings settings = experiment_.train;
+  if (!loss.takes_two_stream_batches()) {
+    settings.batches = BatchComposition::pooled;
+    settings.labelled_batch_size = 0;
+  }
+  Trainer trainer(backbone, settings, context_.device, seed, steps);
   trainer.set_preference(loss, data, is_labelled, annotator_prob,
                          encode_prompts_cached(backbone, data.prompts, cache_dir(experiment_) / "prompts"));
   while (trainer.step_index() < steps) trainer.step();

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <torch/cuda.h>
 
+#include "dedpo/loss.hpp"
 #include "dedpo/option_choice.hpp"
 
 namespace dedpo {
@@ -37,6 +38,16 @@ const OptionSpec kTrainOptions[] = {
     {"steps", T::integer, "1000", "Optimiser steps."},
     {"batch_size", T::integer, "64", "Pairs (or samples) per optimiser micro-batch."},
     {"grad_accum", T::integer, "1", "Micro-batches accumulated per optimiser step."},
+    {"batches", T::string, "\"pooled\"",
+     "How a preference micro-batch is drawn: \"pooled\" (batch_size pairs from the loss's pool) "
+     "or \"two_stream\" (labelled_batch_size pairs from the labelled pairs, the rest from all "
+     "pairs: a loss's labelled mean gets a fixed share of every batch instead of the N/n_l-weighted "
+     "labelled pairs a pooled batch happens to hold; docs/losses.md). Only for a loss that takes "
+     "two-stream batches; any other is refused when the experiment loads."},
+    {"labelled_batch_size", T::integer, "0",
+     "batches = \"two_stream\": pairs of each micro-batch drawn from the labelled pairs, in "
+     "[1, batch_size); the other batch_size - labelled_batch_size come from all pairs. 0 = half "
+     "of batch_size, rounded up."},
     {"labelled_fraction", T::real, "1.0",
      "Fraction of the data's human labels training may use; the rest are unlabelled."},
     {"split", T::string, "\"random\"",
@@ -126,6 +137,36 @@ std::string cuda_devices_text(int cuda_devices) {
          std::to_string(cuda_devices - 1);
 }
 
+// [train] batches and labelled_batch_size, after objective and batch_size.
+void read_batch_composition(const Options& train, TrainSettings& s) {
+  s.batches = read_choice<BatchComposition>(
+      train, "batches",
+      {{"pooled", BatchComposition::pooled}, {"two_stream", BatchComposition::two_stream}});
+  const std::int64_t labelled = non_negative(train, "labelled_batch_size");
+  if (s.batches == BatchComposition::pooled) {
+    if (labelled != 0) {
+      train.fail("labelled_batch_size",
+                 "applies to batches = \"two_stream\" only (batches is \"pooled\"), got " +
+                     std::to_string(labelled));
+    }
+    return;
+  }
+  if (s.objective != Objective::preference) {
+    train.fail("batches", "\"two_stream\" draws pairs: it needs objective = \"preference\"");
+  }
+  if (s.batch_size < 2) {
+    train.fail("batches", "\"two_stream\" needs batch_size >= 2 (a pair for each stream), got " +
+                              std::to_string(s.batch_size));
+  }
+  s.labelled_batch_size = labelled == 0 ? (s.batch_size + 1) / 2 : labelled;
+  if (s.labelled_batch_size >= s.batch_size) {
+    train.fail("labelled_batch_size",
+               fmt::format("expected an integer in [1, batch_size) = [1, {}) so that both streams "
+                           "draw pairs, got {}",
+                           s.batch_size, labelled));
+  }
+}
+
 }  // namespace
 
 DeviceRequest parse_device(std::string_view text) {
@@ -191,6 +232,7 @@ TrainSettings read_train_settings(const Options& train) {
   s.steps = positive(train, "steps");
   s.batch_size = positive(train, "batch_size");
   s.grad_accum = positive(train, "grad_accum");
+  read_batch_composition(train, s);
   s.labelled_fraction = real_in(train, "labelled_fraction", "(0, 1]",
                                 [](double v) { return v > 0.0 && v <= 1.0; });
   s.split = read_choice<LabelSplit>(
@@ -245,6 +287,22 @@ LogSettings read_log_settings(const Options& log) { return {log.boolean("tensorb
 
 ReportSettings read_report_settings(const Options& report) {
   return {report.string("baseline"), report.string("primary")};
+}
+
+void check_batches_suit_loss(const TrainSettings& train, const Loss& loss,
+                             std::string_view loss_name) {
+  if (train.batches != BatchComposition::two_stream || loss.takes_two_stream_batches()) return;
+  const std::string why =
+      loss.pool() == PairPool::labelled
+          ? "it trains on the labelled pairs only, so there is no all-pairs term for a second "
+            "stream"
+          : "it does not say how to weigh a labelled and an all-pairs stream "
+            "(Loss::takes_two_stream_batches)";
+  const std::string loss_text =
+      loss_name.empty() ? std::string("the loss") : fmt::format("loss '{}'", loss_name);
+  throw Error(fmt::format("[train] batches = \"two_stream\": {} does not take two-stream "
+                          "batches ({}); use batches = \"pooled\"",
+                          loss_text, why));
 }
 
 const char* to_string(LabelSplit split) {

@@ -109,6 +109,11 @@ void set_objective(const Experiment& experiment, Assembly& parts, Trainer& train
       annotator_probabilities(experiment, parts, pairs, is_labelled, services, init, log);
   trainer.set_preference(*parts.loss, pairs, is_labelled, annotator_prob,
                          encode_prompts_cached(*parts.backbone, pairs.prompts, prompt_cache));
+  if (settings.batches == BatchComposition::two_stream) {
+    log.line(fmt::format("batches: two-stream, {} labelled pairs + {} from all pairs",
+                         settings.labelled_batch_size,
+                         settings.batch_size - settings.labelled_batch_size));
+  }
 }
 
 // The run's wall time over all its sessions: the time recorded in the checkpoint it resumed from

@@ -53,3 +53,67 @@ void Sampler::load(torch::serialize::InputArchive& archive) {
 }
 
 }  // namespace dedpo
+
+namespace dedpo {
+
+PairBatches::PairBatches(const at::Tensor& is_labelled, PairPool pool,
+                         const TrainSettings& settings, std::uint64_t seed)
+    : batch_size_(settings.batch_size),
+      labelled_batch_size_(settings.batches == BatchComposition::two_stream
+                               ? settings.labelled_batch_size
+                               : 0) {
+  const at::Tensor labelled = at::nonzero(is_labelled.to(at::kCPU, at::kBool)).flatten();
+  const at::Tensor all = at::arange(is_labelled.size(0), at::kLong);
+  const std::uint64_t order_seed = derive_seed(seed, RandomStream::data_order);
+  if (labelled_batch_size_ == 0) {
+    const at::Tensor& own = pool == PairPool::labelled ? labelled : all;
+    if (own.size(0) == 0) {
+      throw Error(pool == PairPool::labelled
+                      ? "the loss trains on labelled pairs, but none is labelled (check [train] "
+                        "labelled_fraction and the data's human labels)"
+                      : "the dataset has no pairs");
+    }
+    pairs_ = Sampler(own, order_seed);
+    return;
+  }
+  if (pool != PairPool::all) {
+    throw Error("two-stream batches need a loss that draws from all pairs (PairPool::all)");
+  }
+  if (labelled.size(0) == 0) {
+    throw Error("[train] batches = \"two_stream\" draws a labelled stream, but no pair is "
+                "labelled (check [train] labelled_fraction and the data's human labels)");
+  }
+  pairs_ = Sampler(all, order_seed);
+  labelled_ = Sampler(labelled, derive_seed(seed, RandomStream::labelled_order));
+}
+
+at::Tensor PairBatches::next() {
+  if (labelled_batch_size_ == 0) return pairs_.next(batch_size_);
+  at::Tensor labelled = labelled_.next(labelled_batch_size_);
+  return at::cat({labelled, pairs_.next(batch_size_ - labelled_batch_size_)});
+}
+
+void PairBatches::save(torch::serialize::OutputArchive& archive) const {
+  torch::serialize::OutputArchive pairs;
+  pairs_.save(pairs);
+  archive.write("sampler", pairs);
+  if (labelled_batch_size_ == 0) return;
+  torch::serialize::OutputArchive labelled;
+  labelled_.save(labelled);
+  archive.write("labelled_sampler", labelled);
+}
+
+void PairBatches::load(torch::serialize::InputArchive& archive) {
+  torch::serialize::InputArchive pairs;
+  archive.read("sampler", pairs);
+  pairs_.load(pairs);
+  if (labelled_batch_size_ == 0) return;
+  torch::serialize::InputArchive labelled;
+  if (!archive.try_read("labelled_sampler", labelled)) {
+    throw Error("the checkpoint has no labelled-stream sampler: it was written by a run with "
+                "pooled batches, this one draws two-stream batches");
+  }
+  labelled_.load(labelled);
+}
+
+}  // namespace dedpo

@@ -8,7 +8,13 @@
 
 namespace dedpo {
 
-enum class RandomStream : std::uint64_t { noise = 1, data_order = 2, label_split = 3, folds = 4 };
+enum class RandomStream : std::uint64_t {
+  noise = 1,
+  data_order = 2,  // the batches' pairs (with two-stream batches: the all-pairs stream)
+  label_split = 3,
+  folds = 4,
+  labelled_order = 5,  // two-stream batches: the labelled stream
+};
 
 inline std::uint64_t derive_seed(std::uint64_t seed, RandomStream stream) {  // splitmix64
   std::uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (static_cast<std::uint64_t>(stream) + 1);

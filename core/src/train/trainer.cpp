@@ -45,7 +45,6 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
       total_steps_(total_steps),
       seed_(seed),
       noise_(make_generator(derive_seed(seed, RandomStream::noise))),
-      data_seed_(derive_seed(seed, RandomStream::data_order)),
       params_(checked_trainable_parameters(backbone, settings.weights_dtype)),
       masters_(params_),
       optimizer_(make_optimizer(masters_.masters(), settings_)),
@@ -90,22 +89,16 @@ void Trainer::set_preference(Loss& loss, const PairDataset& data, const at::Tens
   at::Tensor label = data.human_label.to(at::kFloat);
   visible_label_ = at::where(is_labelled_, label, at::full_like(label, NAN));
   condition_ = condition.to(at::kCPU);
-  at::Tensor pool = loss.pool() == PairPool::labelled ? at::nonzero(is_labelled_).flatten()
-                                                      : at::arange(data.size(), at::kLong);
-  if (pool.size(0) == 0) {
-    throw Error(loss.pool() == PairPool::labelled
-                    ? "the loss trains on labelled pairs, but none is labelled (check [train] "
-                      "labelled_fraction and the data's human labels)"
-                    : "the dataset has no pairs");
-  }
-  sampler_ = Sampler(pool, data_seed_);
+  check_batches_suit_loss(settings_, loss, "");
+  pair_batches_ = PairBatches(is_labelled_, loss.pool(), settings_, seed_);
 }
 
 void Trainer::set_denoising(const SampleDataset& data, at::Tensor condition) {
   samples_ = &data;
   if (data.size() == 0) throw Error("the dataset has no samples");
   condition_ = condition.to(at::kCPU);
-  sampler_ = Sampler(at::arange(data.size(), at::kLong), data_seed_);
+  samples_order_ =
+      Sampler(at::arange(data.size(), at::kLong), derive_seed(seed_, RandomStream::data_order));
 }
 
 StepReport Trainer::step() {
@@ -170,7 +163,7 @@ void Trainer::clip_or_skip(StepReport& report) {
 }
 
 at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
-  at::Tensor index = sampler_.next(settings_.batch_size);
+  at::Tensor index = pair_batches_.next();
   PairBatch batch;
   batch.a = to_device(pairs_->a.index_select(0, index));
   batch.b = to_device(pairs_->b.index_select(0, index));
@@ -189,6 +182,7 @@ at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
   terms.n_labelled = n_labelled_;
   terms.n_unlabelled = n_unlabelled_;
   terms.drawn_from = loss_->pool();
+  terms.labelled_stream_size = pair_batches_.labelled_stream_size();
   terms.fold_key = to_device(fold_key_.index_select(0, index));
   LossResult result = loss_->compute(terms);
   diagnostics.add(result.diagnostics);
@@ -196,7 +190,7 @@ at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
 }
 
 at::Tensor Trainer::denoising_loss() {
-  at::Tensor index = sampler_.next(settings_.batch_size);
+  at::Tensor index = samples_order_.next(settings_.batch_size);
   at::Tensor samples = to_device(samples_->samples.index_select(0, index));
   at::Tensor condition = to_device(condition_.index_select(0, samples_->prompt_index.index_select(0, index)));
   return backbone_.denoising_loss(samples, condition, noise_).mean();

@@ -75,12 +75,12 @@ class Trainer {
   std::int64_t total_steps_;
   std::uint64_t seed_;
   at::Generator noise_;
-  std::uint64_t data_seed_;
   std::vector<at::Tensor> params_;  // the model's, in weights_dtype
   MasterWeights masters_;           // what the optimiser updates (params_ themselves in float32)
   std::unique_ptr<Optimizer> optimizer_;
   Ema ema_;
-  Sampler sampler_;
+  Sampler samples_order_;     // denoising objective
+  PairBatches pair_batches_;  // preference objective
 
   Loss* loss_ = nullptr;
   const PairDataset* pairs_ = nullptr;

@@ -14,7 +14,9 @@
 
 namespace dedpo {
 
-// The tables' schemas (shown by `dedpo plugins show run|train|eval|init|report`).
+class Loss;
+
+// The tables' schemas (shown by `dedpo plugins show run|train|eval|init|log|report`).
 std::span<const OptionSpec> run_options_schema();
 std::span<const OptionSpec> train_options_schema();
 std::span<const OptionSpec> eval_options_schema();
@@ -54,12 +56,18 @@ enum class Precision { fp32, bf16 };
 enum class WeightsDtype { float32, bfloat16 };
 enum class LabelSplit { random, by_prompt };
 enum class TiePolicy { keep, drop };
+// How a preference micro-batch is drawn (docs/losses.md §3): `pooled` = batch_size pairs from the
+// loss's pool; `two_stream` = labelled_batch_size pairs from the labelled pairs, then the rest of
+// batch_size from all pairs, each stream through its own pool.
+enum class BatchComposition { pooled, two_stream };
 
 struct TrainSettings {
   Objective objective = Objective::preference;
   std::int64_t steps = 1;
   std::int64_t batch_size = 1;
   std::int64_t grad_accum = 1;
+  BatchComposition batches = BatchComposition::pooled;
+  std::int64_t labelled_batch_size = 0;  // two_stream: the labelled stream's pairs; 0 when pooled
   double labelled_fraction = 1.0;  // in (0, 1]
   LabelSplit split = LabelSplit::random;
   TiePolicy ties = TiePolicy::keep;
@@ -110,6 +118,12 @@ EvalSettings read_eval_settings(const Options& eval);
 InitSettings read_init_settings(const Options& init);
 LogSettings read_log_settings(const Options& log);
 ReportSettings read_report_settings(const Options& report);
+
+// Throws Error when [train] batches = "two_stream" and `loss` (named `loss_name`, or "the loss"
+// when empty) does not take two-stream batches (Loss::takes_two_stream_batches), saying why and
+// what to use instead.
+void check_batches_suit_loss(const TrainSettings& train, const Loss& loss,
+                             std::string_view loss_name);
 
 // The option's spelling, for logs.
 const char* to_string(LabelSplit split);
