@@ -516,6 +516,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   const CoreTables tables = read_core_tables(root, origin, base_dir);
   Experiment experiment;
   experiment.train = read_train_settings(tables.train);
+  experiment.train_toml = detail::options_to_toml(tables.train);
   experiment.run = read_run_settings(tables.run, available_cuda_devices());
   experiment.eval = read_eval_settings(tables.eval);
   experiment.init = read_init_settings(tables.init);

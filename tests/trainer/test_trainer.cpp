@@ -391,6 +391,16 @@ TEST(Trainer, AnnotationsAreCachedAcrossRuns) {
   overrides.push_back({"annotator.uses_labels", "true"});
   run_experiment(experiment(registry, temp.path(), overrides), registry, quiet(temp / "c"));
   EXPECT_EQ(std::distance(fs::directory_iterator(cache), fs::directory_iterator()), 2);
+  // ... and by the [train] settings it trains with: a new learning rate is a new annotation.
+  overrides.push_back({"train.lr", "0.005"});
+  run_experiment(experiment(registry, temp.path(), overrides), registry, quiet(temp / "c2"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(cache), fs::directory_iterator()), 3);
+  EXPECT_EQ(test::read_text(temp / "c2" / kLogFile).find("annotations: cached"), std::string::npos);
+  // An annotator that learns nothing from the labels is not: the first annotation is reused.
+  std::vector<Override> plain_lr = {overrides[0], overrides[1], overrides[2], overrides[3], overrides.back()};
+  run_experiment(experiment(registry, temp.path(), plain_lr), registry, quiet(temp / "c3"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(cache), fs::directory_iterator()), 3);
+  EXPECT_NE(test::read_text(temp / "c3" / kLogFile).find("annotations: cached"), std::string::npos);
 
   // A loss that needs an annotator without an [annotator] table is an error.
   Experiment missing = experiment(registry, temp.path(), {{"loss.use_annotator", "true"}});

@@ -25,14 +25,15 @@ struct AnnotatorContext {
 };
 
 // A synthetic annotator: ĝ(y) = its probability that A is preferred, for every pair.
-// The core caches the result per (annotator and options, data, backbone, seed, and the labelled
-// set where uses_labels()).
+// The core caches the result per (annotator and options, data, backbone, seed, and where
+// uses_labels() the labelled set and the [train] settings its trainings use).
 class Annotator : public Plugin {
  public:
   static constexpr PluginKind kind = PluginKind::annotator;
 
   virtual at::Tensor annotate(AnnotatorContext& context) = 0;  // [N] float in [0, 1]
-  // True when the result depends on which pairs are labelled (self-training does).
+  // True when the result depends on which pairs are labelled, and on the [train] settings it
+  // trains with through services.train (self-training does).
   virtual bool uses_labels() const { return false; }
   // False when annotating is as cheap as reading a cache (labels read from a file): the result
   // is then never cached, so edits to the annotator's inputs always take effect.

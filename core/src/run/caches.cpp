@@ -88,7 +88,11 @@ at::Tensor annotate_cached(const Experiment& experiment, Annotator& annotator,
       "annotator={}\n{}\ndata={}\nbackbone={}\n{}\ninit={}\nseed={}\n", slot.plugin,
       detail::options_to_toml(slot.options), data.fingerprint, experiment.backbone->plugin,
       detail::options_to_toml(experiment.backbone->options), init.key, experiment.run.seed);
-  if (annotator.uses_labels()) key += "labelled=" + tensor_digest(context.is_labelled) + "\n";
+  // An annotator that learns from the labels trains with the run's [train] settings
+  // (services.train), so those are part of what it computed.
+  if (annotator.uses_labels()) {
+    key += "labelled=" + tensor_digest(context.is_labelled) + "\ntrain=" + experiment.train_toml;
+  }
   fs::path folder = cache_dir(experiment) / "annotations";
   fs::path file = folder / (digest(key) + ".pt");
   std::error_code error;

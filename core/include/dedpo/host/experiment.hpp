@@ -31,6 +31,7 @@ struct Experiment {
   std::string resolved_toml;    // fully merged and validated, defaults filled: written beside every run
   RunSettings run;              // [run]
   TrainSettings train;          // [train]
+  std::string train_toml;       // [train] as resolved: what a learned annotator's trainings depend on
   EvalSettings eval;            // [eval]
   InitSettings init;            // [init]: where the backbone's initial weights come from
   LogSettings log;              // [log]
