@@ -2,7 +2,8 @@
 # Installs what dedpo builds against, only what is missing (idempotent):
 #   - Debian's -dev packages for everything but LibTorch;
 #   - a git-ignored Python environment .venv/ holding the pinned PyTorch wheel, whose LibTorch (a CUDA
-#     build that also runs on machines without a GPU) the build links against.
+#     build that also runs on machines without a GPU) the build links against, and the pinned
+#     Python packages the round-trip tests compare dedpo with (ctest label `interop`).
 # `--bench` also installs the Python reference stack the benchmarks compare against (never needed by
 # the tests); `--sanitize` also installs clang and its sanitizer / libFuzzer runtimes for the
 # instrumented build (scripts/build_sanitize.sh).
@@ -11,6 +12,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # torch 2.11.0 is built against CUDA 13.0, the toolkit of the project's machines and of the GPU
 # machines it is checked on; a newer wheel would need a newer toolkit for its headers.
 torch_pin="torch==2.11.0"
+# tests/interop: the libraries whose models dedpo writes and reads, at their current versions.
+python_pins=("diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0")
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
 sanitize=0
@@ -58,6 +61,27 @@ if [[ "$have_torch" != "$want_torch" ]]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "$torch_pin" "numpy<3"
 else
   echo "setup: $torch_pin present in $venv"
+fi
+# The pins whose installed version differs (one Python start, so a present set costs ~0.1 s).
+missing_pins=$("$venv/bin/python" - "${python_pins[@]}" <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for pin in sys.argv[1:]:
+    name, wanted = pin.split("==")
+    try:
+        if version(name) == wanted:
+            continue
+    except PackageNotFoundError:
+        pass
+    print(pin)
+EOF
+)
+if [[ -n "$missing_pins" ]]; then
+  echo "setup: installing" $missing_pins "into $venv"
+  # shellcheck disable=SC2086  # one pin per word
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check $missing_pins
+else
+  echo "setup: ${python_pins[*]} present in $venv"
 fi
 if ((bench)); then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/bench/requirements.txt"
