@@ -126,7 +126,8 @@ class UNetRoundTrip:
     layout = None            # dedpo_make_tiny_sd --layout
     diffusers_config = None  # direction B's model, another shape than dedpo's tiny one
 
-    def added(self, config):
+    @staticmethod
+    def added(config):
         if config.get("addition_embed_type") != "text_time":
             return None
         pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
@@ -171,6 +172,51 @@ class UNetSDXL(UNetRoundTrip, RoundTrip):
         transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 4), use_linear_projection=True,
         cross_attention_dim=40, addition_embed_type="text_time",
         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 24)
+
+
+class TrainedUNet(RoundTrip):
+    """A UNet as a run saves it (weights.pt + config.json, save_weights) after a few DPO steps on
+    image pairs: renamed to diffusers' file name, it opens with from_pretrained."""
+
+    def write_pairs(self, count=4):
+        from PIL import Image  # a diffusers dependency
+        generator = torch.Generator().manual_seed(5)
+        (self.work / "img").mkdir()
+        lines = []
+        for i in range(count):
+            for side in "ab":
+                pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(self.work / "img" / f"{side}{i}.png")
+            lines.append(json.dumps({"id": f"p{i}", "prompt": f"a photo {i}", "image_a": f"img/a{i}.png",
+                                     "image_b": f"img/b{i}.png", "label": i % 2}))
+        (self.work / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+    def test_run_weights_open_in_diffusers(self):
+        self.write_pairs()
+        for layout in ("sd15", "sdxl"):
+            with self.subTest(layout=layout):
+                tiny = make_tiny_sd(self.work / layout, layout)
+                experiment = self.work / f"{layout}.toml"
+                experiment.write_text(
+                    f'[run]\nname = "{layout}"\noutput = "{self.work / "runs"}"\nthreads = 1\n'
+                    f'[backbone]\nplugin = "{layout}"\npath = "{tiny}"\nresolution = 16\n'
+                    f'[data]\nplugin = "pairs_manifest"\nmanifest = "{self.work / "pairs.jsonl"}"\n'
+                    f'[loss]\nplugin = "dpo"\n[train]\nsteps = 2\nbatch_size = 2\nlr = 1e-3\n')
+                run(tool("DEDPO_EXECUTABLE"), "run", experiment)
+                [run_folder] = (self.work / "runs").glob(f"{layout}-*")
+                unet_folder = self.work / f"{layout}_unet"
+                unet_folder.mkdir()
+                (unet_folder / "config.json").write_bytes((run_folder / "config.json").read_bytes())
+                (unet_folder / "diffusion_pytorch_model.safetensors").write_bytes((run_folder / "weights.pt").read_bytes())
+                unet, info = opened(diffusers.UNet2DConditionModel.from_pretrained(
+                    unet_folder, torch_dtype=torch.float32, output_loading_info=True))
+                self.assert_all_keys_used(info)
+                trained, initial = load_file(str(unet_folder / "diffusion_pytorch_model.safetensors")), \
+                    load_file(str(tiny / "unet" / "diffusion_pytorch_model.safetensors"))
+                self.assertFalse(torch.equal(trained["conv_in.weight"], initial["conv_in.weight"]), "the run trained")
+                inputs = unet_inputs(unet.config, UNetRoundTrip.added(unet.config))
+                actual = dedpo("unet", unet_folder, inputs, self.work)["sample"]
+                self.assert_near("noise prediction", actual, diffusers_unet(unet, inputs))
 
 
 # ----------------------------------------------------------------------------------------------- VAE
