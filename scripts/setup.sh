@@ -3,7 +3,8 @@
 #   - Debian's -dev packages for everything but LibTorch;
 #   - a git-ignored Python environment .venv/ holding the pinned PyTorch wheel, whose LibTorch (a CUDA
 #     build that also runs on machines without a GPU) the build links against, and the pinned
-#     Python packages of scripts/ and the Python-driven tests (ctest label `python`).
+#     Python packages of scripts/, the Python-driven tests (ctest label `python`) and the round-trip
+#     tests that compare dedpo with diffusers and transformers (ctest label `interop`).
 # `--bench` also installs the Python reference stack the benchmarks compare against (never needed by
 # the tests); `--sanitize` also installs clang and its sanitizer / libFuzzer runtimes for the
 # instrumented build (scripts/build_sanitize.sh).
@@ -12,9 +13,11 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # torch 2.11.0 is built against CUDA 13.0, the toolkit of the project's machines and of the GPU
 # machines it is checked on; a newer wheel would need a newer toolkit for its headers.
 torch_pin="torch==2.11.0"
-# scripts/parquet_to_manifest.py (pyarrow, pillow) and the test that reads TensorBoard event files
-# back (tensorboard).
-python_pins=("pyarrow==26.0.1" "pillow==13.0.0" "tensorboard==2.21.0")
+# scripts/parquet_to_manifest.py (pyarrow, pillow), the test that reads TensorBoard event files
+# back (tensorboard), and tests/interop: the libraries whose models dedpo writes and reads, at
+# their current versions (diffusers, transformers, safetensors).
+python_pins=("pyarrow==26.0.1" "pillow==13.0.0" "tensorboard==2.21.0"
+             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0")
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
 sanitize=0

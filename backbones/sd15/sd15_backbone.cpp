@@ -30,8 +30,8 @@ void Sd15Backbone::load_text(const fs::path& folder, const sd::UNet2DConditionCo
   }
   const fs::path config = folder / "text_encoder" / "config.json";
   text_encoder_ = sd::ClipTextModel(sd::ClipTextConfig::from_file(config));
-  load_component(*text_encoder_, sd::component_weights_file(folder / "text_encoder", "model", name()),
-                 "text encoder");
+  const fs::path weights = sd::component_weights_file(folder / "text_encoder", "model", name());
+  load_component(sd::clip_text_weights_root(text_encoder_, weights), weights, "text encoder");
   sd::freeze(*text_encoder_);
   const sd::ClipTextConfig& clip = text_encoder_->text_model->config();
   if (clip_skip_ >= clip.num_hidden_layers) {

@@ -42,8 +42,8 @@ void SdxlBackbone::load_text(const fs::path& folder, const sd::UNet2DConditionCo
   const fs::path config_1 = folder / "text_encoder" / "config.json";
   const fs::path config_2 = folder / "text_encoder_2" / "config.json";
   text_encoder_ = sd::ClipTextModel(sd::ClipTextConfig::from_file(config_1));
-  load_component(*text_encoder_, sd::component_weights_file(folder / "text_encoder", "model", name()),
-                 "text encoder (text_encoder/)");
+  const fs::path weights_1 = sd::component_weights_file(folder / "text_encoder", "model", name());
+  load_component(sd::clip_text_weights_root(text_encoder_, weights_1), weights_1, "text encoder (text_encoder/)");
   sd::freeze(*text_encoder_);
   text_encoder_2_ = sd::ClipTextModelWithProjection(sd::ClipTextConfig::from_file(config_2));
   load_component(*text_encoder_2_, sd::component_weights_file(folder / "text_encoder_2", "model", name()),

@@ -42,7 +42,7 @@ std::int64_t write_tokenizer(const fs::path& folder) {
   for (const auto& b : bytes) vocab[b] = id++;
   for (const auto& b : bytes) vocab[b + "</w>"] = id++;
   const std::vector<std::pair<std::string, std::string>> merges = {
-      {"a", "</w>"}, {"t", "h"}, {"th", "e</w>"}, {"o", "f</w>"}, {"c", "at</w>"}, {"a", "t</w>"}};
+      {"a", "n</w>"}, {"t", "h"}, {"th", "e</w>"}, {"o", "f</w>"}, {"c", "at</w>"}, {"a", "t</w>"}};
   std::string merges_txt = "#version: 0.2\n";
   for (const auto& [left, right] : merges) {
     if (!vocab.contains(left + right)) vocab[left + right] = id++;

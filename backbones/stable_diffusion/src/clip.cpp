@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "dedpo/safetensors.hpp"
 #include "dedpo/sd/blocks.hpp"
 #include "json_config.hpp"
 
@@ -166,6 +167,14 @@ ClipTextOutput ClipTextModelWithProjectionImpl::forward(const at::Tensor& input_
   ClipTextOutput out = text_model->forward(input_ids, attention_mask);
   out.text_embeds = text_projection->forward(out.pooler_output);
   return out;
+}
+
+torch::nn::Module& clip_text_weights_root(ClipTextModel& model, const std::filesystem::path& weights_file) {
+  const safetensors::File file(weights_file);
+  for (const std::string& key : file.keys()) {
+    if (key.rfind("text_model.", 0) == 0) return *model;
+  }
+  return *model->text_model;
 }
 
 }  // namespace dedpo::sd

@@ -151,7 +151,8 @@ void DiffusionBackbone::fail(const std::string& problem) const { throw Error(nam
 
 void DiffusionBackbone::load_component(torch::nn::Module& module, const fs::path& file, const std::string& what) const {
   // Older transformers checkpoints of CLIP text encoders store this buffer; newer ones do not.
-  static const std::vector<std::string> kOptionalKeys = {"text_model.embeddings.position_ids"};
+  // Older transformers wrote CLIP's position ids buffer (prefixed or not: clip_text_weights_root).
+  static const std::vector<std::string> kOptionalKeys = {"text_model.embeddings.position_ids", "embeddings.position_ids"};
   with_context(name_ + ": loading the " + what + " from " + file.string(),
                [&] { safetensors::load_into(module, file, kOptionalKeys, weights_check_); });
 }

@@ -205,19 +205,15 @@ char32_t lower_simple(char32_t c) {
   return c;
 }
 
-// Python's str.lower() on the covered ranges, with its final-sigma and dotted-I special cases.
+// The tokenizers library's Lowercase normaliser on the covered ranges: each code point on its own
+// (so Σ is always σ, never the final ς of Python's str.lower()), İ -> i + U+0307.
 std::u32string lower(const std::u32string& s) {
   std::u32string out;
   out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    char32_t c = s[i];
+  for (char32_t c : s) {
     if (c == 0x130) {  // İ -> i + COMBINING DOT ABOVE
       out.push_back(U'i');
       out.push_back(0x307);
-    } else if (c == 0x3A3) {  // Σ: final form after a letter when no letter follows
-      bool after_letter = i > 0 && is_letter(s[i - 1]);
-      bool before_letter = i + 1 < s.size() && is_letter(s[i + 1]);
-      out.push_back(after_letter && !before_letter ? 0x3C2 : 0x3C3);
     } else {
       out.push_back(lower_simple(c));
     }
@@ -507,36 +503,32 @@ std::vector<std::string> ClipTokenizer::Impl::bpe(const std::string& token) cons
     if (it != cache.end()) return it->second;
   }
   std::vector<std::string> word;
-  if (token == "<|startoftext|>" || token == "<|endoftext|>") {
-    word.push_back(token);  // CLIPTokenizer's cache holds these two as they are
-  } else {
-    for (char32_t cp : decode_utf8(token)) {
-      word.emplace_back();
-      append_utf8(word.back(), cp);
+  for (char32_t cp : decode_utf8(token)) {
+    word.emplace_back();
+    append_utf8(word.back(), cp);
+  }
+  word.back() += "</w>";
+  while (word.size() > 1) {
+    int best = std::numeric_limits<int>::max();
+    std::size_t best_at = 0;
+    for (std::size_t i = 0; i + 1 < word.size(); ++i) {
+      auto it = ranks.find(word[i] + " " + word[i + 1]);
+      if (it != ranks.end() && it->second < best) best = it->second, best_at = i;
     }
-    word.back() += "</w>";
-    while (word.size() > 1) {
-      int best = std::numeric_limits<int>::max();
-      std::size_t best_at = 0;
-      for (std::size_t i = 0; i + 1 < word.size(); ++i) {
-        auto it = ranks.find(word[i] + " " + word[i + 1]);
-        if (it != ranks.end() && it->second < best) best = it->second, best_at = i;
+    if (best == std::numeric_limits<int>::max()) break;
+    const std::string first = word[best_at], second = word[best_at + 1];
+    std::vector<std::string> merged;
+    merged.reserve(word.size());
+    for (std::size_t i = 0; i < word.size();) {
+      if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
+        merged.push_back(first + second);
+        i += 2;
+      } else {
+        merged.push_back(word[i]);
+        i += 1;
       }
-      if (best == std::numeric_limits<int>::max()) break;
-      const std::string first = word[best_at], second = word[best_at + 1];
-      std::vector<std::string> merged;
-      merged.reserve(word.size());
-      for (std::size_t i = 0; i < word.size();) {
-        if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
-          merged.push_back(first + second);
-          i += 2;
-        } else {
-          merged.push_back(word[i]);
-          i += 1;
-        }
-      }
-      word = std::move(merged);
     }
+    word = std::move(merged);
   }
   std::lock_guard<std::mutex> lock(cache_mutex);
   cache.emplace(token, word);
@@ -547,9 +539,19 @@ std::vector<std::string> ClipTokenizer::Impl::bpe(const std::string& token) cons
 void ClipTokenizer::Impl::tokenize_piece(const std::string& piece, std::vector<std::string>& out) const {
   const auto& byte_encoder = tokenizer_detail::bytes_to_unicode();
   for (const auto& pre : pre_tokenize_cp(clean(decode_utf8(piece), config.split_cjk_ideographs))) {
-    std::string mapped;
-    for (unsigned char b : encode_utf8(pre)) mapped += byte_encoder[b];
-    for (auto& symbol : bpe(mapped)) out.push_back(std::move(symbol));
+    // The fast tokenizer's ByteLevel step splits each pre-token again with GPT-2's pattern. Of
+    // CLIP's pre-tokens only its two special-token alternatives (a special token cased otherwise
+    // in the text, lower-cased after the split on special tokens) mix punctuation and letters: they
+    // become "<|", the name and "|>", each ending a word.
+    const bool special_text = pre == U"<|startoftext|>" || pre == U"<|endoftext|>";
+    const std::vector<std::u32string> parts =
+        special_text ? std::vector<std::u32string>{pre.substr(0, 2), pre.substr(2, pre.size() - 4), pre.substr(pre.size() - 2)}
+                     : std::vector<std::u32string>{pre};
+    for (const auto& part : parts) {
+      std::string mapped;
+      for (unsigned char b : encode_utf8(part)) mapped += byte_encoder[b];
+      for (auto& symbol : bpe(mapped)) out.push_back(std::move(symbol));
+    }
   }
 }
 

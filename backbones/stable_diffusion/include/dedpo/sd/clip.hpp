@@ -139,4 +139,9 @@ class ClipTextModelWithProjectionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ClipTextModelWithProjection);
 
+// The module a CLIPTextModel weights file fills: transformers 4 names its keys
+// "text_model.<name>" (the model), transformers 5's save_pretrained "<name>" (the text transformer,
+// model->text_model). Picked from the file's keys, so both load with safetensors::load_into.
+torch::nn::Module& clip_text_weights_root(ClipTextModel& model, const std::filesystem::path& weights_file);
+
 }  // namespace dedpo::sd

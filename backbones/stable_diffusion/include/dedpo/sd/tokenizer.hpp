@@ -1,41 +1,44 @@
 #pragma once
-// The CLIP byte-level BPE tokenizer, as transformers' CLIPTokenizer (the slow, Python one) does it
-// when ftfy is not used: SD1.5's `tokenizer/` and SDXL's `tokenizer/` + `tokenizer_2/`.
+// The CLIP byte-level BPE tokenizer, as transformers' CLIPTokenizer does it (transformers 5: the
+// tokenizers library's BPE; tests/interop/roundtrip.py compares the ids on a corpus of 1,200
+// prompts): SD1.5's `tokenizer/` and SDXL's `tokenizer/` + `tokenizer_2/`.
 //
 //   auto tok = dedpo::sd::ClipTokenizer::from_folder("sd15/tokenizer");
 //   auto batch = tok.encode_batch({"a photo of a cat", "a dog"});  // input_ids: int64 [2, 77]
 //
 // Pipeline, step by step as in transformers:
 //  1. The raw text is split on the special tokens (bos, eos, unk, pad; exact, case-sensitive, leftmost
-//     longest), as PreTrainedTokenizer.tokenize does with its added-tokens trie. A special token
+//     longest), as transformers does with its added tokens. A special token
 //     becomes its own id; so SDXL's tokenizer_2, whose pad token is "!", maps every "!" to id 0.
 //  2. Each other piece is cleaned: runs of whitespace become one space, the ends are stripped, then
-//     it is lower-cased (whitespace_clean(text).lower()).
+//     it is lower-cased code point by code point (the Lowercase normaliser: Σ is always σ).
 //  3. Pre-tokenisation with CLIP's pattern
 //       <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
-//     on decoded code points (a hand-written scanner, not std::regex).
+//     on decoded code points (a hand-written scanner, not std::regex). A pre-token spelling a
+//     special token (one cased otherwise in the text, so not split out in step 1) is split again
+//     into "<|", the name and "|>", as the byte-level step's GPT-2 pattern does.
 //  4. Each pre-token's UTF-8 bytes go through GPT-2's bytes_to_unicode table, "</w>" is appended to
 //     the last symbol, and merges.txt's merges are applied lowest rank first (cached per pre-token).
 //  5. Symbols map to ids through vocab.json (unknown symbols -> unk id); encode() adds BOS ... EOS,
 //     truncates to max_length keeping EOS last, pads with the pad token, and returns the mask.
 //
 // Limits (documented differences from transformers):
-//  - No ftfy.fix_text, no HTML unescaping and no NFC normalisation: give pre-composed (NFC) text.
-//    A decomposed accent (e + U+0301) is a separate punctuation pre-token, as the pattern says.
+//  - No NFC normalisation (transformers 5 applies it first): give pre-composed (NFC) text. A
+//    decomposed accent (e + U+0301) is a separate punctuation pre-token here, "é" there.
 //  - Unicode categories come from a table, not the full database. Letters (\p{L}): Latin (Basic,
 //    Latin-1, Extended-A/B/C, IPA, Extended Additional, fullwidth), Greek (+ Extended), Cyrillic,
 //    Armenian, Hebrew, Arabic letters, Devanagari, Thai, Hangul, Hiragana, Katakana, CJK ideographs
 //    (+ extensions A-F, compatibility). Numbers (\p{N}): ASCII, superscripts / subscripts, vulgar
 //    fractions, Arabic-Indic, Devanagari, Thai, fullwidth digits, Roman numerals, circled numbers.
-//    Whitespace: Python's str.isspace set. A letter outside these tables is treated as punctuation
+//    Whitespace: Python's str.isspace set (the tokenizers library's \s lacks U+001C..U+001F). A letter outside these tables is treated as punctuation
 //    (its bytes still encode losslessly through byte fallback, only the pre-token split may differ).
-//  - Lower-casing covers ASCII, Latin-1, Latin Extended-A, Latin Extended Additional, Greek (final
-//    sigma: Σ -> ς when after a letter and not before one), Cyrillic, Armenian, fullwidth Latin,
-//    Roman numerals and circled letters; İ -> "i̇" as Python does. Other scripts are kept as they are.
-//  - transformers without ftfy installed uses a BasicTokenizer that also puts spaces around CJK
-//    ideographs (so "猫犬" is two pre-tokens there, one with ftfy and in the fast tokenizer);
+//  - Lower-casing covers ASCII, Latin-1, Latin Extended-A, Latin Extended Additional, Greek, Cyrillic, Armenian, fullwidth Latin,
+//    Roman numerals and circled letters; İ -> "i̇". Other scripts are kept as they are.
+//  - transformers 4's slow tokenizer without ftfy used a BasicTokenizer that also put spaces around
+//    CJK ideographs ("猫犬" two pre-tokens there, one in transformers 5);
 //    TokenizerConfig::split_cjk_ideographs = true reproduces that part only.
-//  - Like transformers, at most the first 48894 merges of merges.txt are used.
+//  - As transformers 4's slow tokenizer, at most the first 48894 merges of merges.txt are used
+//    (CLIP's file has exactly that many).
 //  - Text must be valid UTF-8 (dedpo::Error otherwise).
 #include <ATen/core/Tensor.h>
 

@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Round trips between dedpo and the real diffusers / transformers (ctest label "interop").
+
+Both directions for each component, on tiny random-weight models:
+  A. dedpo writes the model (dedpo_make_tiny_sd, dedpo_make_tiny_clip) -> diffusers / transformers
+     open it with from_pretrained (no missing or unexpected key) -> same outputs as dedpo;
+  B. diffusers / transformers create a model and save_pretrained it -> dedpo loads it (every key
+     used, every parameter filled) -> same outputs.
+Outputs are compared in float32 on the CPU: max abs diff <= 1e-4. The tokenizer's ids must be equal
+on a generated corpus of more than 1,000 prompts.
+
+  python tests/interop/roundtrip.py [TestClass ...]   (ctest runs one class per test)
+
+The programs come from the environment (set by tests/interop/CMakeLists.txt): DEDPO_INTEROP,
+DEDPO_MAKE_TINY_SD, DEDPO_MAKE_TINY_CLIP. Exits 77 (ctest: skipped) without the Python packages.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+try:
+    import torch
+    import diffusers
+    import transformers
+    from safetensors.torch import load_file, save_file
+except ImportError as missing:
+    print(f"interop: skipped, {missing} (scripts/setup.sh installs the pinned versions)")
+    sys.exit(77)
+
+TOLERANCE = 1e-4
+
+
+def tool(variable):
+    path = os.environ.get(variable)
+    if not path or not Path(path).is_file():
+        raise RuntimeError(f"{variable} must name the built program (ctest sets it); got {path!r}")
+    return path
+
+
+def run(*command):
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, command))} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
+
+
+def dedpo(component, folder, inputs, work):
+    """dedpo's outputs of `component` loaded from `folder` on `inputs` (tensors by name)."""
+    inputs_file, outputs_file = Path(work) / f"{component}_in.safetensors", Path(work) / f"{component}_out.safetensors"
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_file))
+    run(tool("DEDPO_INTEROP"), component, folder, inputs_file, outputs_file)
+    return load_file(str(outputs_file))
+
+
+def make_tiny_sd(folder, layout, seed=0):
+    run(tool("DEDPO_MAKE_TINY_SD"), folder, "--seed", seed, "--layout", layout)
+    return Path(folder)
+
+
+def randomize(model, seed):
+    """Norm scales 1 + 0.1·N(0, 1) and biases + 0.1·N(0, 1): default inits (ones, zeros) would let a
+    swapped or ignored norm or bias key pass unnoticed."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def opened(loaded):
+    """(model, loading info) of from_pretrained(..., output_loading_info=True)."""
+    model, info = loaded
+    return model.eval(), info
+
+
+class RoundTrip(unittest.TestCase):
+    def setUp(self):
+        torch.manual_seed(0)
+        self._work = tempfile.TemporaryDirectory(prefix="dedpo_interop_")
+        self.work = Path(self._work.name)
+
+    def tearDown(self):
+        self._work.cleanup()
+
+    def assert_all_keys_used(self, info):
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            self.assertEqual(list(info.get(kind, [])), [], kind)
+
+    def assert_near(self, label, actual, expected):
+        self.assertEqual(tuple(actual.shape), tuple(expected.shape), label)
+        diff = (actual.double() - expected.double()).abs().max().item()
+        print(f"[interop] {self.id().split('.', 1)[1]} {label}: max abs diff {diff:.3g}", flush=True)
+        self.assertLessEqual(diff, TOLERANCE, label)
+
+
+# ---------------------------------------------------------------------------------------------- UNet
+
+def unet_inputs(config, added=None):
+    inputs = {
+        "sample": torch.randn(2, config["in_channels"], 8, 12),  # non-square
+        "timestep": torch.tensor([999, 17]),
+        "encoder_hidden_states": torch.randn(2, 7, config["cross_attention_dim"]),
+    }
+    if added is not None:
+        pooled, time_ids = added
+        inputs["text_embeds"] = torch.randn(2, pooled)
+        inputs["time_ids"] = torch.tensor([[64.0, 96.0, 0.0, 8.0, 64.0, 96.0], [32.0, 32.0, 4.0, 0.0, 48.0, 48.0]])
+    return inputs
+
+
+def diffusers_unet(unet, inputs):
+    added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if "text_embeds" in inputs else None
+    with torch.no_grad():
+        return unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
+                    added_cond_kwargs=added).sample
+
+
+class UNetRoundTrip:
+    """Both directions for one layout (a mixin: the layouts are the test classes)."""
+    layout = None            # dedpo_make_tiny_sd --layout
+    diffusers_config = None  # direction B's model, another shape than dedpo's tiny one
+
+    @staticmethod
+    def added(config):
+        if config.get("addition_embed_type") != "text_time":
+            return None
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        return pooled, 6
+
+    def test_dedpo_written_unet_opens_in_diffusers(self):
+        folder = make_tiny_sd(self.work / "tiny", self.layout)
+        unet, info = opened(diffusers.UNet2DConditionModel.from_pretrained(
+            folder / "unet", torch_dtype=torch.float32, output_loading_info=True))
+        self.assert_all_keys_used(info)
+        inputs = unet_inputs(unet.config, self.added(unet.config))
+        actual = dedpo("unet", folder / "unet", inputs, self.work)["sample"]
+        self.assert_near("noise prediction", actual, diffusers_unet(unet, inputs))
+
+    def test_diffusers_written_unet_opens_in_dedpo(self):
+        unet = randomize(diffusers.UNet2DConditionModel(**self.diffusers_config), seed=1)
+        unet.save_pretrained(self.work / "unet")
+        inputs = unet_inputs(unet.config, self.added(unet.config))
+        actual = dedpo("unet", self.work / "unet", inputs, self.work)["sample"]
+        self.assert_near("noise prediction", actual, diffusers_unet(unet, inputs))
+
+
+# Three levels (dedpo's tiny models have two), 8 groups.
+TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32, 32), norm_num_groups=8)
+
+
+class UNetSD15(UNetRoundTrip, RoundTrip):
+    layout = "sd15"
+    diffusers_config = dict(
+        TINY_UNET, layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=4, cross_attention_dim=24)
+
+
+class UNetSDXL(UNetRoundTrip, RoundTrip):
+    layout = "sdxl"
+    diffusers_config = dict(
+        TINY_UNET, layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 4), use_linear_projection=True,
+        cross_attention_dim=40, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 24)
+
+
+class TrainedUNet(RoundTrip):
+    """A UNet as a run saves it (weights.pt + config.json, save_weights) after a few DPO steps on
+    image pairs: renamed to diffusers' file name, it opens with from_pretrained."""
+
+    def write_pairs(self, count=4):
+        from PIL import Image  # a diffusers dependency
+        generator = torch.Generator().manual_seed(5)
+        (self.work / "img").mkdir()
+        lines = []
+        for i in range(count):
+            for side in "ab":
+                pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(self.work / "img" / f"{side}{i}.png")
+            lines.append(json.dumps({"id": f"p{i}", "prompt": f"a photo {i}", "image_a": f"img/a{i}.png",
+                                     "image_b": f"img/b{i}.png", "label": i % 2}))
+        (self.work / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+    def test_run_weights_open_in_diffusers(self):
+        self.write_pairs()
+        for layout in ("sd15", "sdxl"):
+            with self.subTest(layout=layout):
+                tiny = make_tiny_sd(self.work / layout, layout)
+                experiment = self.work / f"{layout}.toml"
+                experiment.write_text(
+                    f'[run]\nname = "{layout}"\noutput = "{self.work / "runs"}"\nthreads = 1\n'
+                    f'[backbone]\nplugin = "{layout}"\npath = "{tiny}"\nresolution = 16\n'
+                    f'[data]\nplugin = "pairs_manifest"\nmanifest = "{self.work / "pairs.jsonl"}"\n'
+                    f'[loss]\nplugin = "dpo"\n[train]\nsteps = 2\nbatch_size = 2\nlr = 1e-3\n')
+                run(tool("DEDPO_EXECUTABLE"), "run", experiment)
+                [run_folder] = (self.work / "runs").glob(f"{layout}-*")
+                unet_folder = self.work / f"{layout}_unet"
+                unet_folder.mkdir()
+                (unet_folder / "config.json").write_bytes((run_folder / "config.json").read_bytes())
+                (unet_folder / "diffusion_pytorch_model.safetensors").write_bytes((run_folder / "weights.pt").read_bytes())
+                unet, info = opened(diffusers.UNet2DConditionModel.from_pretrained(
+                    unet_folder, torch_dtype=torch.float32, output_loading_info=True))
+                self.assert_all_keys_used(info)
+                trained, initial = load_file(str(unet_folder / "diffusion_pytorch_model.safetensors")), \
+                    load_file(str(tiny / "unet" / "diffusion_pytorch_model.safetensors"))
+                self.assertFalse(torch.equal(trained["conv_in.weight"], initial["conv_in.weight"]), "the run trained")
+                inputs = unet_inputs(unet.config, UNetRoundTrip.added(unet.config))
+                actual = dedpo("unet", unet_folder, inputs, self.work)["sample"]
+                self.assert_near("noise prediction", actual, diffusers_unet(unet, inputs))
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+
+class VAE(RoundTrip):
+    def check(self, vae, folder):
+        inputs = {"image": torch.randn(2, 3, 16, 12), "latents": torch.randn(2, 4, 5, 3)}
+        actual = dedpo("vae", folder, inputs, self.work)
+        with torch.no_grad():
+            posterior = vae.encode(inputs["image"]).latent_dist
+            decoded = vae.decode(inputs["latents"]).sample
+        self.assert_near("latent mean", actual["latent_mean"], posterior.mean)
+        self.assert_near("latent logvar", actual["latent_logvar"], posterior.logvar)
+        self.assert_near("decoded", actual["decoded"], decoded)
+
+    def test_dedpo_written_vae_opens_in_diffusers(self):
+        for layout in ("sd15", "sdxl"):
+            with self.subTest(layout=layout):
+                folder = make_tiny_sd(self.work / layout, layout)
+                vae, info = opened(diffusers.AutoencoderKL.from_pretrained(
+                    folder / "vae", torch_dtype=torch.float32, output_loading_info=True))
+                self.assert_all_keys_used(info)
+                self.check(vae, folder / "vae")
+
+    def test_diffusers_written_vae_opens_in_dedpo(self):
+        vae = randomize(diffusers.AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=4,
+            block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3, sample_size=16), seed=2)
+        vae.save_pretrained(self.work / "vae")
+        self.check(vae, self.work / "vae")
+
+
+# ------------------------------------------------------------------------------------- text encoders
+
+def transformers_text(model, inputs):
+    with torch.no_grad():
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                    output_hidden_states=True)
+    expected = {"last_hidden_state": out.last_hidden_state, "hidden_states": torch.stack(out.hidden_states)}
+    if hasattr(out, "text_embeds"):
+        expected["text_embeds"] = out.text_embeds
+    else:
+        expected["pooler_output"] = out.pooler_output
+    return expected
+
+
+PROMPTS = ["a photo of a cat", "", "a red dog, photo! 123 ÉTÉ"]
+
+
+class TextEncoders(RoundTrip):
+    def check(self, model, folder, tokenizer):
+        encoded = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        # Pipelines pass no attention mask; scorers do.
+        for inputs in ({"input_ids": encoded.input_ids},
+                       {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}):
+            masked = "with mask" if "attention_mask" in inputs else "no mask"
+            actual = dedpo("text", folder, inputs, self.work)
+            for name, expected in transformers_text(model, inputs).items():
+                self.assert_near(f"{name} ({masked})", actual[name], expected)
+
+    def test_dedpo_written_text_encoders_open_in_transformers(self):
+        folder = make_tiny_sd(self.work / "sdxl", "sdxl")
+        for part, tokenizer_part, kind in (("text_encoder", "tokenizer", transformers.CLIPTextModel),
+                                           ("text_encoder_2", "tokenizer_2", transformers.CLIPTextModelWithProjection)):
+            with self.subTest(part=part):
+                model, info = opened(kind.from_pretrained(folder / part, dtype=torch.float32, output_loading_info=True))
+                self.assert_all_keys_used(info)
+                self.check(model, folder / part, transformers.CLIPTokenizer.from_pretrained(folder / tokenizer_part))
+
+    def test_transformers_written_text_encoders_open_in_dedpo(self):
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(make_tiny_sd(self.work / "sd15", "sd15") / "tokenizer")
+        vocab = len(tokenizer)
+        # eos_token_id 2 selects transformers' legacy argmax pooling, the real id the first-EOS one.
+        for kind, eos in ((transformers.CLIPTextModel, 2), (transformers.CLIPTextModelWithProjection, tokenizer.eos_token_id)):
+            with self.subTest(kind=kind.__name__):
+                config = transformers.CLIPTextConfig(
+                    vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                    num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu", projection_dim=24,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=1)
+                model = randomize(kind(config), seed=3)
+                model.save_pretrained(self.work / kind.__name__)
+                self.check(model, self.work / kind.__name__, tokenizer)
+
+
+# ------------------------------------------------------------------------------ CLIPModel (scorers)
+
+def projected(features):
+    """get_text_features / get_image_features: a tensor in transformers 4, an output whose
+    pooler_output holds the projection in transformers 5."""
+    return features if isinstance(features, torch.Tensor) else features.pooler_output
+
+
+class ClipModel(RoundTrip):
+    def check(self, model, folder):
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(folder)
+        encoded = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        size = model.config.vision_config.image_size
+        inputs = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask,
+                  "pixel_values": torch.randn(2, 3, size, size)}
+        actual = dedpo("clip", folder, inputs, self.work)
+        with torch.no_grad():
+            out = model(**inputs)
+            text_features = projected(model.get_text_features(input_ids=inputs["input_ids"],
+                                                              attention_mask=inputs["attention_mask"]))
+            image_features = projected(model.get_image_features(pixel_values=inputs["pixel_values"]))
+        self.assert_near("logits_per_image", actual["logits_per_image"], out.logits_per_image)
+        self.assert_near("text_embeds", actual["text_embeds"], out.text_embeds)
+        self.assert_near("image_embeds", actual["image_embeds"], out.image_embeds)
+        self.assert_near("text_features", actual["text_features"], text_features)
+        self.assert_near("image_features", actual["image_features"], image_features)
+
+    def test_dedpo_written_clip_model_opens_in_transformers(self):
+        folder = self.work / "clip"
+        run(tool("DEDPO_MAKE_TINY_CLIP"), folder)
+        model, info = opened(transformers.CLIPModel.from_pretrained(folder, dtype=torch.float32, output_loading_info=True))
+        self.assert_all_keys_used(info)
+        self.check(model, folder)
+
+    def test_transformers_written_clip_model_opens_in_dedpo(self):
+        folder = self.work / "clip"
+        run(tool("DEDPO_MAKE_TINY_CLIP"), folder)  # for its tokenizer files
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(folder)
+        config = transformers.CLIPConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=24, patch_size=6, hidden_act="quick_gelu"),
+            projection_dim=12)
+        model = randomize(transformers.CLIPModel(config), seed=4)
+        for name in ("model.safetensors", "config.json"):
+            (folder / name).unlink()
+        model.save_pretrained(folder)
+        self.check(model, folder)
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+WORDS = ("a photo of the cat dog red blue portrait painting landscape astronaut riding horse moon city "
+         "night street cyberpunk oil canvas highly detailed 8k trending artstation sharp focus bokeh "
+         "cinematic lighting golden hour watercolor sketch anime style photorealistic").split()
+UNICODE = ["café", "naïve", "Ærøskøbing", "straße", "ÉCOLE", "İstanbul", "ΑΘΗΝΑ", "Σοφία", "ΟΔΥΣΣΕΥΣ",
+           "москва", "ПРИВЕТ", "Երևան", "שלום", "مرحبا", "नमस्ते", "สวัสดี", "서울", "ひらがな", "カタカナ",
+           "猫", "东京塔", "ｆｕｌｌｗｉｄｔｈ", "Ⅻ", "①②", "x²", "½", "٣٤", "🐱", "🚀✨", "👩‍🚀", "\u00a0nbsp"]
+# Not in the corpus: decomposed text ("e\u0301"), which transformers 5 NFC-composes first and dedpo does
+# not (dedpo/sd/tokenizer.hpp, limits).
+PUNCTUATION = [",", ".", "!", "?", "!!!", "...", "--", "'", "\"", "(", ")", "[x]", "{y}", "#", "@", "&", "*",
+               "/", "\\", ":", ";", "~", "`", "^", "|", "<", ">", "<|endoftext|>", "<|startoftext|>"]
+CONTRACTIONS = ["it's", "don't", "we're", "I've", "I'm", "you'll", "he'd", "DON'T", "cat's"]
+NUMBERS = ["0", "7", "42", "1999", "3.14", "1,000,000", "-5", "+12", "2024-01-01", "1080p", "16:9", "50%"]
+SPACES = [" ", "  ", "\t", "\n", " \n\t "]
+
+
+def prompt_corpus(count=1200, seed=0):
+    """Prompts of every kind the tokenizer meets: empty, whitespace, words, unicode of many scripts,
+    punctuation, numbers, contractions, special tokens inside the text, and long ones (truncated)."""
+    rng = random.Random(seed)
+    corpus = ["", " ", "\n", "!", "!!", "a", "A PHOTO OF A CAT", "<|endoftext|>", "  leading and trailing  "]
+    pools = [WORDS] * 4 + [UNICODE, PUNCTUATION, CONTRACTIONS, NUMBERS]
+    while len(corpus) < count:
+        length = rng.choice([1, 2, 3, 5, 8, 13, 21, 40, 120])
+        pieces = []
+        for _ in range(length):
+            piece = rng.choice(rng.choice(pools))
+            if rng.random() < 0.2:
+                piece = piece.upper() if rng.random() < 0.5 else piece.capitalize()
+            pieces.append(piece)
+            pieces.append(rng.choice(SPACES) if rng.random() < 0.15 else ("" if rng.random() < 0.15 else " "))
+        corpus.append("".join(pieces))
+    return corpus
+
+
+class Tokenizer(RoundTrip):
+    def check(self, folder):
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(folder)
+        corpus = prompt_corpus()
+        (self.work / "prompts.json").write_text(json.dumps(corpus))
+        run(tool("DEDPO_INTEROP"), "tokenize", folder, self.work / "prompts.json", self.work / "ids.json")
+        ours = json.loads((self.work / "ids.json").read_text())
+        padded = tokenizer(corpus, padding="max_length", max_length=77, truncation=True).input_ids
+        full = tokenizer(corpus, add_special_tokens=False).input_ids
+        differ = [i for i in range(len(corpus)) if ours["input_ids"][i] != padded[i] or ours["ids"][i] != full[i]]
+        print(f"[interop] {self.id().split('.', 1)[1]} {folder.name}: {len(corpus) - len(differ)} of {len(corpus)} "
+              f"prompts with equal ids", flush=True)
+        for i in differ[:5]:
+            a, b = full[i], ours["ids"][i]
+            at = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+            window = slice(max(0, at - 3), at + 4)
+            print(f"  {corpus[i]!r}\n    from token {at}: transformers {tokenizer.convert_ids_to_tokens(a[window])}"
+                  f"\n    {' ' * len(str(at))}              dedpo        {tokenizer.convert_ids_to_tokens(b[window])}")
+        self.assertEqual(differ, [])
+
+    def test_ids_equal_on_the_corpus(self):
+        folder = make_tiny_sd(self.work / "sdxl", "sdxl")
+        for part in ("tokenizer", "tokenizer_2"):  # tokenizer_2 pads with "!"
+            with self.subTest(part=part):
+                self.check(folder / part)
+
+
+if __name__ == "__main__":
+    print(f"interop: torch {torch.__version__}, diffusers {diffusers.__version__}, "
+          f"transformers {transformers.__version__}", flush=True)
+    unittest.main(verbosity=2)
