@@ -1,6 +1,7 @@
 #include "dedpo/host/accelerator.hpp"
 
 #include <ATen/Context.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
@@ -26,14 +27,26 @@ void apply_device_numerics(const DeviceNumerics& numerics) {
   context.setAllowTF32CuDNN(numerics.tf32);
 }
 
+namespace {
+
+// The device's caching allocator, started: before the first tensor on the device (a run resets the
+// peak first) it holds no per-device state and refuses every index ("Invalid device argument ...: did
+// you call init?"). Its statistics are per index; "cuda" names none (-1) and means the current device.
+c10::DeviceIndex started_allocator_index(c10::Device device) {
+  at::globalContext().lazyInitDevice(device.type());
+  return device.has_index() ? device.index() : at::accelerator::getDeviceIndex();
+}
+
+}  // namespace
+
 std::optional<std::int64_t> peak_device_memory(c10::Device device) {
   if (!device.is_cuda()) return std::nullopt;
-  const auto stats = c10::getDeviceAllocator(device.type())->getDeviceStats(device.index());
+  const auto stats = c10::getDeviceAllocator(device.type())->getDeviceStats(started_allocator_index(device));
   return stats.allocated_bytes[static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
 }
 
 void reset_peak_device_memory(c10::Device device) {
-  if (device.is_cuda()) c10::getDeviceAllocator(device.type())->resetPeakStats(device.index());
+  if (device.is_cuda()) c10::getDeviceAllocator(device.type())->resetPeakStats(started_allocator_index(device));
 }
 
 CpuFeatures cpu_features() {
