@@ -15,9 +15,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_pin="torch==2.11.0"
 # scripts/parquet_to_manifest.py (pyarrow, pillow), the test that reads TensorBoard event files
 # back (tensorboard), and tests/interop: the libraries whose models dedpo writes and reads, at
-# their current versions (diffusers, transformers, safetensors).
+# their current versions (diffusers, transformers, safetensors; peft, which diffusers'
+# load_lora_weights needs for LoRA adapters).
 python_pins=("pyarrow==26.0.1" "pillow==13.0.0" "tensorboard==2.21.0"
-             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0")
+             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0" "peft==0.21.2")
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
 sanitize=0

@@ -48,6 +48,8 @@ class SdxlBackbone : public sd::DiffusionBackbone {
   sd::UNetConditioning unet_conditioning(const at::Tensor& rows, const at::Tensor& info) const override;
   std::vector<torch::nn::Module*> text_modules() override;
   std::string text_options_fingerprint() const override;
+  // kohya-ss trains SDXL on the original (SGM) UNet, so its LoRA keys spell input_blocks / middle_block / output_blocks.
+  sd::KohyaNaming kohya_naming() const override { return sd::KohyaNaming::sgm; }
 
  private:
   int64_t clip_skip_;

@@ -27,6 +27,8 @@ try:
     import torch
     import diffusers
     import transformers
+    from peft import LoraConfig  # diffusers' LoRA loading needs peft
+    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 except ImportError as missing:
     print(f"interop: skipped, {missing} (scripts/setup.sh installs the pinned versions)")
@@ -174,40 +176,52 @@ class UNetSDXL(UNetRoundTrip, RoundTrip):
         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 24)
 
 
+def write_pairs(work, count=4):
+    """`count` image pairs of 16 x 16 noise and work/pairs.jsonl, the manifest of the runs below."""
+    from PIL import Image  # a diffusers dependency
+    generator = torch.Generator().manual_seed(5)
+    (work / "img").mkdir()
+    lines = []
+    for i in range(count):
+        for side in "ab":
+            pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(work / "img" / f"{side}{i}.png")
+        lines.append(json.dumps({"id": f"p{i}", "prompt": f"a photo {i}", "image_a": f"img/a{i}.png",
+                                 "image_b": f"img/b{i}.png", "label": i % 2}))
+    (work / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def dedpo_run(work, name, layout, tiny, backbone="", lr="1e-3"):
+    """The run folder of two DPO steps of `dedpo run` on work/pairs.jsonl; `backbone`: more option lines."""
+    experiment = work / f"{name}.toml"
+    experiment.write_text(
+        f'[run]\nname = "{name}"\noutput = "{work / "runs"}"\nthreads = 1\n'
+        f'[backbone]\nplugin = "{layout}"\npath = "{tiny}"\nresolution = 16\n{backbone}'
+        f'[data]\nplugin = "pairs_manifest"\nmanifest = "{work / "pairs.jsonl"}"\n'
+        f'[loss]\nplugin = "dpo"\n[train]\nsteps = 2\nbatch_size = 2\nlr = {lr}\n')
+    run(tool("DEDPO_EXECUTABLE"), "run", experiment)
+    [folder] = (work / "runs").glob(f"{name}-*")
+    return folder
+
+
+def run_unet_folder(run_folder, folder):
+    """A run's saved UNet (weights.pt + config.json) as a diffusers unet/ folder."""
+    folder.mkdir()
+    (folder / "config.json").write_bytes((run_folder / "config.json").read_bytes())
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes((run_folder / "weights.pt").read_bytes())
+    return folder
+
+
 class TrainedUNet(RoundTrip):
     """A UNet as a run saves it (weights.pt + config.json, save_weights) after a few DPO steps on
     image pairs: renamed to diffusers' file name, it opens with from_pretrained."""
 
-    def write_pairs(self, count=4):
-        from PIL import Image  # a diffusers dependency
-        generator = torch.Generator().manual_seed(5)
-        (self.work / "img").mkdir()
-        lines = []
-        for i in range(count):
-            for side in "ab":
-                pixels = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(self.work / "img" / f"{side}{i}.png")
-            lines.append(json.dumps({"id": f"p{i}", "prompt": f"a photo {i}", "image_a": f"img/a{i}.png",
-                                     "image_b": f"img/b{i}.png", "label": i % 2}))
-        (self.work / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-
     def test_run_weights_open_in_diffusers(self):
-        self.write_pairs()
+        write_pairs(self.work)
         for layout in ("sd15", "sdxl"):
             with self.subTest(layout=layout):
                 tiny = make_tiny_sd(self.work / layout, layout)
-                experiment = self.work / f"{layout}.toml"
-                experiment.write_text(
-                    f'[run]\nname = "{layout}"\noutput = "{self.work / "runs"}"\nthreads = 1\n'
-                    f'[backbone]\nplugin = "{layout}"\npath = "{tiny}"\nresolution = 16\n'
-                    f'[data]\nplugin = "pairs_manifest"\nmanifest = "{self.work / "pairs.jsonl"}"\n'
-                    f'[loss]\nplugin = "dpo"\n[train]\nsteps = 2\nbatch_size = 2\nlr = 1e-3\n')
-                run(tool("DEDPO_EXECUTABLE"), "run", experiment)
-                [run_folder] = (self.work / "runs").glob(f"{layout}-*")
-                unet_folder = self.work / f"{layout}_unet"
-                unet_folder.mkdir()
-                (unet_folder / "config.json").write_bytes((run_folder / "config.json").read_bytes())
-                (unet_folder / "diffusion_pytorch_model.safetensors").write_bytes((run_folder / "weights.pt").read_bytes())
+                unet_folder = run_unet_folder(dedpo_run(self.work, layout, layout, tiny), self.work / f"{layout}_unet")
                 unet, info = opened(diffusers.UNet2DConditionModel.from_pretrained(
                     unet_folder, torch_dtype=torch.float32, output_loading_info=True))
                 self.assert_all_keys_used(info)
@@ -217,6 +231,99 @@ class TrainedUNet(RoundTrip):
                 inputs = unet_inputs(unet.config, UNetRoundTrip.added(unet.config))
                 actual = dedpo("unet", unet_folder, inputs, self.work)["sample"]
                 self.assert_near("noise prediction", actual, diffusers_unet(unet, inputs))
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+
+# Rank 2, alpha 3: a scale of 1.5, so that an alpha read as the rank (scale 1) shows.
+LORA = 'lora_rank = 2\nlora_alpha = 3.0\n'
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # dedpo's default lora_targets
+# So small that no step changes a float32 value: such a run saves the adapters it started from.
+NO_STEP_LR = "1e-30"
+
+
+class LoraRoundTrip:
+    """LoRA adapters both ways for one layout (a mixin: the layouts are the test classes): a LoRA run
+    saves them in each lora_format and the pipeline's load_lora_weights gives the run's merged
+    prediction; adapters made with peft and saved with the pipeline's save_lora_weights start a run
+    (lora_init) with the same prediction, and come back through the kohya format key for key."""
+    layout = None
+    pipeline_class = None  # the diffusers pipeline of the layout
+
+    def setUp(self):
+        super().setUp()
+        write_pairs(self.work)
+        self.tiny = make_tiny_sd(self.work / "tiny", self.layout)
+
+    def pipeline(self):
+        return self.pipeline_class.from_pretrained(self.tiny, torch_dtype=torch.float32)
+
+    def inputs(self, unet):
+        torch.manual_seed(7)
+        return unet_inputs(unet.config, UNetRoundTrip.added(unet.config))
+
+    def merged_prediction(self, run_folder, inputs):
+        return dedpo("unet", run_unet_folder(run_folder, self.work / f"{run_folder.name}_unet"), inputs, self.work)["sample"]
+
+    def check_kohya_names(self, lora_file):
+        keys = list(load_file(str(lora_file)))
+        self.assertTrue(all(k.startswith("lora_unet_") for k in keys), keys[:3])
+        self.assertEqual(sum(k.endswith(".alpha") for k in keys) * 3, len(keys), "lora_down, lora_up, alpha per module")
+        # kohya-ss names SD1.x modules as the diffusers UNet does, SDXL's as the original (SGM) UNet.
+        sgm = any(k.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_")) for k in keys)
+        self.assertEqual(sgm, self.layout == "sdxl")
+
+    def test_dedpo_lora_loads_with_load_lora_weights(self):
+        for lora_format in ("diffusers", "kohya"):
+            with self.subTest(lora_format=lora_format):
+                folder = dedpo_run(self.work, f"{self.layout}_{lora_format}", self.layout, self.tiny,
+                                   LORA + f'lora_format = "{lora_format}"\n', lr="5e-2")
+                if lora_format == "kohya":
+                    self.check_kohya_names(folder / "weights_lora.safetensors")
+                pipeline = self.pipeline()
+                inputs = self.inputs(pipeline.unet)
+                base = diffusers_unet(pipeline.unet, inputs)
+                pipeline.load_lora_weights(str(folder), weight_name="weights_lora.safetensors")
+                merged = self.merged_prediction(folder, inputs)
+                self.assert_near(f"{lora_format} LoRA noise prediction", diffusers_unet(pipeline.unet, inputs), merged)
+                self.assertGreater((merged - base).abs().max().item(), 100 * TOLERANCE, "the adapters count")
+
+    def test_peft_lora_starts_a_dedpo_run(self):
+        pipeline = self.pipeline()
+        # init_lora_weights=False: lora_B random too, so that the adapters change the prediction.
+        pipeline.unet.add_adapter(LoraConfig(r=2, lora_alpha=3, target_modules=LORA_TARGETS, init_lora_weights=False))
+        inputs = self.inputs(pipeline.unet)
+        expected = diffusers_unet(pipeline.unet, inputs)
+        self.pipeline_class.save_lora_weights(self.work / "peft", unet_lora_layers=get_peft_model_state_dict(pipeline.unet),
+                                              unet_lora_adapter_metadata=pipeline.unet.peft_config["default"].to_dict())
+        peft_file = self.work / "peft" / "pytorch_lora_weights.safetensors"
+
+        # peft's file starts a run that saves the kohya format ...
+        folder = dedpo_run(self.work, f"{self.layout}_from_peft", self.layout, self.tiny,
+                           LORA + f'lora_init = "{peft_file}"\nlora_format = "kohya"\n', lr=NO_STEP_LR)
+        self.assert_near("dedpo from peft's LoRA, noise prediction", self.merged_prediction(folder, inputs), expected)
+        kohya_file = folder / "weights_lora.safetensors"
+        self.check_kohya_names(kohya_file)
+        kohya_pipeline = self.pipeline()
+        kohya_pipeline.load_lora_weights(str(folder), weight_name=kohya_file.name)
+        self.assert_near("diffusers from dedpo's kohya LoRA, noise prediction", diffusers_unet(kohya_pipeline.unet, inputs), expected)
+
+        # ... which starts a run that saves the diffusers format: peft's file again, key for key.
+        folder = dedpo_run(self.work, f"{self.layout}_from_kohya", self.layout, self.tiny,
+                           LORA + f'lora_init = "{kohya_file}"\n', lr=NO_STEP_LR)
+        original, back = load_file(str(peft_file)), load_file(str(folder / "weights_lora.safetensors"))
+        self.assertEqual(sorted(back), sorted(original))
+        self.assertTrue(all(torch.equal(back[k], original[k]) for k in original), "tensors equal")
+
+
+class LoraSD15(LoraRoundTrip, RoundTrip):
+    layout = "sd15"
+    pipeline_class = diffusers.StableDiffusionPipeline
+
+
+class LoraSDXL(LoraRoundTrip, RoundTrip):
+    layout = "sdxl"
+    pipeline_class = diffusers.StableDiffusionXLPipeline
 
 
 # ----------------------------------------------------------------------------------------------- VAE

@@ -31,6 +31,7 @@
 #include "dedpo/sd/diffusion_backbone.hpp"
 #include "dedpo/sd/unet.hpp"
 #include "dedpo/sd/vae.hpp"
+#include "lora_test_support.hpp"
 #include "module_test_support.hpp"
 #include "test_support.hpp"
 
@@ -356,9 +357,78 @@ TEST(Sd15, LoraReferenceIsBaseAndAdaptersStartAtZero) {
   ASSERT_TRUE(fs::exists(adapters));
   dedpo::safetensors::File lf(adapters);
   EXPECT_EQ(lf.keys().size(), n_trainable);
-  EXPECT_TRUE(lf.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.lora.up.weight"));
+  EXPECT_TRUE(lf.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.lora_B.weight"));
   auto merged = make("", tiny(), file);
   expect_close(errors(*merged).model_a, after.model_a, 1e-5);
+}
+
+// A LoRA backbone (rank 2, alpha 3) with lora_B away from zero, and the adapters file it saves in `format`.
+std::pair<std::shared_ptr<Backbone>, fs::path> saved_lora(const std::string& format) {
+  auto b = make("lora_rank = 2\nlora_alpha = 3.0\nlora_format = \"" + format + "\"");
+  dedpo::test::randomize_lora_up(*b, 5);
+  const fs::path file = scratch() / ("lora_" + format) / "weights.safetensors";
+  b->save_weights(file);
+  return {b, dedpo::sd::DiffusionBackbone::lora_weights_path(file)};
+}
+
+TEST(Sd15, LoraFilesOfBothFormatsRoundTripExactly) {
+  for (const std::string format : {"diffusers", "kohya"}) {
+    SCOPED_TRACE(format);
+    const auto [trained, adapters] = saved_lora(format);
+    const dedpo::safetensors::File saved(adapters);
+    if (format == "diffusers") {
+      EXPECT_TRUE(saved.contains("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.lora_A.weight"));
+      const auto config = nlohmann::json::parse(saved.metadata().at("lora_adapter_metadata"));
+      EXPECT_EQ(config.at("unet.r"), 2);
+      EXPECT_EQ(config.at("unet.lora_alpha"), 3.0);
+    } else {
+      const std::string module = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0";
+      EXPECT_TRUE(saved.contains(module + ".lora_down.weight"));
+      EXPECT_EQ(saved.get(module + ".alpha").item<float>(), 3.0f);
+    }
+    // The format is told from the keys, whatever lora_format says.
+    auto loaded = make("lora_rank = 2\nlora_alpha = 3.0\nlora_init = \"" + adapters.string() + "\"");
+    dedpo::test::expect_same_adapters(*loaded, *trained);
+    const dedpo::DenoisingErrors before = errors(*trained), after = errors(*loaded);
+    EXPECT_TRUE(at::equal(after.model_a, before.model_a));
+    EXPECT_FALSE(at::allclose(after.model_a, after.ref_a, 1e-5, 1e-5));  // the adapters count
+  }
+}
+
+TEST(Sd15, BadLoraOptionsAndFilesAreNamed) {
+  auto error = [](const std::string& extra) {
+    try {
+      make(extra);
+    } catch (const dedpo::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  using testing::AllOf;
+  using testing::HasSubstr;
+  EXPECT_THAT(error("lora_rank = 2\nlora_format = \"peft\""),
+              AllOf(HasSubstr("lora_format"), HasSubstr("\"diffusers\", \"kohya\""), HasSubstr("\"peft\"")));
+  EXPECT_THAT(error("lora_init = \"a.safetensors\""), AllOf(HasSubstr("lora_init"), HasSubstr("lora_rank > 0")));
+  EXPECT_THAT(error("lora_rank = 2\nlora_init = \"" + (scratch() / "none.safetensors").string() + "\""),
+              AllOf(HasSubstr("lora_init"), HasSubstr("none.safetensors")));
+  const fs::path kohya = saved_lora("kohya").second, diffusers = saved_lora("diffusers").second;
+  const std::string init_kohya = "\nlora_init = \"" + kohya.string() + "\"";
+  const std::string init_diffusers = "\nlora_init = \"" + diffusers.string() + "\"";
+  EXPECT_THAT(error("lora_rank = 4\nlora_alpha = 3.0" + init_kohya),
+              AllOf(HasSubstr(kohya.string()), HasSubstr("has rank 2"), HasSubstr("lora_rank = 4")));
+  EXPECT_THAT(error("lora_rank = 2" + init_diffusers),
+              AllOf(HasSubstr(diffusers.string()), HasSubstr("has alpha 3.0"), HasSubstr("lora_alpha = 2.0")));
+  EXPECT_THAT(error("lora_rank = 2\nlora_alpha = 4.0" + init_kohya), AllOf(HasSubstr("has alpha 3.0"), HasSubstr(".alpha")));
+  EXPECT_THAT(error("lora_rank = 2\nlora_alpha = 3.0\nlora_targets = \"to_q,to_k,to_v,to_out.0,ff.net.2\"" + init_kohya),
+              AllOf(HasSubstr("kohya format"), HasSubstr("missing keys"),
+                    HasSubstr("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2.lora_down.weight")));
+  EXPECT_THAT(error("lora_rank = 2\nlora_alpha = 3.0\nlora_targets = \"to_q\"" + init_diffusers),
+              AllOf(HasSubstr("diffusers format"), HasSubstr("unexpected keys"),
+                    HasSubstr("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight")));
+  const fs::path not_lora = kohya.parent_path() / "weights.safetensors";  // the merged UNet beside it
+  EXPECT_THAT(error("lora_rank = 2\nlora_alpha = 3.0\nlora_init = \"" + not_lora.string() + "\""),
+              AllOf(HasSubstr(not_lora.string()), HasSubstr("is not a LoRA file"), HasSubstr(".weight'")));
+  EXPECT_EQ(error("lora_rank = 2\nlora_alpha = 3.0" + init_kohya), "(no error)");
 }
 
 TEST(Sd15, GradientCheckpointingGivesTheSameGradients) {

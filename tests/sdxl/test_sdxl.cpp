@@ -28,6 +28,7 @@
 #include "dedpo/sd/diffusion_backbone.hpp"
 #include "dedpo/sd/tokenizer.hpp"
 #include "dedpo/sd/unet.hpp"
+#include "lora_test_support.hpp"
 #include "module_test_support.hpp"
 #include "test_support.hpp"
 
@@ -359,6 +360,38 @@ TEST(Sdxl, GradientCheckpointingGivesTheSameGradients) {
       if (!fresh) EXPECT_TRUE(at::allclose(it->second, item.value().grad(), 1e-5, 1e-6)) << item.key();
     }
   }
+}
+
+TEST(Sdxl, KohyaLoraKeysSpellTheOriginalUNetAndRoundTrip) {
+  // Names of kohya-ss SDXL LoRA files, for SDXL's own layout (2 layers per block).
+  dedpo::sd::UNet2DConditionConfig sdxl;
+  sdxl.layers_per_block = {2, 2, 2};
+  auto kohya = [&](const std::string& path) { return dedpo::sd::kohya_lora_name(path, dedpo::sd::KohyaNaming::sgm, sdxl); };
+  EXPECT_EQ(kohya("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0"),
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_out_0");
+  EXPECT_EQ(kohya("down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2"), "lora_unet_input_blocks_8_1_transformer_blocks_9_ff_net_2");
+  EXPECT_EQ(kohya("mid_block.attentions.0.proj_in"), "lora_unet_middle_block_1_proj_in");
+  EXPECT_EQ(kohya("up_blocks.0.attentions.2.transformer_blocks.0.attn2.to_k"), "lora_unet_output_blocks_2_1_transformer_blocks_0_attn2_to_k");
+  EXPECT_EQ(kohya("up_blocks.1.attentions.0.proj_out"), "lora_unet_output_blocks_3_1_proj_out");
+  EXPECT_EQ(kohya("down_blocks.0.resnets.1.time_emb_proj"), "lora_unet_input_blocks_2_0_emb_layers_1");
+  EXPECT_EQ(kohya("mid_block.resnets.1.time_emb_proj"), "lora_unet_middle_block_2_emb_layers_1");
+  EXPECT_EQ(kohya("add_embedding.linear_2"), "lora_unet_label_emb_0_2");
+  EXPECT_THROW(kohya("down_blocks.0.downsamplers.0.conv"), dedpo::Error);
+  EXPECT_EQ(dedpo::sd::kohya_lora_name("up_blocks.0.attentions.0.proj_out", dedpo::sd::KohyaNaming::diffusers, sdxl),
+            "lora_unet_up_blocks_0_attentions_0_proj_out");
+
+  auto trained = make("lora_rank = 2\nlora_alpha = 1.0\nlora_format = \"kohya\"");
+  dedpo::test::randomize_lora_up(*trained, 5);
+  const fs::path file = scratch() / "kohya" / "weights.safetensors";
+  trained->save_weights(file);
+  const fs::path adapters = dedpo::sd::DiffusionBackbone::lora_weights_path(file);
+  const dedpo::safetensors::File saved(adapters);
+  for (const std::string& key : saved.keys()) {
+    EXPECT_THAT(key, testing::AnyOf(testing::StartsWith("lora_unet_input_blocks_"), testing::StartsWith("lora_unet_middle_block_1_"),
+                                    testing::StartsWith("lora_unet_output_blocks_")));
+  }
+  auto loaded = make("lora_rank = 2\nlora_alpha = 1.0\nlora_init = \"" + adapters.string() + "\"");
+  dedpo::test::expect_same_adapters(*loaded, *trained);
 }
 
 // The replay of a checkpointed block re-activates the adapters: they get the gradients they get

@@ -114,6 +114,9 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
       lora_rank_(options.integer("lora_rank")),
       lora_alpha_(0),
       lora_targets_(split_list(options.string("lora_targets"))),
+      lora_format_(read_choice<LoraFormat>(options, "lora_format",
+                                           {{"diffusers", LoraFormat::diffusers}, {"kohya", LoraFormat::kohya}})),
+      lora_init_(options.string("lora_init")),
       gradient_checkpointing_(options.boolean("gradient_checkpointing")),
       weights_check_(options.boolean("check_weights") ? safetensors::FiniteCheck::check : safetensors::FiniteCheck::skip),
       reference_on_cpu_(false),
@@ -130,6 +133,7 @@ DiffusionBackbone::DiffusionBackbone(std::string name, const Options& options)
     if (!(lora_alpha_ > 0)) options.fail("lora_alpha", "expected a number > 0");
   }
   if (lora_rank_ > 0 && lora_targets_.empty()) options.fail("lora_targets", "expected at least one layer name");
+  if (!lora_init_.empty() && lora_rank_ == 0) options.fail("lora_init", "a LoRA file needs lora_rank > 0 (LoRA training)");
   // "model" = the run's device, "cpu" = host memory: true when on the host.
   auto on_host = [&](const char* key) { return read_choice<bool>(options, key, {{"model", false}, {"cpu", true}}); };
   reference_on_cpu_ = on_host("reference_device");
@@ -343,6 +347,10 @@ void DiffusionBackbone::setup_lora(std::uint64_t seed) {
   for (const std::string& t : lora_targets_) {
     if (!used.count(t)) fail("lora_targets: no Linear layer of the UNet is named '" + t + "'");
   }
+  if (!lora_init_.empty()) {
+    with_context(name_ + ": option 'lora_init'",
+                 [&] { load_lora_file(lora_init_, lora_, lora_rank_, lora_alpha_, unet_->config()); });
+  }
 }
 
 torch::nn::Module& DiffusionBackbone::model() {
@@ -515,16 +523,7 @@ void DiffusionBackbone::save_weights(const fs::path& file) const {
   safetensors::save(file, tensors, {{"format", "pt"}});
   write_file_atomic(file.parent_path() / "config.json", unet_config_text_);
   if (!lora_.empty()) {
-    std::vector<std::pair<std::string, at::Tensor>> lora;
-    for (const LoraLayer& l : lora_) {
-      lora.emplace_back("unet." + l.path + ".lora.down.weight", l.down);
-      lora.emplace_back("unet." + l.path + ".lora.up.weight", l.up * scale);
-    }
-    safetensors::save(lora_weights_path(file), lora,
-                      {{"format", "pt"},
-                       {"lora_rank", std::to_string(lora_rank_)},
-                       {"lora_alpha", std::to_string(lora_alpha_)},
-                       {"note", "alpha/rank folded into lora.up"}});
+    save_lora_file(lora_weights_path(file), lora_, lora_rank_, lora_alpha_, lora_format_, kohya_naming(), unet_->config());
   }
 }
 

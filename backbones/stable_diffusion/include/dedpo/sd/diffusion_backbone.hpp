@@ -24,6 +24,7 @@
 #include "dedpo/backbone.hpp"
 #include "dedpo/safetensors.hpp"
 #include "dedpo/sd/lora.hpp"
+#include "dedpo/sd/lora_file.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
 #include "dedpo/sd/vae.hpp"
@@ -48,6 +49,12 @@
    "LoRA alpha (scale = alpha / rank); \"rank\" = scale 1."},                                                    \
   {"lora_targets", ::dedpo::OptionType::string, "\"to_q,to_k,to_v,to_out.0\"",                                   \
    "Comma-separated UNet Linear layers (by name suffix) that get LoRA adapters."},                               \
+  {"lora_format", ::dedpo::OptionType::string, "\"diffusers\"",                                                  \
+   "Key format of the adapters file saved beside the weights (<stem>_lora.safetensors): \"diffusers\" "         \
+   "(pipeline.load_lora_weights) or \"kohya\" (lora_unet_..., ComfyUI and A1111); docs/interop.md."},           \
+  {"lora_init", ::dedpo::OptionType::string, "\"\"",                                                             \
+   "A LoRA file (diffusers or kohya keys, told apart by its keys) the adapters start from; its rank and alpha "  \
+   "must equal lora_rank / lora_alpha and its layers lora_targets'. \"\" = the usual start (B = 0)."},           \
   {"check_weights", ::dedpo::OptionType::boolean, "true",                                                        \
    "Refuse weights holding NaN or infinity when loading them (one pass over every tensor; false skips "          \
    "the check for faster loading)."},                                                                            \
@@ -71,14 +78,6 @@
   {"resolution", ::dedpo::OptionType::integer, DEFAULT_RESOLUTION, "Image side in pixels (encode_images, sample)."}
 
 namespace dedpo::sd {
-
-// One LoRA-adapted Linear of the UNet.
-struct LoraLayer {
-  std::string path;           // diffusers module path, e.g. "...attn1.to_q" or "...attn1.to_out.0"
-  at::Tensor base;            // its frozen weight W0 [out, in]
-  at::Tensor down;            // lora_A.weight [r, in]
-  at::Tensor up;              // lora_B.weight [out, r]
-};
 
 // What the UNet takes besides the noisy latents and the timesteps.
 struct UNetConditioning {
@@ -114,8 +113,8 @@ class DiffusionBackbone : public Backbone {
   std::string encoder_fingerprint() const override;
 
   // Not part of the Backbone interface.
-  // The adapters file written beside `weights_file`: <stem>_lora.safetensors, keys in diffusers'
-  // format ("unet.<module>.lora.down.weight" / ".lora.up.weight", the scale folded into `up`).
+  // The adapters file written beside `weights_file`: <stem>_lora.safetensors, keys in the format
+  // of option lora_format (lora_file.hpp).
   static std::filesystem::path lora_weights_path(const std::filesystem::path& weights_file);
 
   // For tests and tools.
@@ -148,6 +147,8 @@ class DiffusionBackbone : public Backbone {
   virtual std::vector<torch::nn::Module*> text_modules() = 0;
   // Options of the plugin that change encode_prompts(), as "key=value\n" lines (fingerprint).
   virtual std::string text_options_fingerprint() const = 0;
+  // The module paths of the kohya LoRA format for this model family (lora_file.hpp).
+  virtual KohyaNaming kohya_naming() const { return KohyaNaming::diffusers; }
 
   // safetensors::load_into (with the option check_weights), every failure one line naming the
   // component and file ("<name>: loading the <what> from <file>: ...").
@@ -180,6 +181,8 @@ class DiffusionBackbone : public Backbone {
   int64_t lora_rank_;
   double lora_alpha_;
   std::vector<std::string> lora_targets_;
+  LoraFormat lora_format_;
+  std::filesystem::path lora_init_;  // empty: adapters start with B = 0
   bool gradient_checkpointing_;
   safetensors::FiniteCheck weights_check_;
   bool reference_on_cpu_;
