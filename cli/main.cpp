@@ -39,14 +39,17 @@ commands:
   env                          the LibTorch build and libraries this program loaded, devices, CPU
   plugins                      list the loaded plugins, grouped by kind
   plugins show NAME            a plugin's options (types, defaults, help); also the core
-                               tables run|train|eval|init|log|report
+                               tables run|train|eval|init|log|report|launcher
   validate EXP.toml [--set K=V]...
                                load and check an experiment, run nothing
   run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress]
                                run an experiment in a new run folder
   run --resume RUN_DIR         continue an interrupted run from its last checkpoint
-  grid EXP.toml [--jobs N] [--set K=V]...
-                               run every case of the experiment's [grid]
+  grid EXP.toml [--jobs N] [--set K=V]... [--launcher local|slurm [--wait]]
+                               run every case of the experiment's [grid]: as child processes
+                               (local, N at once), or as one Slurm job array (slurm, N tasks at
+                               once, resources from [launcher]; --wait: until they have ended)
+  grid --status GRID_DIR       each run's state, from its folder and from Slurm
   report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
   plot RUN_DIR                 draw a run's training curves (loss, implicit accuracy, λ,
                                gradient norm, learning rate) from its metrics.jsonl as PNG and
@@ -131,7 +134,8 @@ int command_plugins(const std::vector<std::string>& args, dedpo::PluginRegistry&
                                    {"eval", dedpo::eval_options_schema()},
                                    {"init", dedpo::init_options_schema()},
                                    {"log", dedpo::log_options_schema()},
-                                   {"report", dedpo::report_options_schema()}};
+                                   {"report", dedpo::report_options_schema()},
+                                   {"launcher", dedpo::launcher_options_schema()}};
   bool shown = false;
   for (const CoreTable& table : core_tables) {
     if (name != table.name) continue;
@@ -213,17 +217,38 @@ int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& reg
 
 int command_grid(const std::vector<std::string>& args, dedpo::PluginRegistry& registry) {
   po::options_description options("grid");
-  options.add_options()("file", po::value<std::string>()->required(), "experiment file")(
-      "jobs,j", po::value<int>()->default_value(1), "runs at once")(
+  options.add_options()("file", po::value<std::string>(), "experiment file")(
+      "jobs,j", po::value<int>(), "runs at once")(
+      "launcher", po::value<std::string>()->default_value("local"), "local or slurm")(
+      "wait", "slurm: wait until the runs have ended, then write the report")(
+      "status", po::value<std::string>(), "show the runs of this grid folder")(
       "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE");
   po::positional_options_description positional;
   positional.add("file", 1);
   po::variables_map values = parse(args, options, positional);
+  if (values.count("status")) {
+    if (values.count("file")) throw UsageError("grid --status GRID_DIR takes no experiment file");
+    std::cout << dedpo::grid_status(values["status"].as<std::string>());
+    return 0;
+  }
+  if (!values.count("file")) throw UsageError("expected: dedpo grid EXP.toml");
   auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
                                                        : std::vector<std::string>{});
   dedpo::GridControl control;
-  control.jobs = values["jobs"].as<int>();
-  if (control.jobs < 1) throw UsageError("--jobs expects a positive number");
+  const std::string launcher = values["launcher"].as<std::string>();
+  if (launcher == "slurm") {
+    control.launcher = dedpo::GridLauncherKind::slurm;
+  } else if (launcher != "local") {
+    throw UsageError("--launcher expects local or slurm, got '" + launcher + "'");
+  }
+  if (values.count("jobs")) {
+    control.jobs = values["jobs"].as<int>();
+    if (control.jobs < 1) throw UsageError("--jobs expects a positive number");
+  }
+  control.wait = values.count("wait") > 0;
+  if (control.wait && control.launcher == dedpo::GridLauncherKind::local) {
+    throw UsageError("--wait is for --launcher slurm (the local launcher always waits)");
+  }
   control.program = fs::read_symlink("/proc/self/exe");
   int failures = dedpo::run_grid(values["file"].as<std::string>(), overrides, control, registry);
   return failures == 0 ? 0 : 1;

@@ -25,7 +25,7 @@ constexpr SlotSpec kSlots[] = {{"backbone", PluginKind::backbone},
                                {"loss", PluginKind::loss}};
 constexpr const char* kMetricsTable = "metrics";
 constexpr const char* kTopLevelKeys[] = {"base",     "vars",    "run",  "train",    "eval",
-                                         "init",     "log",     "report",  "plugins", "grid", "backbone",
+                                         "init",     "log",     "report",  "launcher", "plugins", "grid", "backbone",
                                          "data",     "annotator", "loss", "metrics"};
 
 toml::table parse_text(std::string_view text, const std::string& origin) {
@@ -386,10 +386,10 @@ void reject_unknown_top_level_keys(const toml::table& root, const std::string& o
 // The core tables as validated, before they become typed settings (the resolved config writes
 // them back).
 struct CoreTables {
-  Options run, train, eval, init, log, report;
+  Options run, train, eval, init, log, report, launcher;
 };
 
-// Validates [run], [train], [eval], [init], [log] and [report]. Paths are resolved against the
+// Validates [run], [train], [eval], [init], [log], [report] and [launcher]. Paths are resolved against the
 // experiment's folder once, here, so the resolved config means the same from any working
 // directory.
 CoreTables read_core_tables(const toml::table& root, const std::string& origin,
@@ -399,7 +399,8 @@ CoreTables read_core_tables(const toml::table& root, const std::string& origin,
                     core_table(root, "eval", eval_options_schema(), origin),
                     core_table(root, "init", init_options_schema(), origin),
                     core_table(root, "log", log_options_schema(), origin),
-                    core_table(root, "report", report_options_schema(), origin)};
+                    core_table(root, "report", report_options_schema(), origin),
+                    core_table(root, "launcher", launcher_options_schema(), origin)};
   tables.run.set("output", absolute_from(base_dir, tables.run.string("output")).string());
   for (const char* key : {"experiment", "weights"}) {
     const std::string& value = tables.init.string(key);
@@ -522,6 +523,7 @@ Experiment resolve(toml::table root, std::string origin, const fs::path& base_di
   experiment.init = read_init_settings(tables.init);
   experiment.log = read_log_settings(tables.log);
   experiment.report = read_report_settings(tables.report);
+  experiment.launcher = read_launcher_settings(tables.launcher);
   experiment.plugin_paths = load_plugin_paths(root, origin, base_dir, registry);
   resolve_plugin_slots(root, origin, effects, registry, experiment);
   if (const toml::table* grid = optional_table(root, "grid", origin)) {

@@ -152,3 +152,48 @@ TEST_F(SettingsTest, DeviceIsResolvedWhenTheExperimentLoads) {
     EXPECT_THAT(error_with("run.device", "\"cuda\""), HasSubstr("no CUDA device"));
   }
 }
+
+TEST_F(SettingsTest, LauncherTableIsTypedAndKeptOutOfTheRunsConfig) {
+  write_file(dir / "slurm.toml", std::string(kMinimal) + R"([launcher]
+partition = "gpu"
+time = "04:00:00"
+gpus_per_task = 8
+cpus_per_task = 64
+memory = "480G"
+sbatch = """
+--account=lab
+
+  --exclusive
+"""
+setup = "module load cuda/13.0"
+)");
+  const dedpo::Experiment experiment = load("slurm.toml");
+  const dedpo::LauncherSettings& launcher = experiment.launcher;
+  EXPECT_EQ(launcher.partition, "gpu");
+  EXPECT_EQ(launcher.time, "04:00:00");
+  EXPECT_EQ(launcher.gpus_per_task, 8);
+  EXPECT_EQ(launcher.cpus_per_task, 64);
+  EXPECT_EQ(launcher.memory, "480G");
+  EXPECT_EQ(launcher.sbatch_options, (std::vector<std::string>{"--account=lab", "--exclusive"}));
+  EXPECT_EQ(launcher.setup, "module load cuda/13.0");
+  // Where a grid runs is no input of its runs: changing it makes no run stale.
+  EXPECT_EQ(experiment.resolved_toml, load("exp.toml").resolved_toml);
+}
+
+TEST_F(SettingsTest, BadLauncherValuesAreNamedWithWhatWasExpected) {
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"gpus_per_task", "-1", "expected a non-negative integer, got -1"},
+      {"cpus_per_task", "-4", "expected a non-negative integer, got -4"},
+      {"time", "\"1:00\\n2:00\"", "expected one line, got a line break"},
+      {"sbatch", "\"--qos=high\\nexclusive\"",
+       "expected one sbatch option per line (\"--account=lab\"), got 'exclusive'"},
+  };
+  for (const auto& [key, value, message] : cases) {
+    EXPECT_EQ(error_with("launcher." + key, value),
+              path("exp.toml") + " [launcher] (--set launcher." + key + "=" + value + "): option '" +
+                  key + "': " + message);
+  }
+  const std::string wrong_type = error_with("launcher.gpus_per_task", "\"8\"");
+  EXPECT_THAT(wrong_type, testing::HasSubstr("[launcher]")) << wrong_type;
+  EXPECT_THAT(wrong_type, testing::HasSubstr("option 'gpus_per_task' expects an integer")) << wrong_type;
+}

@@ -1,7 +1,9 @@
 // Test-only plugins for the trainer tests. Small and fast; every random draw comes from the
 // generators the core passes in (or a seeded one of their own).
 #include <cmath>
+#include <chrono>
 #include <numbers>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -200,6 +202,8 @@ const OptionSpec kLossOptions[] = {
     {"odd_call_figure", OptionType::boolean, "false",
      "Odd-numbered compute() calls report a figure `odd_call` = their number, even ones none (a "
      "figure some micro-batches lack)."},
+    {"sleep_ms", OptionType::integer, "0",
+     "Each compute() first sleeps this long (a run slow enough for a test to stop it mid-way)."},
 };
 
 // DPO-like loss with a running state (calls, mean logit) so checkpoints must carry it.
@@ -208,13 +212,14 @@ class TestDpoLoss final : public Loss {
   explicit TestDpoLoss(const Options& o)
       : beta_(o.real("beta")), all_(o.string("pool") == "all"),
         use_annotator_(o.boolean("use_annotator")), nan_every_(o.integer("nan_every")),
-        odd_call_figure_(o.boolean("odd_call_figure")) {
+        odd_call_figure_(o.boolean("odd_call_figure")), sleep_(o.integer("sleep_ms")) {
     if (o.string("pool") != "labelled" && !all_) o.fail("pool", "expected labelled or all");
   }
   PairPool pool() const override { return all_ ? PairPool::all : PairPool::labelled; }
   bool needs_annotator() const override { return use_annotator_; }
 
   LossResult compute(const PairTerms& t) override {
+    std::this_thread::sleep_for(sleep_);
     ++calls_;
     at::Tensor logit = -beta_ * ((t.model_err_a - t.ref_err_a) - (t.model_err_b - t.ref_err_b));
     at::Tensor target = t.human_label;
@@ -241,6 +246,7 @@ class TestDpoLoss final : public Loss {
   bool all_, use_annotator_;
   std::int64_t nan_every_;
   bool odd_call_figure_;
+  std::chrono::milliseconds sleep_;
   std::int64_t calls_ = 0;
   double running_ = 0.0;
 };

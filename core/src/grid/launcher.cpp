@@ -1,18 +1,10 @@
-// Grids of runs: the [grid] table expanded into runs, each run a child process of the dedpo
-// program (a few at a time), then the report (grid/report.cpp).
-#include <fcntl.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+// Grids of runs: the [grid] table expanded into runs, the runs planned (skipped, resumed or
+// started) and handed to a launcher (grid/launchers.hpp), then the report (grid/report.cpp).
 #include <algorithm>
-#include <chrono>
-#include <csignal>
-#include <cstring>
 #include <deque>
-#include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -24,10 +16,8 @@
 #include "dedpo/host/runner.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "grid/grid_index.hpp"
+#include "grid/launchers.hpp"
 #include "run/inputs.hpp"
-#include "run/run_folder.hpp"
-
-extern char** environ;
 
 namespace dedpo {
 namespace fs = std::filesystem;
@@ -253,70 +243,21 @@ std::vector<GridRun> expand_grid(const std::string& grid_toml) {
   return runs;
 }
 
-std::string last_lines(const fs::path& file, std::size_t count) {
-  std::error_code error;
-  if (!fs::exists(file, error)) return {};
-  std::ifstream in(file);
-  std::deque<std::string> lines;
-  std::string line;
-  while (std::getline(in, line)) {
-    lines.push_back(line);
-    if (lines.size() > count) lines.pop_front();
-  }
-  std::string out;
-  for (const auto& l : lines) out += "    " + l + "\n";
-  return out;
-}
-
-// Starts the dedpo program with `args`, its stdout and stderr appended to `output`. The child
-// dies with the grid (PR_SET_PDEATHSIG), so no run goes on writing after its grid is gone.
-pid_t spawn(const std::vector<std::string>& args, const fs::path& output) {
-  std::vector<char*> argv;
-  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
-  argv.push_back(nullptr);
-  const std::string exec_failed = "dedpo grid: cannot start " + args[0] + "\n";
-  const pid_t grid = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) throw Error("cannot start " + args[0] + ": " + std::strerror(errno));
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    // The grid may have died before the prctl: then the child is an orphan already.
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != grid) ::_exit(127);
-    const int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(fd, 2) < 0) ::_exit(127);
-    ::close(fd);
-    ::execve(argv[0], argv.data(), environ);
-    [[maybe_unused]] auto written = ::write(2, exec_failed.data(), exec_failed.size());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-struct Job {
-  const GridRun* run;
-  fs::path dir;
-  std::vector<std::string> args;  // the dedpo program's command line
-};
-
 // The runs still to do, as commands: finished runs are skipped, interrupted ones resumed, and
 // stale ones (made from other inputs) counted and never reused.
 struct JobPlan {
-  std::deque<Job> queue;
+  std::deque<GridJob> queue;
   std::size_t finished = 0;
   int stale = 0;
 };
 
-// A run folder's state against the inputs key its run would have now.
-bool is_stale(const fs::path& dir, const std::string& key, const std::string& resolved_toml) {
-  std::error_code error;
-  if (!fs::exists(dir / kConfigFile, error)) return false;  // no run started there yet
-  if (read_run_inputs_key(dir) == key) return false;
+void report_stale(const fs::path& dir, const std::string& resolved_toml) {
   const bool config_changed = read_file(dir / kConfigFile) != resolved_toml;
   std::cerr << fmt::format(
       "stale run {}: {}; remove the folder (or change run.name) to run it again\n", dir.string(),
       config_changed ? "its config.toml differs from what the experiment now resolves to"
                      : "what it was trained from changed since it ran (the [init] experiment or "
                        "weights, or a plugin's version)");
-  return true;
 }
 
 JobPlan plan_jobs(const fs::path& experiment_file, const fs::path& grid_dir,
@@ -326,19 +267,18 @@ JobPlan plan_jobs(const fs::path& experiment_file, const fs::path& grid_dir,
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const GridRun& run = runs[i];
     fs::path dir = grid_dir / run.name;
-    std::error_code error;
-    if (is_stale(dir, run.labels.inputs, experiments[i].resolved_toml)) {
+    const RunState state = run_state(dir, run.labels.inputs);
+    if (state == RunState::stale) {
+      report_stale(dir, experiments[i].resolved_toml);
       ++plan.stale;
       continue;
     }
-    if (fs::exists(dir / kResultsFile, error)) {
+    if (state == RunState::finished) {
       ++plan.finished;
       continue;
     }
-    Job job{&run, dir, {control.program.string(), "run"}};
-    bool resume = fs::exists(dir / kConfigFile, error) &&
-                  fs::exists(dir / kCheckpointDir / "latest", error);
-    if (resume) {
+    GridJob job{run.name, dir, {control.program.string(), "run"}};
+    if (state == RunState::interrupted) {
       job.args.insert(job.args.end(), {"--resume", dir.string()});
     } else {
       job.args.push_back(experiment_file.string());
@@ -352,103 +292,37 @@ JobPlan plan_jobs(const fs::path& experiment_file, const fs::path& grid_dir,
   return plan;
 }
 
-volatile std::sig_atomic_t stop_signal = 0;
-
-extern "C" void note_stop_signal(int signal) { stop_signal = signal; }
-
-// SIGINT and SIGTERM handlers for as long as the grid runs its jobs: a signal stops the launch
-// of further runs and is forwarded to the running ones, which the grid then waits for.
-class StopSignals {
- public:
-  StopSignals() {
-    stop_signal = 0;
-    struct sigaction action {};
-    action.sa_handler = note_stop_signal;
-    sigemptyset(&action.sa_mask);
-    ::sigaction(SIGINT, &action, &previous_int_);
-    ::sigaction(SIGTERM, &action, &previous_term_);
+std::unique_ptr<GridLauncher> make_launcher(const fs::path& grid_dir, const Experiment& experiment,
+                                            const GridControl& control) {
+  switch (control.launcher) {
+    case GridLauncherKind::local: return make_local_launcher(control);
+    case GridLauncherKind::slurm: return make_slurm_launcher(grid_dir, experiment.launcher, control);
   }
-  ~StopSignals() {
-    ::sigaction(SIGINT, &previous_int_, nullptr);
-    ::sigaction(SIGTERM, &previous_term_, nullptr);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-
- private:
-  struct sigaction previous_int_ {}, previous_term_ {};
-};
-
-struct JobsOutcome {
-  int failures = 0;
-  int stopped_by = 0;        // the signal that stopped the grid; 0 when none did
-  std::size_t not_started = 0;
-};
-
-// Runs the queue, control.jobs child processes at a time.
-JobsOutcome run_jobs(std::deque<Job> queue, const GridControl& control) {
-  const StopSignals signals;
-  std::map<pid_t, std::pair<Job, std::chrono::steady_clock::time_point>> running;
-  JobsOutcome outcome;
-  std::size_t done = 0, total = queue.size();
-  while (!queue.empty() || !running.empty()) {
-    if (stop_signal != 0 && outcome.stopped_by == 0) {
-      outcome.stopped_by = stop_signal;
-      outcome.not_started = queue.size();
-      queue.clear();
-      std::cerr << fmt::format("grid: signal {} ({}): stopping {} running runs\n",
-                               static_cast<int>(outcome.stopped_by),
-                               strsignal(outcome.stopped_by), running.size());
-      for (const auto& entry : running) ::kill(entry.first, outcome.stopped_by);
-    }
-    while (!queue.empty() && static_cast<int>(running.size()) < std::max(1, control.jobs)) {
-      Job job = std::move(queue.front());
-      queue.pop_front();
-      try {
-        claim_run_dir(job.dir);
-        pid_t pid = spawn(job.args, job.dir / "stdout.txt");
-        running.emplace(pid, std::make_pair(std::move(job), std::chrono::steady_clock::now()));
-      } catch (const Error& error) {
-        ++outcome.failures;
-        ++done;
-        std::cerr << fmt::format("[{}/{}] FAILED {}: {}\n", done, total, job.run->name, error.what());
-      }
-    }
-    if (running.empty()) continue;
-    int status = 0;
-    // Polled, so that a signal arriving at any moment is forwarded within a tenth of a second.
-    pid_t pid = ::waitpid(-1, &status, WNOHANG);
-    if (pid == 0 || (pid < 0 && errno == EINTR)) {
-      const timespec pause{0, 100'000'000};
-      ::nanosleep(&pause, nullptr);
-      continue;
-    }
-    if (pid < 0) throw Error(std::string("waitpid: ") + std::strerror(errno));
-    auto it = running.find(pid);
-    if (it == running.end()) continue;
-    auto [job, started] = std::move(it->second);
-    running.erase(it);
-    ++done;
-    int code = WIFEXITED(status) ? WEXITSTATUS(status)
-                                 : (WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    std::error_code error;
-    if (code == 0 && fs::exists(job.dir / kResultsFile, error)) {
-      std::cerr << fmt::format("[{}/{}] done {} ({:.1f} s)\n", done, total, job.run->name, seconds);
-    } else if (outcome.stopped_by != 0) {
-      ++outcome.failures;
-      std::cerr << fmt::format("[{}/{}] stopped {} (exit code {})\n", done, total, job.run->name, code);
-    } else {
-      ++outcome.failures;
-      std::cerr << fmt::format("[{}/{}] FAILED {} (exit code {}); last lines of {}:\n{}", done,
-                               total, job.run->name, code, (job.dir / "stdout.txt").string(),
-                               last_lines(job.dir / "stdout.txt", 10));
-    }
-  }
-  return outcome;
+  throw Error("run_grid: unknown launcher");
 }
 
 }  // namespace
+
+RunState run_state(const fs::path& dir, const std::string& inputs_key) {
+  std::error_code error;
+  const bool configured = fs::exists(dir / kConfigFile, error);  // the run has started there
+  if (configured && read_run_inputs_key(dir) != inputs_key) return RunState::stale;
+  if (fs::exists(dir / kResultsFile, error)) return RunState::finished;
+  if (!configured) return RunState::not_started;
+  if (fs::exists(dir / kCheckpointDir / "latest", error)) return RunState::interrupted;
+  return RunState::started;
+}
+
+const char* to_string(RunState state) {
+  switch (state) {
+    case RunState::not_started: return "not started";
+    case RunState::started: return "started";
+    case RunState::interrupted: return "interrupted";
+    case RunState::finished: return "finished";
+    case RunState::stale: return "stale";
+  }
+  return "?";
+}
 
 int run_grid(const fs::path& file, std::span<const Override> overrides, const GridControl& control,
              PluginRegistry& registry) {
@@ -473,17 +347,23 @@ int run_grid(const fs::path& file, std::span<const Override> overrides, const Gr
   index.report = experiment.report;
   check_report_baseline(index, experiment_file.string());
   fs::path grid_dir = experiment.run.output / (experiment.run.name + "-grid");
+  const std::unique_ptr<GridLauncher> launcher = make_launcher(grid_dir, experiment, control);
   fs::create_directories(grid_dir);
   write_grid_index(grid_dir, index);
 
   JobPlan plan = plan_jobs(experiment_file, grid_dir, runs, experiments, overrides, control);
-  std::cerr << fmt::format("grid {}: {} runs, {} already finished, {} to run ({} at once)\n",
+  std::cerr << fmt::format("grid {}: {} runs, {} already finished, {} to run ({})\n",
                            grid_dir.string(), runs.size(), plan.finished, plan.queue.size(),
-                           std::max(1, control.jobs));
-  const JobsOutcome outcome = run_jobs(std::move(plan.queue), control);
+                           launcher->describe());
+  const LaunchOutcome outcome = launcher->launch(std::move(plan.queue));
   const int failures = plan.stale + outcome.failures;
-  std::string summary = write_report(grid_dir);
-  std::cout << summary;
+  if (outcome.ended) {
+    std::cout << write_report(grid_dir);
+  } else {
+    std::cout << fmt::format("`dedpo grid --status {0}` shows the runs; `dedpo report {0}` "
+                             "writes the report once they have ended\n",
+                             grid_dir.string());
+  }
   if (outcome.stopped_by != 0) {
     std::cout << fmt::format("\nstopped by signal {}: {} runs not started; `dedpo grid` again "
                              "resumes the stopped runs from their checkpoints\n",

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <sstream>
 #include <utility>
 
 #include <fmt/format.h>
@@ -103,6 +104,25 @@ const OptionSpec kReportOptions[] = {
     {"primary", T::string, "\"\"",
      "The metric (a figure's name, e.g. \"reward\") shown first in summary.md and used for the "
      "paired comparisons; \"\" = the first figure the runs report."},
+};
+
+const OptionSpec kLauncherOptions[] = {
+    {"partition", T::string, "\"\"",
+     "Slurm partition of the grid's tasks (sbatch --partition); \"\" = the cluster's default."},
+    {"time", T::string, "\"\"",
+     "Time limit of each run (sbatch --time, e.g. \"04:00:00\" or \"1-00:00:00\"); \"\" = the "
+     "partition's default."},
+    {"gpus_per_task", T::integer, "0",
+     "GPUs of each run (sbatch --gpus-per-task); more than 1 starts the run as a job step (srun "
+     "dedpo run) so that it sees them all."},
+    {"cpus_per_task", T::integer, "0", "CPUs of each run (sbatch --cpus-per-task); 0 = the cluster's default."},
+    {"memory", T::string, "\"\"",
+     "Memory of each run (sbatch --mem, e.g. \"64G\"); \"\" = the cluster's default."},
+    {"sbatch", T::string, "\"\"",
+     "More #SBATCH lines, one sbatch option per line (e.g. \"--account=lab\\n--qos=high\")."},
+    {"setup", T::string, "\"\"",
+     "Shell commands each task runs before its run (e.g. \"module load cuda/13.0\"); a failing "
+     "command fails the task."},
 };
 
 std::int64_t positive(const Options& options, std::string_view name) {
@@ -289,6 +309,36 @@ ReportSettings read_report_settings(const Options& report) {
   return {report.string("baseline"), report.string("primary")};
 }
 
+LauncherSettings read_launcher_settings(const Options& launcher) {
+  LauncherSettings s;
+  // One line each: they are written into #SBATCH lines of the batch script.
+  for (const char* key : {"partition", "time", "memory"}) {
+    const std::string& value = launcher.string(key);
+    if (value.find_first_of("\n\r") != std::string::npos) {
+      launcher.fail(key, "expected one line, got a line break");
+    }
+  }
+  s.partition = launcher.string("partition");
+  s.time = launcher.string("time");
+  s.memory = launcher.string("memory");
+  s.gpus_per_task = non_negative(launcher, "gpus_per_task");
+  s.cpus_per_task = non_negative(launcher, "cpus_per_task");
+  std::istringstream lines(launcher.string("sbatch"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto first = line.find_first_not_of(" \t");
+    if (first == std::string::npos) continue;
+    line = line.substr(first, line.find_last_not_of(" \t\r") + 1 - first);
+    if (!line.starts_with('-')) {
+      launcher.fail("sbatch", "expected one sbatch option per line (\"--account=lab\"), got '" +
+                                  line + "'");
+    }
+    s.sbatch_options.push_back(line);
+  }
+  s.setup = launcher.string("setup");
+  return s;
+}
+
 void check_batches_suit_loss(const TrainSettings& train, const Loss& loss,
                              std::string_view loss_name) {
   if (train.batches != BatchComposition::two_stream || loss.takes_two_stream_batches()) return;
@@ -315,5 +365,6 @@ std::span<const OptionSpec> eval_options_schema() { return kEvalOptions; }
 std::span<const OptionSpec> init_options_schema() { return kInitOptions; }
 std::span<const OptionSpec> log_options_schema() { return kLogOptions; }
 std::span<const OptionSpec> report_options_schema() { return kReportOptions; }
+std::span<const OptionSpec> launcher_options_schema() { return kLauncherOptions; }
 
 }  // namespace dedpo

@@ -1,6 +1,6 @@
 #pragma once
 // An experiment is a TOML file: core tables ([run], [train], [eval], [init], [log], [report],
-// [plugins]) validated into typed settings (dedpo/host/settings.hpp), and one table per plugin slot
+// [launcher], [plugins]) validated into typed settings (dedpo/host/settings.hpp), and one table per plugin slot
 // naming `plugin = "..."` plus that plugin's options. `base = "other.toml"` inherits (deep merge, relative to the file);
 // overrides `a.b=value` apply last.
 #include <filesystem>
@@ -36,6 +36,7 @@ struct Experiment {
   InitSettings init;            // [init]: where the backbone's initial weights come from
   LogSettings log;              // [log]
   ReportSettings report;        // [report]: a grid's report; not in resolved_toml (no run depends on it)
+  LauncherSettings launcher;    // [launcher]: a grid's Slurm resources; not in resolved_toml either
   std::optional<PluginSlot> backbone, data, annotator, loss;
   std::vector<PluginSlot> metrics;  // [[metrics]]
   std::vector<std::filesystem::path> plugin_paths;  // [plugins] paths, absolute

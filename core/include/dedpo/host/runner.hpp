@@ -52,15 +52,30 @@ Experiment load_run_experiment(const std::filesystem::path& run_dir,
 Figures evaluate_run(const std::filesystem::path& run_dir, std::span<const Override> overrides,
                      PluginRegistry& registry);
 
-struct GridControl {
-  int jobs = 1;
-  std::filesystem::path program;  // the dedpo executable that runs each case (a child process)
+enum class GridLauncherKind {
+  local,  // child processes of this program
+  slurm,  // one Slurm job array ([launcher] settings; docs/distributed.md)
 };
-// Expands the experiment's [grid], runs every case (skipping finished ones), writes the report.
+
+struct GridControl {
+  GridLauncherKind launcher = GridLauncherKind::local;
+  // Runs at once; 0 = the launcher's default (local: 1; Slurm: no limit but the cluster's).
+  int jobs = 0;
+  std::filesystem::path program;  // the dedpo executable that runs each case
+  // Slurm: wait until the submitted runs have ended, then write the report (local always waits).
+  bool wait = false;
+};
+// Expands the experiment's [grid], runs every case (skipping finished ones, resuming interrupted
+// ones) with the chosen launcher and writes the report once the runs have ended. Locally,
 // SIGINT/SIGTERM stop it: forwarded to the running runs, which it waits for. Returns the number
-// of runs that failed, are stale, were stopped or not started (0: every run is done).
+// of runs that failed, are stale, were stopped or not started (0: every run is done or, with
+// Slurm and no wait, submitted).
 int run_grid(const std::filesystem::path& file, std::span<const Override> overrides,
              const GridControl& control, PluginRegistry& registry);
+
+// A table of the grid's runs (in grid.json's order) and their state: from the run folders
+// (finished, interrupted, started, not started, stale) and, for runs submitted to Slurm, squeue.
+std::string grid_status(const std::filesystem::path& grid_dir);
 
 // (Re)writes results.csv, summary.md and the plots of a grid folder; returns the summary text.
 // Runs whose recorded inputs differ from those grid.json expects (stale) are left out and listed.

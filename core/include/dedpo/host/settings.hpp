@@ -1,5 +1,5 @@
 #pragma once
-// The core's own experiment tables ([run], [train], [eval], [init], [log], [report]) as typed
+// The core's own experiment tables ([run], [train], [eval], [init], [log], [report], [launcher]) as typed
 // settings. Each is read and checked once, when the experiment loads (core/src/run/settings.cpp owns every
 // rule), so the run never compares strings or checks a range again.
 #include <cstdint>
@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <c10/core/Device.h>
 
@@ -16,13 +17,14 @@ namespace dedpo {
 
 class Loss;
 
-// The tables' schemas (shown by `dedpo plugins show run|train|eval|init|log|report`).
+// The tables' schemas (shown by `dedpo plugins show run|train|eval|init|log|report|launcher`).
 std::span<const OptionSpec> run_options_schema();
 std::span<const OptionSpec> train_options_schema();
 std::span<const OptionSpec> eval_options_schema();
 std::span<const OptionSpec> init_options_schema();
 std::span<const OptionSpec> log_options_schema();
 std::span<const OptionSpec> report_options_schema();
+std::span<const OptionSpec> launcher_options_schema();
 
 // [run] device as written: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda"
 // (the first CUDA device) or "cuda:N".
@@ -111,6 +113,18 @@ struct ReportSettings {
   std::string primary;   // the metric shown first and compared; empty = the first the runs report
 };
 
+// [launcher]: the resources of each run of a grid submitted to Slurm (`dedpo grid --launcher
+// slurm`, docs/distributed.md). Not part of a run's configuration: changing it makes no run stale.
+struct LauncherSettings {
+  std::string partition;  // empty: the cluster's default
+  std::string time;       // Slurm's time format; empty: the partition's default
+  std::int64_t gpus_per_task = 0;
+  std::int64_t cpus_per_task = 0;  // 0: the cluster's default
+  std::string memory;              // empty: the cluster's default
+  std::vector<std::string> sbatch_options;  // more #SBATCH lines, each one option ("--qos=high")
+  std::string setup;                        // shell commands run before each run
+};
+
 // Each throws Options::fail's "<where>: option '<name>': <problem>" for a bad value.
 RunSettings read_run_settings(const Options& run, int cuda_devices);
 TrainSettings read_train_settings(const Options& train);
@@ -118,6 +132,7 @@ EvalSettings read_eval_settings(const Options& eval);
 InitSettings read_init_settings(const Options& init);
 LogSettings read_log_settings(const Options& log);
 ReportSettings read_report_settings(const Options& report);
+LauncherSettings read_launcher_settings(const Options& launcher);
 
 // Throws Error when [train] batches = "two_stream" and `loss` (named `loss_name`, or "the loss"
 // when empty) does not take two-stream batches (Loss::takes_two_stream_batches), saying why and
