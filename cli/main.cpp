@@ -47,7 +47,8 @@ commands:
   run --resume RUN_DIR         continue an interrupted run from its last checkpoint
   grid EXP.toml [--jobs N] [--set K=V]...
                                run every case of the experiment's [grid]
-  report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+  report GRID_DIR              rewrite results.csv, summary.md and plots of a grid, its
+                               sample sheets (samples_<set>.png) and each run's curves
   plot RUN_DIR                 draw a run's training curves (loss, implicit accuracy, λ,
                                gradient norm, learning rate) from its metrics.jsonl as PNG and
                                SVG into RUN_DIR/plots/
