@@ -50,7 +50,8 @@ commands:
                                (local, N at once), or as one Slurm job array (slurm, N tasks at
                                once, resources from [launcher]; --wait: until they have ended)
   grid --status GRID_DIR       each run's state, from its folder and from Slurm
-  report GRID_DIR              rewrite results.csv, summary.md and plots of a grid
+  report GRID_DIR              rewrite results.csv, summary.md and plots of a grid, its
+                               sample sheets (samples_<set>.png) and each run's curves
   plot RUN_DIR                 draw a run's training curves (loss, implicit accuracy, λ,
                                gradient norm, learning rate) from its metrics.jsonl as PNG and
                                SVG into RUN_DIR/plots/

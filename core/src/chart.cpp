@@ -653,4 +653,134 @@ std::vector<fs::path> write_chart(const DotIntervalChart& chart, const fs::path&
   return render(width, height, draw, stem);
 }
 
+// ---- image sheets ----------------------------------------------------------------------------
+
+namespace {
+
+// Small images are enlarged until their longer side reaches this many pixels.
+constexpr int kSheetMinImageSide = 128;
+constexpr double kSheetText = 12, kSheetLine = 16, kSheetGap = 10;
+
+// `text` cut to `width` with an ellipsis at the end.
+std::string fitted(Measure& measure, const std::string& text, double width) {
+  if (measure.width(text, kSheetText) <= width) return text;
+  std::string cut = text;
+  while (!cut.empty() && measure.width(cut + "…", kSheetText) > width) {
+    // One UTF-8 code point off: its continuation bytes, then its first byte.
+    while (!cut.empty() && (static_cast<unsigned char>(cut.back()) & 0xC0) == 0x80) cut.pop_back();
+    if (!cut.empty()) cut.pop_back();
+  }
+  return cut + "…";
+}
+
+}  // namespace
+
+std::vector<std::vector<SheetPlace>> write_image_sheet(const ImageSheet& sheet,
+                                                       const fs::path& file) {
+  const std::size_t rows = sheet.cells.size();
+  const std::size_t columns = sheet.column_labels.size();
+  if (rows == 0 || columns == 0) throw Error("image sheet '" + sheet.title + "': nothing to draw");
+  std::vector<std::vector<Surface>> images(rows);
+  int image_width = 0, image_height = 0;
+  std::size_t caption_lines = 0, label_lines = 0;
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (const SheetCell& cell : sheet.cells[r]) {
+      caption_lines = std::max(caption_lines, cell.caption.size());
+      if (cell.png.empty()) {
+        images[r].emplace_back();
+        continue;
+      }
+      Surface image(cairo_image_surface_create_from_png(cell.png.c_str()));
+      if (cairo_surface_status(image.get()) != CAIRO_STATUS_SUCCESS) {
+        throw Error(cell.png.string() + ": cannot read as PNG (" +
+                    cairo_status_to_string(cairo_surface_status(image.get())) + ")");
+      }
+      image_width = std::max(image_width, cairo_image_surface_get_width(image.get()));
+      image_height = std::max(image_height, cairo_image_surface_get_height(image.get()));
+      images[r].push_back(std::move(image));
+    }
+  }
+  for (const auto& lines : sheet.column_labels) label_lines = std::max(label_lines, lines.size());
+  const int longer = std::max(image_width, image_height);
+  const int scale = longer > 0 ? std::max(1, (kSheetMinImageSide + longer - 1) / longer) : 1;
+
+  Measure measure;
+  double row_label_width = 0, column_width = image_width * scale;
+  for (const std::string& label : sheet.row_labels) {
+    row_label_width = std::max(row_label_width, measure.width(label, kSheetText, true));
+  }
+  for (const auto& row : sheet.cells) {
+    for (const SheetCell& cell : row) {
+      for (const std::string& line : cell.caption) {
+        column_width = std::max(column_width, measure.width(line, kSheetText));
+      }
+    }
+  }
+  // Whole pixels, so that every image starts on a pixel and is copied exactly.
+  const int column_step = static_cast<int>(std::ceil(column_width + kSheetGap));
+  const int left = static_cast<int>(std::ceil(row_label_width + 2 * kSheetGap));
+  const int top = static_cast<int>(std::ceil(40 + kSheetLine * static_cast<double>(label_lines)));
+  const int row_step = static_cast<int>(
+      std::ceil(image_height * scale + kSheetLine * static_cast<double>(caption_lines) + 2 * kSheetGap));
+  const int width = left + column_step * static_cast<int>(columns) + static_cast<int>(kSheetGap);
+  const int height = top + row_step * static_cast<int>(rows);
+
+  std::vector<std::vector<SheetPlace>> places(rows);
+  Surface surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height));
+  check(cairo_surface_status(surface.get()), "sheet surface");
+  Context context(cairo_create(surface.get()));
+  cairo_t* cr = context.get();
+  set_colour(cr, kWhite);
+  cairo_paint(cr);
+  set_colour(cr, kBlack);
+  set_font(cr, kTitleSize, true);
+  draw_text(cr, sheet.title, kSheetGap, 18);
+  set_font(cr, kSheetText);
+  for (std::size_t c = 0; c < columns; ++c) {
+    const double x = left + column_step * static_cast<double>(c);
+    const auto& lines = sheet.column_labels[c];
+    for (std::size_t l = 0; l < lines.size(); ++l) {
+      draw_text(cr, fitted(measure, lines[l], column_step - kSheetGap), x,
+                40 + kSheetLine * (static_cast<double>(l) + 0.5) - 6);
+    }
+  }
+  for (std::size_t r = 0; r < rows; ++r) {
+    const int y = top + row_step * static_cast<int>(r);
+    set_colour(cr, kBlack);
+    set_font(cr, kSheetText, true);
+    if (r < sheet.row_labels.size()) {
+      draw_text(cr, sheet.row_labels[r], kSheetGap, y + image_height * scale / 2.0);
+    }
+    set_font(cr, kSheetText);
+    for (std::size_t c = 0; c < columns && c < sheet.cells[r].size(); ++c) {
+      const int x = left + column_step * static_cast<int>(c);
+      SheetPlace place{x, y, 0, 0, scale};
+      if (cairo_surface_t* image = images[r][c].get()) {
+        place.width = cairo_image_surface_get_width(image) * scale;
+        place.height = cairo_image_surface_get_height(image) * scale;
+        cairo_save(cr);
+        cairo_translate(cr, x, y);
+        cairo_scale(cr, scale, scale);
+        cairo_set_source_surface(cr, image, 0, 0);
+        cairo_pattern_set_filter(cairo_get_source(cr), CAIRO_FILTER_NEAREST);
+        cairo_rectangle(cr, 0, 0, cairo_image_surface_get_width(image),
+                        cairo_image_surface_get_height(image));
+        cairo_fill(cr);
+        cairo_restore(cr);
+      }
+      set_colour(cr, kMuted);
+      const auto& caption = sheet.cells[r][c].caption;
+      for (std::size_t l = 0; l < caption.size(); ++l) {
+        draw_text(cr, caption[l], x, y + image_height * scale + kSheetLine * (static_cast<double>(l) + 0.5) + 2);
+      }
+      places[r].push_back(place);
+    }
+  }
+  check(cairo_status(cr), "drawing the sheet");
+  std::string png;
+  check(cairo_surface_write_to_png_stream(surface.get(), append_bytes, &png), "PNG encoding");
+  write_file_atomic(file, png);
+  return places;
+}
+
 }  // namespace dedpo::chart

@@ -157,8 +157,9 @@ Figures ScorerMetric::evaluate(MetricContext& context) {
   const bool with_reference = options_.boolean("reference");
   Backbone& backbone = context.backbone;
 
+  const std::string prefix = prefix_of(kind_);
   // Mean score of one prompt set's samples; the same seed for model and reference, so their
-  // samples start from the same noise.
+  // samples start from the same noise. Each image and its score go to context.samples.
   auto mean_score = [&](const PromptSet& set, std::uint64_t seed, bool from_reference) {
     at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
     std::vector<std::string> rows;
@@ -168,12 +169,19 @@ Figures ScorerMetric::evaluate(MetricContext& context) {
       const std::vector<std::string> prompts(rows.begin() + static_cast<std::ptrdiff_t>(begin),
                                              rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), begin + batch)));
       const at::Tensor samples = backbone.sample(backbone.encode_prompts(prompts), generator, from_reference);
-      total += scorer->score(rows_of(backbone.decode_samples(samples)), prompts).sum().item<double>();
+      const std::vector<at::Tensor> images = rows_of(backbone.decode_samples(samples));
+      const at::Tensor scores = scorer->score(images, prompts).to(at::kCPU);
+      total += scores.sum().item<double>();
+      if (context.samples == nullptr) continue;
+      for (std::size_t i = 0; i < images.size(); ++i) {
+        const auto row = static_cast<std::int64_t>(begin + i);
+        const ScoredSample sample{set.name, prompts[i], row / per_prompt, row % per_prompt, from_reference, images[i]};
+        context.samples->add(sample, prefix, scores[static_cast<std::int64_t>(i)].item<double>());
+      }
     }
     return total / static_cast<double>(rows.size());
   };
 
-  const std::string prefix = prefix_of(kind_);
   const std::string main = kind_ == ScoreKind::hpsv2 ? "hpsv2_avg" : prefix;
   Figures figures;
   for (bool from_reference : {false, true}) {

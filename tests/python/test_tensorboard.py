@@ -1,9 +1,10 @@
-"""[log] tensorboard = true on the toy world, read back with TensorBoard's own reader
-(EventAccumulator): its scalars are metrics.jsonl's numbers, also after a run is killed and
-resumed (a second event file whose session start drops what the killed session logged after its
-checkpoint).
+"""[log] tensorboard = true, read back with TensorBoard's own reader (EventAccumulator): on the
+toy world its scalars are metrics.jsonl's numbers, also after a run is killed and resumed (a
+second event file whose session start drops what the killed session logged after its
+checkpoint); on a tiny SD1.5 run its images are the samples each evaluation saved.
 
-Environment (set by tests/python/CMakeLists.txt): DEDPO_EXECUTABLE."""
+Environment (set by tests/python/CMakeLists.txt): DEDPO_EXECUTABLE, DEDPO_MAKE_TINY_SD,
+DEDPO_MAKE_TINY_CLIP."""
 
 import json
 import os
@@ -15,9 +16,12 @@ import unittest
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 DEDPO = os.environ["DEDPO_EXECUTABLE"]
+MAKE_TINY_SD = os.environ["DEDPO_MAKE_TINY_SD"]
+MAKE_TINY_CLIP = os.environ["DEDPO_MAKE_TINY_CLIP"]
 
 
 def toy_experiment(folder, name, steps, checkpoint_every, eval_every=5,
@@ -45,6 +49,54 @@ every = {eval_every}
 [[metrics]]
 plugin = "toy_reward"
 {log}""")
+    return file
+
+
+def sd_experiment(folder):
+    """Two steps of DPO on a tiny SD1.5 model and 4 random image pairs, evaluated after each step
+    by the pickscore metric (a tiny random scorer) on 2 prompts, reference included."""
+    for tool, target in ((MAKE_TINY_SD, "sd"), (MAKE_TINY_CLIP, "clip")):
+        subprocess.run([tool, str(folder / target)], check=True, capture_output=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4):
+        for side in "ab":
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{side}{i}.png")
+        lines.append(json.dumps({"prompt": "a cat", "image_a": f"a{i}.png", "image_b": f"b{i}.png", "label": i % 2}))
+    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "photo.txt").write_text("a cat\nthe sea\n")
+    file = folder / "sd.toml"
+    file.write_text(f"""
+[run]
+name = "sd"
+output = "{folder / 'runs'}"
+threads = 1
+[backbone]
+plugin = "sd15"
+path = "{folder / 'sd'}"
+resolution = 16
+sample_steps = 2
+guidance_scale = 1.0
+[data]
+plugin = "pairs_manifest"
+manifest = "{folder / 'pairs.jsonl'}"
+[loss]
+plugin = "dpo"
+[train]
+steps = 2
+batch_size = 4
+labelled_fraction = 1.0
+lr = 0.01
+[eval]
+every = 1
+[[metrics]]
+plugin = "pickscore"
+path = "{folder / 'clip'}"
+prompts = "{folder / 'photo.txt'}"
+reference = true
+[log]
+tensorboard = true
+""")
     return file
 
 
@@ -120,6 +172,31 @@ class TensorBoard(unittest.TestCase):
         self.assertEqual(len(expected["loss"]), 60)
         observed = tensorboard_scalars(run_dir)
         self.assertEqual(observed, expected, f"killed after {killed_steps} logged steps")
+
+    def test_images_are_the_samples_each_evaluation_saved(self):
+        result = dedpo("run", sd_experiment(self.dir), "--no-progress")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        run_dir = self.dir / "runs" / "sd-1"
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        # Each evaluation (after step 1, and the final one at step 2): 2 prompts, model and reference.
+        evaluations = {1: "step-000001", 2: "final"}
+        tags = events.Tags()["images"]
+        self.assertEqual(len(tags), 4, tags)
+        for step, folder in evaluations.items():
+            saved = [json.loads(line)["file"]
+                     for line in (run_dir / "samples" / folder / "samples.jsonl").read_text().splitlines()]
+            self.assertEqual(sorted(f"samples/{file[:-4]}" for file in saved), sorted(tags))
+            for file in saved:
+                image = [event for event in events.Images(f"samples/{file[:-4]}") if event.step == step]
+                self.assertEqual(len(image), 1, (file, step))
+                self.assertEqual((image[0].width, image[0].height), (16, 16))
+                self.assertEqual(image[0].encoded_image_string,
+                                 (run_dir / "samples" / folder / file).read_bytes(), (file, step))
+        # Training moved the model: the two evaluations' images of the trained model differ.
+        model = "samples/photo/model/p000-i0"
+        first, last = (event.encoded_image_string for event in events.Images(model))
+        self.assertNotEqual(first, last)
 
     def test_a_run_without_log_table_writes_no_event_file(self):
         result = dedpo("run", toy_experiment(self.dir, "plain", steps=2, checkpoint_every=0, log=""),

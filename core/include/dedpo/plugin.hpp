@@ -26,7 +26,8 @@ namespace dedpo {
 //    Metric::title.
 // 5: PairTerms::fold_key (cross-fitted estimates in losses).
 // 6: PairTerms::labelled_stream_size, Loss::takes_two_stream_batches (two-stream batches).
-inline constexpr std::uint32_t kAbiVersion = 6;
+// 7: MetricContext::samples (the images a metric scores, kept by the run).
+inline constexpr std::uint32_t kAbiVersion = 7;
 
 // Adding a kind: append here, add its name to to_string()/kind_from_string(), give its interface
 // `static constexpr PluginKind kind`.

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -456,6 +457,160 @@ std::string write_charts(const fs::path& grid_dir, const GridRuns& runs,
                      fmt::join(files, ", "));
 }
 
+// ---- sample sheets ----
+
+// An image of a run's final evaluation, as its samples.jsonl line has it.
+struct SavedSample {
+  fs::path file;
+  std::string set, prompt;
+  std::int64_t prompt_index = 0, image_index = 0, draw = 0;
+  std::vector<std::string> caption;  // "<figure> <score>" per score
+  std::uint64_t seed = 0;
+
+  auto column() const { return std::tuple(prompt_index, image_index, draw); }
+};
+
+struct RunSamples {
+  std::vector<SavedSample> trained, reference;
+};
+
+RunSamples read_final_samples(const fs::path& run_dir) {
+  RunSamples samples;
+  const fs::path folder = run_dir / kSamplesDir / kFinalSamples;
+  const fs::path index = folder / kSamplesIndexFile;
+  std::error_code error;
+  if (!fs::is_regular_file(index, error)) return samples;
+  for (const Record& record : read_records(index, RecordFormat::jsonl)) {
+    if (!record.error.empty()) {
+      throw Error(fmt::format("{}:{}: {}", index.string(), record.line, record.error));
+    }
+    try {
+      const json& fields = record.fields;
+      SavedSample sample{folder / fields.at("file").get<std::string>(),
+                         fields.at("set").get<std::string>(),
+                         fields.at("prompt").get<std::string>(),
+                         fields.at("prompt_index").get<std::int64_t>(),
+                         fields.at("image_index").get<std::int64_t>(),
+                         fields.at("draw").get<std::int64_t>(),
+                         {},
+                         fields.at("seed").get<std::uint64_t>()};
+      for (const auto& [figure, score] : fields.at("scores").items()) {
+        sample.caption.push_back(figure + " " + number(score.get<double>()));
+      }
+      (fields.at("model") == "reference" ? samples.reference : samples.trained).push_back(sample);
+    } catch (const json::exception& e) {
+      throw Error(fmt::format("{}:{}: {}", index.string(), record.line, e.what()));
+    }
+  }
+  return samples;
+}
+
+// One sample sheet per prompt set (samples_<set>.png, and samples_<set>.json: where each image
+// lies in it): the reference model's final samples, then each method's first run's, in the
+// grid's order; columns are the prompts and images, the same noise in every row. Returns the
+// sentence that lists them.
+std::string write_sample_sheets(const fs::path& grid_dir, const std::vector<Method>& methods) {
+  std::vector<std::string> row_labels;
+  std::vector<std::vector<SavedSample>> rows;
+  std::vector<SavedSample> reference;  // the same in every run: same model, same noise
+  for (const Method& method : methods) {
+    RunSamples samples = read_final_samples(grid_dir / method.first().run);
+    if (samples.trained.empty()) continue;
+    if (reference.empty()) reference = std::move(samples.reference);
+    rows.push_back(std::move(samples.trained));
+    row_labels.push_back(method.name + " (" + method.first().run + ")");
+  }
+  if (rows.empty()) return {};
+  const bool has_reference = !reference.empty();
+  if (has_reference) {
+    rows.insert(rows.begin(), std::move(reference));
+    row_labels.insert(row_labels.begin(), "reference");
+  }
+
+  std::vector<std::string> sets;
+  for (const auto& row : rows) {
+    for (const SavedSample& sample : row) {
+      if (std::find(sets.begin(), sets.end(), sample.set) == sets.end()) sets.push_back(sample.set);
+    }
+  }
+  std::vector<std::string> files;
+  for (const std::string& set : sets) {
+    // Columns: every (prompt, image, draw) of the set that some row has, in that order.
+    std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, const SavedSample*> columns;
+    for (const auto& row : rows) {
+      for (const SavedSample& sample : row) {
+        if (sample.set == set) columns.emplace(sample.column(), &sample);
+      }
+    }
+    chart::ImageSheet sheet;
+    sheet.title = fmt::format("Samples: {} (final evaluation, [eval] seed {})", set,
+                              columns.begin()->second->seed);
+    sheet.row_labels = row_labels;
+    json layout = {{"rows", row_labels}, {"columns", json::array()}, {"cells", json::array()}};
+    for (const auto& [key, sample] : columns) {
+      const auto [prompt_index, image_index, draw] = key;
+      sheet.column_labels.push_back(
+          {sample->prompt, draw > 0 ? fmt::format("image {} (draw {})", image_index, draw)
+                                    : fmt::format("image {}", image_index)});
+      layout["columns"].push_back({{"prompt", sample->prompt},
+                                   {"prompt_index", prompt_index},
+                                   {"image_index", image_index},
+                                   {"draw", draw}});
+    }
+    for (const auto& row : rows) {
+      std::vector<chart::SheetCell> cells;
+      for (const auto& [key, unused] : columns) {
+        const auto found = std::find_if(row.begin(), row.end(), [&](const SavedSample& s) {
+          return s.set == set && s.column() == key;
+        });
+        cells.push_back(found == row.end() ? chart::SheetCell{{}, {"(no sample)"}}
+                                                   : chart::SheetCell{found->file, found->caption});
+      }
+      sheet.cells.push_back(std::move(cells));
+    }
+    const std::string name = "samples_" + file_name_safe(set);
+    const auto places = chart::write_image_sheet(sheet, grid_dir / (name + ".png"));
+    for (std::size_t r = 0; r < places.size(); ++r) {
+      json cells = json::array();
+      for (std::size_t c = 0; c < places[r].size(); ++c) {
+        const chart::SheetPlace& place = places[r][c];
+        const fs::path& source = sheet.cells[r][c].png;
+        cells.push_back({{"file", source.empty() ? json(nullptr) : json(fs::relative(source, grid_dir).string())},
+                         {"x", place.x}, {"y", place.y}, {"width", place.width},
+                         {"height", place.height}, {"scale", place.scale}});
+      }
+      layout["cells"].push_back(cells);
+    }
+    write_file_atomic(grid_dir / (name + ".json"), layout.dump(2) + "\n");
+    files.push_back(name + ".png");
+  }
+  return fmt::format(
+      "\nSample sheets (the final evaluation's images; rows: {}each method's first run in the "
+      "grid's order; columns: the prompts and their images, the same noise in every row; captions: "
+      "each image's scores): {}\n",
+      has_reference ? "the reference model, then " : "", fmt::join(files, ", "));
+}
+
+// Each finished run's training curves in its plots/ folder, drawn as `dedpo plot` draws them
+// (runs gathered without their metrics.jsonl have none).
+std::string write_run_curves(const fs::path& grid_dir, const GridRuns& runs) {
+  std::size_t drawn = 0;
+  std::error_code error;
+  for (const Row& row : runs.rows) {
+    if (!fs::is_regular_file(grid_dir / row.run / kMetricsFile, error)) continue;
+    try {
+      plot_run_curves(grid_dir / row.run);
+      ++drawn;
+    } catch (const std::exception& e) {
+      std::cerr << fmt::format("report: no curves for {}: {}\n", row.run, e.what());
+    }
+  }
+  if (drawn == 0) return {};
+  return fmt::format("\nRun curves (loss, implicit accuracy, λ, gradient norm, learning rate as "
+                     "logged): <run>/plots/*.png for {} runs\n",
+                     drawn);
+}
+
 }  // namespace
 
 std::string write_report(const fs::path& grid_dir) {
@@ -492,6 +647,8 @@ std::string write_report(const fs::path& grid_dir) {
         fmt::join(runs.stale, ", "));
   }
   summary += write_charts(grid_dir, runs, methods, columns, baseline);
+  summary += write_sample_sheets(grid_dir, methods);
+  summary += write_run_curves(grid_dir, runs);
   write_file_atomic(grid_dir / "summary.md", summary);
   return summary;
 }

@@ -12,6 +12,7 @@
 #include "run/init.hpp"
 #include "run/labelled_split.hpp"
 #include "run/run_folder.hpp"
+#include "run/samples.hpp"
 #include "run/training_run.hpp"
 
 namespace dedpo {
@@ -58,12 +59,15 @@ Figures evaluate_run(const fs::path& run_dir, std::span<const Override> override
     pairs = parts.dataset->pairs(data_context);
     split_for_training(*pairs, experiment.train, experiment.run.seed);  // the run's pairs
   }
+  EvaluationSamples samples;
   const Figures figures = evaluate_metrics(parts.metrics, *parts.backbone,
                                            pairs ? &*pairs : nullptr, experiment.eval.seed,
-                                           experiment.run.device);
+                                           experiment.run.device, &samples);
 
-  // New figures join (or replace) the run's results, so reports show them beside the others.
+  // New figures join (or replace) the run's results, so reports show them beside the others; the
+  // images replace the final evaluation's, which the figures replace too.
   json results = json::parse(read_file(dir / kResultsFile));
+  samples.write(dir, kFinalSamples, results.value("steps", std::int64_t{0}), experiment.eval.seed);
   for (const auto& [name, value] : figures) results["metrics"][name] = value;
   const json titles = figure_titles(parts.metrics, figures);
   for (const auto& [name, title] : titles.items()) results["titles"][name] = title;

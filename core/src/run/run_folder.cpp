@@ -125,6 +125,10 @@ void MetricsLog::write(const json& line) {
   tensorboard_->scalars(line.at("step").get<std::int64_t>(), scalars);
 }
 
+void MetricsLog::images(std::int64_t step, const std::vector<TensorBoardImage>& images) {
+  if (tensorboard_ && !images.empty()) tensorboard_->images(step, images);
+}
+
 void RunLog::line(const std::string& text) {
   if (out_.is_open()) {
     out_ << "[" << now_text() << "] " << text << "\n";

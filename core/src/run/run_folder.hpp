@@ -62,6 +62,8 @@ class MetricsLog {
              std::int64_t first_step);
   // `line` holds "step"; its other numbers and booleans (as 0 or 1) become scalars of that name.
   void write(const nlohmann::json& line);
+  // With [log] tensorboard: `images` at `step` in the event file; nothing otherwise.
+  void images(std::int64_t step, const std::vector<TensorBoardImage>& images);
 
  private:
   std::ofstream jsonl_;

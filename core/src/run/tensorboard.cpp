@@ -105,6 +105,21 @@ void TensorBoardWriter::scalars(std::int64_t step, const Figures& values) {
   write_event(event.SerializeAsString());
 }
 
+void TensorBoardWriter::images(std::int64_t step, const std::vector<TensorBoardImage>& images) {
+  tb::Event event = event_at(step);
+  tb::Summary* summary = event.mutable_summary();
+  for (const TensorBoardImage& image : images) {
+    tb::Summary::Value* entry = summary->add_value();
+    entry->set_tag(image.tag);
+    tb::Summary::Image* encoded = entry->mutable_image();
+    encoded->set_height(static_cast<std::int32_t>(image.height));
+    encoded->set_width(static_cast<std::int32_t>(image.width));
+    encoded->set_colorspace(3);
+    encoded->set_encoded_image_string(image.png);
+  }
+  write_event(event.SerializeAsString());
+}
+
 void TensorBoardWriter::write_event(const std::string& serialized) {
   const std::string length = little_endian(static_cast<std::uint64_t>(serialized.size()));
   out_ << length << little_endian(masked_crc32c(length)) << serialized

@@ -1,5 +1,5 @@
 #pragma once
-// TensorBoard event files: scalars as TensorBoard's Event records (protobuf messages in TFRecord
+// TensorBoard event files: scalars and images as TensorBoard's Event records (protobuf messages in TFRecord
 // framing), so `tensorboard --logdir` draws a run's curves. The messages stay inside
 // tensorboard.cpp: callers hand over a step and named numbers.
 #include <cstdint>
@@ -7,10 +7,18 @@
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "dedpo/figures.hpp"
 
 namespace dedpo {
+
+// An image for TensorBoard's image dashboard: PNG bytes and their size.
+struct TensorBoardImage {
+  std::string tag;
+  std::string png;
+  std::int64_t height = 0, width = 0;
+};
 
 class TensorBoardWriter {
  public:
@@ -23,6 +31,8 @@ class TensorBoardWriter {
   // One event holding `values` at `step`, handed to the operating system before returning: a run
   // killed later keeps it.
   void scalars(std::int64_t step, const Figures& values);
+  // One event holding `images` (RGB PNGs) at `step`, handed over as scalars() does.
+  void images(std::int64_t step, const std::vector<TensorBoardImage>& images);
 
  private:
   void write_event(const std::string& serialized);

@@ -23,6 +23,7 @@
 #include "run/labelled_split.hpp"
 #include "run/progress.hpp"
 #include "run/run_folder.hpp"
+#include "run/samples.hpp"
 #include "run/services.hpp"
 #include "train/trainer.hpp"
 
@@ -60,6 +61,7 @@ void start_afresh(const Experiment& experiment, const fs::path& run_dir, PluginR
   fs::remove_all(run_dir / kCheckpointDir, error);
   fs::remove(run_dir / kMetricsFile, error);
   fs::remove_all(run_dir / kTensorBoardDir, error);
+  fs::remove_all(run_dir / kSamplesDir, error);
   write_file_atomic(run_dir / kConfigFile, experiment.resolved_toml);
   write_run_inputs(run_dir, run_inputs_key(experiment, registry));
 }
@@ -155,6 +157,23 @@ void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunClock&
     log.line("no checkpoint: starting from step 0");
   }
   truncate_metrics(run_dir / kMetricsFile, trainer.step_index());
+  for (const std::string& name : remove_samples_after(run_dir, trainer.step_index())) {
+    log.line(fmt::format("removed {}/{}/ (left by the interrupted session)", kSamplesDir, name));
+  }
+}
+
+// The evaluation at `step`: the metrics' figures; the images they scored saved in
+// samples/<evaluation>/ and, with [log] tensorboard, put in the event file at `step`.
+Figures evaluate_and_keep_samples(const Experiment& experiment, Assembly& parts,
+                                  const PairDataset* pairs, const fs::path& run_dir,
+                                  const std::string& evaluation, std::int64_t step,
+                                  MetricsLog& metrics) {
+  EvaluationSamples samples;
+  Figures figures = evaluate_metrics(parts.metrics, *parts.backbone, pairs, experiment.eval.seed,
+                                     experiment.run.device, &samples);
+  samples.write(run_dir, evaluation, step, experiment.eval.seed);
+  metrics.images(step, samples.tensorboard_images());
+  return figures;
 }
 
 // The steps left: metrics.jsonl lines, evaluations and checkpoints on their schedules. False
@@ -183,8 +202,8 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
         AutocastRegion autocast(experiment.run.device.type(),
                                 experiment.train.weights_dtype == WeightsDtype::bfloat16);
         Figures values = trainer.ema().with_averages([&] {
-          return evaluate_metrics(parts.metrics, *parts.backbone, eval_pairs, experiment.eval.seed,
-                                  experiment.run.device);
+          return evaluate_and_keep_samples(experiment, parts, eval_pairs, run_dir,
+                                           evaluation_name(step), step, metrics);
         });
         for (const auto& [name, value] : values) line["eval/" + name] = value;
       }
@@ -217,9 +236,8 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
   trainer.ema().copy_averages_into_params();
   trainer.finish_weights();
   parts.backbone->save_weights(run_dir / kWeightsFile);
-  result.metrics = evaluate_metrics(parts.metrics, *parts.backbone,
-                                    data.pairs ? &*data.pairs : nullptr, experiment.eval.seed,
-                                    experiment.run.device);
+  result.metrics = evaluate_and_keep_samples(experiment, parts, data.pairs ? &*data.pairs : nullptr,
+                                             run_dir, kFinalSamples, trainer.step_index(), metrics);
   const double wall = clock.seconds();
   json final_line = {{"step", trainer.step_index()}, {"skipped", trainer.skipped()}};
   for (const auto& [name, value] : result.metrics) final_line["eval/" + name] = value;
@@ -260,11 +278,12 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
 }  // namespace
 
 Figures evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone& backbone,
-                         const PairDataset* pairs, std::uint64_t seed, c10::Device device) {
+                         const PairDataset* pairs, std::uint64_t seed, c10::Device device,
+                         SampleSink* samples) {
   Figures out;
   at::NoGradGuard no_grad;
   for (auto& metric : metrics) {
-    MetricContext context{backbone, pairs, seed, device};
+    MetricContext context{backbone, pairs, seed, device, samples};
     for (auto& entry : metric->evaluate(context)) out.push_back(std::move(entry));
   }
   return out;

@@ -19,9 +19,11 @@ enum class RunStart { fresh, resume };
 RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
                       const RunControl& control, RunStart start);
 
-// Every metric's figures on the backbone as it is, in the order of [[metrics]].
+// Every metric's figures on the backbone as it is, in the order of [[metrics]]; the images they
+// score go to `samples` (when not null).
 Figures evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone& backbone,
-                         const PairDataset* pairs, std::uint64_t seed, c10::Device device);
+                         const PairDataset* pairs, std::uint64_t seed, c10::Device device,
+                         SampleSink* samples);
 
 // results.json "titles": the summary column titles the metrics declare for their figures, where
 // they differ from the figures' names.

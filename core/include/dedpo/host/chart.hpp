@@ -2,8 +2,9 @@
 // Charts drawn with cairo: each chart is drawn by one routine onto an SVG surface and a PNG
 // surface, so <stem>.svg and <stem>.png show the same picture. Two kinds: line charts (series over
 // a numeric x, each point optionally with an interval drawn as a shaded band) and dot-and-interval
-// charts (one row per item: a dot at its value and a bar over its interval). The module knows
-// numbers and labels only, nothing of grids or runs.
+// charts (one row per item: a dot at its value and a bar over its interval). Image sheets put PNG
+// files in rows and columns with labels and captions (PNG only). The module knows numbers, labels
+// and image files only, nothing of grids or runs.
 #include <cmath>
 #include <filesystem>
 #include <optional>
@@ -52,6 +53,30 @@ struct DotIntervalChart {
   std::string reference_label;
   std::string note;  // a line under the chart (what the dot and the bar are)
 };
+
+struct SheetCell {
+  std::filesystem::path png;          // empty: no image, a blank cell with its caption
+  std::vector<std::string> caption;   // lines under the image
+};
+
+struct ImageSheet {
+  std::string title;
+  std::vector<std::string> row_labels;                  // at the left, one per row
+  std::vector<std::vector<std::string>> column_labels;  // on top: lines per column
+  std::vector<std::vector<SheetCell>> cells;            // [row][column]
+};
+
+// Where a cell's image lies in the sheet's pixels: each image pixel is a scale × scale square.
+struct SheetPlace {
+  int x = 0, y = 0, width = 0, height = 0, scale = 1;
+};
+
+// Draws the sheet into `file` (PNG, written atomically): each image pixel for pixel, enlarged by a
+// whole factor when the images are small (nearest neighbour: a pixel stays one colour). Returns
+// the place of each cell's image, [row][column] (width 0 for a cell without one). Error naming the
+// file when an image cannot be read.
+std::vector<std::vector<SheetPlace>> write_image_sheet(const ImageSheet& sheet,
+                                                       const std::filesystem::path& file);
 
 // Draws the chart into <stem>.svg and <stem>.png (written atomically; stem has no extension) and
 // returns the two paths. Error when the chart has nothing to draw or a log axis meets x <= 0.

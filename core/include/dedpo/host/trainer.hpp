@@ -22,6 +22,10 @@ inline constexpr const char* kWeightsFile = "weights.pt";     // Backbone::save_
 inline constexpr const char* kCheckpointDir = "checkpoint";   // step-<N>.pt and `latest`
 inline constexpr const char* kSplitFile = "split.csv";        // labelled split of the pairs
 inline constexpr const char* kTensorBoardDir = "tensorboard";  // with [log] tensorboard: events
+// The images evaluations scored: samples/<evaluation>/ (run/samples.hpp, docs/training.md).
+inline constexpr const char* kSamplesDir = "samples";
+inline constexpr const char* kFinalSamples = "final";           // the final evaluation's folder
+inline constexpr const char* kSamplesIndexFile = "samples.jsonl";  // in each evaluation's folder
 // Written when dedpo creates a run folder: only folders carrying it are ever written into again.
 inline constexpr const char* kRunMarkerFile = ".dedpo-run";
 // Locked (flock) by the process that writes the folder; holds that process's pid.
