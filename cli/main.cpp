@@ -44,9 +44,10 @@ commands:
   validate EXP.toml [--set K=V]...
                                load and check an experiment, run nothing
   run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress] [--nproc N]
-                               run an experiment in a new run folder (--nproc: data parallel
-                               on N local processes; under torchrun or srun: one of its ranks)
-  run --resume RUN_DIR [--nproc N]
+      [--collective-timeout S] run an experiment in a new run folder (--nproc: data parallel
+                               on N local processes; under torchrun or srun: one of its ranks;
+                               S: how long a rank waits for the others, default 300 s)
+  run --resume RUN_DIR [--nproc N] [--collective-timeout S]
                                continue an interrupted run from its last checkpoint
   grid EXP.toml [--jobs N] [--set K=V]...
                                run every case of the experiment's [grid]
@@ -186,6 +187,8 @@ int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& reg
       "resume", po::value<std::string>(), "continue the run in this folder")(
       "run-dir", po::value<std::string>(), "use exactly this run folder")(
       "nproc", po::value<int>(), "data parallel: start this many local worker processes")(
+      "collective-timeout", po::value<double>(),
+      "data parallel: seconds a rank waits for the others (rendezvous, collectives) before failing")(
       "no-progress", "no progress bar");
   po::positional_options_description positional;
   positional.add("file", 1);
@@ -194,13 +197,23 @@ int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& reg
   dedpo::RunControl control;
   control.progress_bar = !values.count("no-progress");
   control.world = dedpo::read_world_placement();
+  std::vector<std::string> worker_arguments;  // what every --nproc worker is given besides
+  if (values.count("collective-timeout")) {
+    const double seconds = values["collective-timeout"].as<double>();
+    if (!(seconds >= 1.0)) {
+      throw UsageError(fmt::format("--collective-timeout {}: expected at least 1 second", seconds));
+    }
+    control.collective_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
+    worker_arguments = {"--collective-timeout", fmt::format("{}", seconds)};
+  }
   std::optional<dedpo::LocalWorkers> workers;
   if (values.count("nproc")) {
     if (control.world.launcher != "single") {
       throw UsageError("--nproc starts its own workers, but this process already is one (" +
                        control.world.launcher + " launch): give no --nproc under torchrun or srun");
     }
-    workers = dedpo::LocalWorkers{values["nproc"].as<int>(), fs::read_symlink("/proc/self/exe"), {}};
+    workers = dedpo::LocalWorkers{values["nproc"].as<int>(), fs::read_symlink("/proc/self/exe"),
+                                  worker_arguments};
     if (workers->processes < 1) {
       throw UsageError("--nproc " + std::to_string(workers->processes) + ": expected at least 1");
     }

@@ -107,6 +107,20 @@ TEST_F(DataParallel, TwoRanksReachTheWeightsOfOneProcessAccumulatingTheirMicroBa
   EXPECT_TRUE(fs::exists(run("two") / "log-rank1.txt"));
 }
 
+TEST_F(DataParallel, LauncherOptionsAreChecked) {
+  const auto short_timeout = run_dedpo("run --nproc 2 --collective-timeout 0.5 " + experiment());
+  EXPECT_NE(short_timeout.exit_code, 0);
+  EXPECT_THAT(short_timeout.output, testing::HasSubstr("--collective-timeout 0.5: expected at least 1 second"));
+  const auto no_process = run_dedpo("run --nproc 0 " + experiment());
+  EXPECT_NE(no_process.exit_code, 0);
+  EXPECT_THAT(no_process.output, testing::HasSubstr("--nproc 0: expected at least 1"));
+  const auto nested = dedpo::test::run_shell(
+      "RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=x MASTER_PORT=1 '" +
+      std::string(DEDPO_EXECUTABLE) + "' run --nproc 2 " + experiment());
+  EXPECT_NE(nested.exit_code, 0);
+  EXPECT_THAT(nested.output, testing::HasSubstr("give no --nproc under torchrun or srun"));
+}
+
 // A worker killed mid-run: the launcher stops the other and names the dead one; --resume on one
 // process is refused, --resume on two completes the run from the last checkpoint.
 TEST_F(DataParallel, AKilledWorkerEndsTheRunWithItsNameAndResumeOnAsManyCompletesIt) {

@@ -86,7 +86,9 @@ RunResult run_on_local_workers(const Experiment& experiment, const RunControl& c
 
 RunResult resume_on_local_workers(const fs::path& run_dir, const LocalWorkers& workers) {
   const fs::path dir = fs::absolute(run_dir);
-  run_workers(dir, workers, {"--resume", dir.string()});
+  std::vector<std::string> arguments{"--resume", dir.string()};
+  arguments.insert(arguments.end(), workers.arguments.begin(), workers.arguments.end());
+  run_workers(dir, workers, arguments);
   return read_result(dir);
 }
 

@@ -57,7 +57,8 @@ RunResult resume_run(const std::filesystem::path& run_dir, PluginRegistry& regis
 struct LocalWorkers {
   int processes = 1;
   std::filesystem::path program;       // the dedpo executable
-  std::vector<std::string> arguments;  // a fresh run's: EXP.toml and its --set ...
+  // What every worker is given after `run` (a fresh run's EXP.toml and --set ..., options).
+  std::vector<std::string> arguments;
 };
 // A fresh run in a new run folder (control.run_dir when given), given to each worker.
 RunResult run_on_local_workers(const Experiment& experiment, const RunControl& control,
