@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,9 +43,12 @@ commands:
                                tables run|train|eval|init|log|report|launcher
   validate EXP.toml [--set K=V]...
                                load and check an experiment, run nothing
-  run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress]
-                               run an experiment in a new run folder
-  run --resume RUN_DIR         continue an interrupted run from its last checkpoint
+  run EXP.toml [--set K=V]... [--run-dir DIR] [--no-progress] [--nproc N]
+      [--collective-timeout S] run an experiment in a new run folder (--nproc: data parallel
+                               on N local processes; under torchrun or srun: one of its ranks;
+                               S: how long a rank waits for the others, default 300 s)
+  run --resume RUN_DIR [--nproc N] [--collective-timeout S]
+                               continue an interrupted run from its last checkpoint
   grid EXP.toml [--jobs N] [--set K=V]... [--launcher local|slurm [--wait]]
                                run every case of the experiment's [grid]: as child processes
                                (local, N at once), or as one Slurm job array (slurm, N tasks at
@@ -187,6 +191,9 @@ int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& reg
       "set", po::value<std::vector<std::string>>()->composing(), "override KEY=VALUE")(
       "resume", po::value<std::string>(), "continue the run in this folder")(
       "run-dir", po::value<std::string>(), "use exactly this run folder")(
+      "nproc", po::value<int>(), "data parallel: start this many local worker processes")(
+      "collective-timeout", po::value<double>(),
+      "data parallel: seconds a rank waits for the others (rendezvous, collectives) before failing")(
       "no-progress", "no progress bar");
   po::positional_options_description positional;
   positional.add("file", 1);
@@ -194,12 +201,36 @@ int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& reg
 
   dedpo::RunControl control;
   control.progress_bar = !values.count("no-progress");
+  control.world = dedpo::read_world_placement();
+  std::vector<std::string> worker_arguments;  // what every --nproc worker is given besides
+  if (values.count("collective-timeout")) {
+    const double seconds = values["collective-timeout"].as<double>();
+    if (!(seconds >= 1.0)) {
+      throw UsageError(fmt::format("--collective-timeout {}: expected at least 1 second", seconds));
+    }
+    control.collective_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
+    worker_arguments = {"--collective-timeout", fmt::format("{}", seconds)};
+  }
+  std::optional<dedpo::LocalWorkers> workers;
+  if (values.count("nproc")) {
+    if (control.world.launcher != "single") {
+      throw UsageError("--nproc starts its own workers, but this process already is one (" +
+                       control.world.launcher + " launch): give no --nproc under torchrun or srun");
+    }
+    workers = dedpo::LocalWorkers{values["nproc"].as<int>(), fs::read_symlink("/proc/self/exe"),
+                                  worker_arguments};
+    if (workers->processes < 1) {
+      throw UsageError("--nproc " + std::to_string(workers->processes) + ": expected at least 1");
+    }
+  }
   dedpo::RunResult result;
   if (values.count("resume")) {
     if (values.count("file") || values.count("set")) {
       throw UsageError("run --resume DIR takes no experiment file and no --set");
     }
-    result = dedpo::resume_run(values["resume"].as<std::string>(), registry, control);
+    const std::string run_dir = values["resume"].as<std::string>();
+    result = workers ? dedpo::resume_on_local_workers(run_dir, *workers)
+                     : dedpo::resume_run(run_dir, registry, control);
   } else {
     if (!values.count("file")) throw UsageError("expected: dedpo run EXP.toml");
     auto overrides = parse_overrides(values.count("set") ? values["set"].as<std::vector<std::string>>()
@@ -207,8 +238,18 @@ int command_run(const std::vector<std::string>& args, dedpo::PluginRegistry& reg
     dedpo::Experiment experiment = dedpo::load_experiment(values["file"].as<std::string>(), overrides, registry);
     print_problems(registry);
     if (values.count("run-dir")) control.run_dir = values["run-dir"].as<std::string>();
-    result = dedpo::run_experiment(experiment, registry, control);
+    if (workers) {
+      workers->arguments.push_back(fs::absolute(values["file"].as<std::string>()).string());
+      for (const std::string& setting : values.count("set") ? values["set"].as<std::vector<std::string>>()
+                                                            : std::vector<std::string>{}) {
+        workers->arguments.insert(workers->arguments.end(), {"--set", setting});
+      }
+      result = dedpo::run_on_local_workers(experiment, control, *workers);
+    } else {
+      result = dedpo::run_experiment(experiment, registry, control);
+    }
   }
+  if (workers) return 0;  // rank 0 has printed the summary (its output is this process's)
   std::cout << "run folder: " << result.run_dir.string() << "\n";
   std::cout << fmt::format("steps: {} (skipped by the NaN/inf guard: {})\n", result.steps_done,
                            result.skipped_steps);

@@ -32,12 +32,13 @@ done
 
 # libcurl4-openssl-dev: the vlm annotator's HTTP(S) client; libssl-dev: its tests' TLS server;
 # libprotobuf-dev, protobuf-compiler: TensorBoard event files; libcairo2-dev (found with pkg-config)
-# and fonts-dejavu-core: the report's charts; munge, slurmctld, slurmd, slurm-client (slurm-wlm
-# 22.05 on bookworm): the one-node Slurm cluster of the Slurm launcher's tests (tests/slurm).
+# and fonts-dejavu-core: the report's charts; libgloo-dev: the headers c10d's Gloo process group
+# includes (data-parallel runs, docs/distributed.md); munge, slurmctld, slurmd, slurm-client
+# (slurm-wlm 22.05 on bookworm): the one-node Slurm cluster of the Slurm launcher's tests (tests/slurm).
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
           libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
           libcurl4-openssl-dev libssl-dev libprotobuf-dev protobuf-compiler
-          pkg-config libcairo2-dev fonts-dejavu-core
+          pkg-config libcairo2-dev fonts-dejavu-core libgloo-dev
           munge slurmctld slurmd slurm-client)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)

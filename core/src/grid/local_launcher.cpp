@@ -1,6 +1,4 @@
 // The local launcher: each run a child process of the dedpo program, a few at a time.
-#include <fcntl.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,9 +16,8 @@
 #include "dedpo/files.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "grid/launchers.hpp"
+#include "run/child_process.hpp"
 #include "run/run_folder.hpp"
-
-extern char** environ;
 
 namespace dedpo {
 namespace fs = std::filesystem;
@@ -41,29 +38,6 @@ std::string last_lines(const fs::path& file, std::size_t count) {
 }
 
 namespace {
-
-// Starts the dedpo program with `args`, its stdout and stderr appended to `output`. The child
-// dies with the grid (PR_SET_PDEATHSIG), so no run goes on writing after its grid is gone.
-pid_t spawn(const std::vector<std::string>& args, const fs::path& output) {
-  std::vector<char*> argv;
-  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
-  argv.push_back(nullptr);
-  const std::string exec_failed = "dedpo grid: cannot start " + args[0] + "\n";
-  const pid_t grid = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) throw Error("cannot start " + args[0] + ": " + std::strerror(errno));
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    // The grid may have died before the prctl: then the child is an orphan already.
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != grid) ::_exit(127);
-    const int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(fd, 2) < 0) ::_exit(127);
-    ::close(fd);
-    ::execve(argv[0], argv.data(), environ);
-    [[maybe_unused]] auto written = ::write(2, exec_failed.data(), exec_failed.size());
-    ::_exit(127);
-  }
-  return pid;
-}
 
 volatile std::sig_atomic_t stop_signal = 0;
 

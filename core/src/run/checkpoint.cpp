@@ -68,6 +68,7 @@ std::string latest_name(const fs::path& run_dir) {
 void Trainer::save(torch::serialize::OutputArchive& archive) const {
   archive.write("step", c10::IValue(step_));
   archive.write("skipped", c10::IValue(skipped_));
+  archive.write("world_size", c10::IValue(static_cast<std::int64_t>(world_size_)));
   torch::serialize::OutputArchive model;
   backbone_.model().save(model);
   archive.write(kModel, model);
@@ -76,7 +77,6 @@ void Trainer::save(torch::serialize::OutputArchive& archive) const {
   optimizer_->save(optimizer);
   archive.write("optimizer", optimizer);
   ema_.save(archive);
-  archive.write("noise_generator", noise_.get_state(), true);
   if (pairs_ != nullptr) {
     pair_batches_.save(archive);
   } else {
@@ -95,6 +95,14 @@ void Trainer::load(torch::serialize::InputArchive& archive) {
   step_ = value.toInt();
   archive.read("skipped", value);
   skipped_ = value.toInt();
+  // The global batch and each rank's share of the data depend on the number of processes.
+  const std::int64_t saved_world = archive.try_read("world_size", value) ? value.toInt() : 1;
+  if (saved_world != world_size_) {
+    throw Error(fmt::format("written by a run on {} process(es); resume it on {} (dedpo run --nproc "
+                            "{} --resume), not on {}: the global batch and each rank's share of the "
+                            "data depend on the number of processes",
+                            saved_world, saved_world, saved_world, world_size_));
+  }
   torch::serialize::InputArchive model;
   archive.read(kModel, model);
   backbone_.model().load(model);
@@ -103,9 +111,6 @@ void Trainer::load(torch::serialize::InputArchive& archive) {
   archive.read("optimizer", optimizer);
   optimizer_->load(optimizer);
   ema_.load(archive);
-  at::Tensor state;
-  archive.read("noise_generator", state, true);
-  noise_.set_state(state);
   if (pairs_ != nullptr) {
     pair_batches_.load(archive);
   } else {

@@ -41,6 +41,8 @@ ComputePath run_compute_path(const Experiment& experiment) {
 struct TrainingData {
   std::optional<PairDataset> pairs;
   std::optional<SampleDataset> samples;
+  at::Tensor is_labelled, annotator_prob;  // preference objective
+  at::Tensor condition;                    // the encoded prompts
   json report = json::object();  // results.json "data"
 };
 
@@ -84,11 +86,11 @@ at::Tensor annotator_probabilities(const Experiment& experiment, Assembly& parts
   return annotate_cached(experiment, *parts.annotator, context, init, log);
 }
 
-// Loads the data for the objective and hands it to the trainer: for preferences, ties, the
-// labelled split (split.csv) and the annotations.
-void set_objective(const Experiment& experiment, Assembly& parts, Trainer& trainer,
-                   TrainingData& data, RunServices& services, const InitialWeights& init,
-                   const fs::path& run_dir, RunLog& log) {
+// Loads the data for the objective: for preferences, ties, the labelled split (split.csv, which
+// only the rank that writes the run folder writes) and the annotations.
+void load_training_data(const Experiment& experiment, Assembly& parts, TrainingData& data,
+                        RunServices& services, const InitialWeights& init, const fs::path& run_dir,
+                        bool writes_run_folder, RunLog& log) {
   DatasetContext data_context{*parts.backbone, cache_dir(experiment) / "data",
                               experiment.run.seed};
   const fs::path prompt_cache = cache_dir(experiment) / "prompts";
@@ -96,21 +98,30 @@ void set_objective(const Experiment& experiment, Assembly& parts, Trainer& train
   if (settings.objective == Objective::denoising) {
     data.samples = parts.dataset->samples(data_context);
     log.line(fmt::format("{} samples (denoising objective)", data.samples->size()));
-    trainer.set_denoising(*data.samples, encode_prompts_cached(*parts.backbone,
-                                                               data.samples->prompts, prompt_cache));
+    data.condition = encode_prompts_cached(*parts.backbone, data.samples->prompts, prompt_cache);
     return;
   }
   data.pairs = parts.dataset->pairs(data_context);
   PairDataset& pairs = *data.pairs;
-  record_data_fingerprint(run_dir, pairs.fingerprint);
+  if (writes_run_folder) record_data_fingerprint(run_dir, pairs.fingerprint);
   const TrainingSplit split = split_for_training(pairs, settings, experiment.run.seed);
-  const at::Tensor& is_labelled = split.is_labelled;
-  write_split_file(run_dir / kSplitFile, pairs, is_labelled);
-  log_data_report(pairs, is_labelled, split.ties, settings, log, data.report);
-  at::Tensor annotator_prob =
-      annotator_probabilities(experiment, parts, pairs, is_labelled, services, init, log);
-  trainer.set_preference(*parts.loss, pairs, is_labelled, annotator_prob,
-                         encode_prompts_cached(*parts.backbone, pairs.prompts, prompt_cache));
+  data.is_labelled = split.is_labelled;
+  if (writes_run_folder) write_split_file(run_dir / kSplitFile, pairs, data.is_labelled);
+  log_data_report(pairs, data.is_labelled, split.ties, settings, log, data.report);
+  data.annotator_prob =
+      annotator_probabilities(experiment, parts, pairs, data.is_labelled, services, init, log);
+  data.condition = encode_prompts_cached(*parts.backbone, pairs.prompts, prompt_cache);
+}
+
+void set_objective(const Experiment& experiment, Assembly& parts, Trainer& trainer,
+                   const TrainingData& data, RunLog& log) {
+  if (!data.pairs) {
+    trainer.set_denoising(*data.samples, data.condition);
+    return;
+  }
+  trainer.set_preference(*parts.loss, *data.pairs, data.is_labelled, data.annotator_prob,
+                         data.condition);
+  const TrainSettings& settings = experiment.train;
   if (settings.batches == BatchComposition::two_stream) {
     log.line(fmt::format("batches: two-stream, {} labelled pairs + {} from all pairs",
                          settings.labelled_batch_size,
@@ -134,9 +145,11 @@ class RunClock {
 };
 
 // Continues from the newest checkpoint that loads, after removing what killed writes left.
+// Every rank loads the same checkpoint; the one that writes the run folder tidies it.
 void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunClock& clock,
-                            RunLog& log) {
+                            bool writes_run_folder, RunLog& log) {
   for (const fs::path& folder : {run_dir, run_dir / kCheckpointDir}) {
+    if (!writes_run_folder) break;
     for (const std::string& name : remove_abandoned_temp_files(folder)) {
       log.line("removed " + (folder / name).string() + " (left by an interrupted write)");
     }
@@ -156,6 +169,7 @@ void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunClock&
   } else {
     log.line("no checkpoint: starting from step 0");
   }
+  if (!writes_run_folder) return;
   truncate_metrics(run_dir / kMetricsFile, trainer.step_index());
   for (const std::string& name : remove_samples_after(run_dir, trainer.step_index())) {
     log.line(fmt::format("removed {}/{}/ (left by the interrupted session)", kSamplesDir, name));
@@ -178,9 +192,11 @@ Figures evaluate_and_keep_samples(const Experiment& experiment, Assembly& parts,
 
 // The steps left: metrics.jsonl lines, evaluations and checkpoints on their schedules. False
 // when RunControl::stop_after_steps stopped it first.
+// `metrics` is null on the ranks that do not write the run folder: they neither log metrics,
+// evaluate nor save checkpoints.
 bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer,
                  const PairDataset* eval_pairs, const RunControl& control, const RunClock& clock,
-                 const fs::path& run_dir, MetricsLog& metrics, RunLog& log) {
+                 const fs::path& run_dir, MetricsLog* metrics, RunLog& log) {
   const TrainSettings& settings = experiment.train;
   const std::int64_t eval_every = experiment.eval.every;
   std::int64_t session_steps = 0;
@@ -191,8 +207,8 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
     ++session_steps;
     const std::int64_t step = trainer.step_index();
     const bool last = step == settings.steps;
-    const bool evaluate = eval_every > 0 && step % eval_every == 0 && !last;
-    if (step % settings.log_every == 0 || evaluate || last || report.skipped) {
+    const bool evaluate = eval_every > 0 && step % eval_every == 0 && !last && metrics != nullptr;
+    if (metrics != nullptr && (step % settings.log_every == 0 || evaluate || last || report.skipped)) {
       json line = {{"step", step},          {"loss", report.loss},
                    {"lr", report.lr},       {"grad_norm", report.grad_norm},
                    {"skipped", trainer.skipped()}, {"skipped_step", report.skipped}};
@@ -203,18 +219,19 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
                                 experiment.train.weights_dtype == WeightsDtype::bfloat16);
         Figures values = trainer.ema().with_averages([&] {
           return evaluate_and_keep_samples(experiment, parts, eval_pairs, run_dir,
-                                           evaluation_name(step), step, metrics);
+                                           evaluation_name(step), step, *metrics);
         });
         for (const auto& [name, value] : values) line["eval/" + name] = value;
       }
-      metrics.write(line);
+      metrics->write(line);
     }
     if (report.skipped) {
       log.line(fmt::format("step {}: non-finite loss or gradient (loss {}, grad norm {}); "
                            "step skipped",
                            step, report.loss, report.grad_norm));
     }
-    if (settings.checkpoint_every > 0 && step % settings.checkpoint_every == 0 && !last) {
+    if (metrics != nullptr && settings.checkpoint_every > 0 && step % settings.checkpoint_every == 0 &&
+        !last) {
       save_checkpoint(run_dir, trainer, clock.seconds());
     }
     progress.update(step, report.loss);
@@ -252,6 +269,8 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
                   {"peak_rss_bytes", peaks.host_bytes},
                   {"peak_device_memory_bytes", peaks.device_bytes ? json(*peaks.device_bytes) : json(nullptr)},
                   {"steps", trainer.step_index()},
+                  {"world_size", trainer.world_size()},
+                  {"global_batch_size", global_batch_size(experiment.train, trainer.world_size())},
                   {"skipped_steps", trainer.skipped()},
                   {"wall_time_s", wall},
                   {"data", data.report},
@@ -303,41 +322,69 @@ json figure_titles(const std::vector<std::shared_ptr<Metric>>& metrics, const Fi
 RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
                       const RunControl& control, RunStart start) {
   RunClock clock;
-  const fs::path run_dir = make_run_dir(experiment, control);
-  const RunFolderLock lock(run_dir);
-  if (start == RunStart::fresh) start_afresh(experiment, run_dir, registry);
-  RunLog log(run_dir / kLogFile);
+  const WorldPlacement& world = control.world;
+  std::unique_ptr<Collectives> collectives;
+  if (world.distributed()) collectives = std::make_unique<Collectives>(world, control.collective_timeout);
+  // Rank 0 alone writes the run folder; the others learn which folder it is from rank 0.
+  const bool writes_run_folder = world.rank == 0;
+  fs::path run_dir;
+  std::optional<RunFolderLock> lock;
+  if (writes_run_folder) {
+    run_dir = make_run_dir(experiment, control);
+    lock.emplace(run_dir);
+    if (start == RunStart::fresh) start_afresh(experiment, run_dir, registry);
+  }
+  if (collectives) run_dir = collectives->from_first(run_dir.string());
+  RunLog log(run_dir / (writes_run_folder ? std::string(kLogFile)
+                                          : fmt::format("log-rank{}.txt", world.rank)));
   try {
     log.line((start == RunStart::resume ? "resuming " : "starting ") + run_dir.string());
+    if (collectives) {
+      log.line(fmt::format("data parallel: rank {} of {} ({} launch); global batch {} = {} ranks x "
+                           "batch_size {} x grad_accum {}",
+                           world.rank, world.world_size, world.launcher,
+                           global_batch_size(experiment.train, world.world_size), world.world_size,
+                           experiment.train.batch_size, experiment.train.grad_accum));
+    }
     const ComputePath compute = run_compute_path(experiment);
     log.line("compute: " + compute.description + "; allocator: " + describe(current_allocator_policy()));
-    if (compute.emulated) {
+    if (compute.emulated && writes_run_folder) {
       const std::string warning = "warning: precision = \"bf16\" is emulated on this CPU; precision = \"fp32\" runs faster here";
       log.line(warning);
       std::cerr << "dedpo: " << warning << "\n";
     }
+    // Rank 0 prepares first (an [init] run, the data, annotation and prompt caches); the others
+    // then find everything in the caches.
+    if (collectives) collectives->wait_for_first("preparing the run");
     const InitialWeights init = resolve_init(experiment, registry, log);
     Assembly parts = assemble(experiment, registry, init.file);
     RunServices services(experiment, registry, parts.backbone_context);
-    Trainer trainer(*parts.backbone, experiment.train, experiment.run.device, experiment.run.seed,
-                    experiment.train.steps);
     TrainingData data;
-    set_objective(experiment, parts, trainer, data, services, init, run_dir, log);
-    if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, clock, log);
+    load_training_data(experiment, parts, data, services, init, run_dir, writes_run_folder, log);
+    if (collectives) collectives->first_done("preparing the run");
+    Trainer trainer(*parts.backbone, experiment.train, experiment.run.device, experiment.run.seed,
+                    experiment.train.steps, collectives.get());
+    set_objective(experiment, parts, trainer, data, log);
+    if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, clock, writes_run_folder, log);
 
-    MetricsLog metrics(run_dir, experiment.log, trainer.step_index() + 1);
+    std::optional<MetricsLog> metrics;
+    if (writes_run_folder) metrics.emplace(run_dir, experiment.log, trainer.step_index() + 1);
     RunResult result;
     result.run_dir = run_dir;
     const PairDataset* eval_pairs = data.pairs ? &*data.pairs : nullptr;
-    const bool completed =
-        train_steps(experiment, parts, trainer, eval_pairs, control, clock, run_dir, metrics, log);
+    const bool completed = train_steps(experiment, parts, trainer, eval_pairs, control, clock,
+                                       run_dir, metrics ? &*metrics : nullptr, log);
     result.steps_done = trainer.step_index();
     result.skipped_steps = trainer.skipped();
     if (!completed) {
       log.line(fmt::format("stopped after step {} (as if killed)", trainer.step_index()));
       return result;
     }
-    finish_run(experiment, parts, trainer, data, clock, metrics, log, result);
+    if (!writes_run_folder) {
+      log.line(fmt::format("finished: {} steps; rank 0 saves the weights and results", trainer.step_index()));
+      return result;
+    }
+    finish_run(experiment, parts, trainer, data, clock, *metrics, log, result);
     return result;
   } catch (const std::exception& error) {
     const std::string message = error_message(error);

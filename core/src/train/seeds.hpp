@@ -16,11 +16,22 @@ enum class RandomStream : std::uint64_t {
   labelled_order = 5,  // two-stream batches: the labelled stream
 };
 
-inline std::uint64_t derive_seed(std::uint64_t seed, RandomStream stream) {  // splitmix64
-  std::uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (static_cast<std::uint64_t>(stream) + 1);
+// splitmix64's output for the `index`-th step from `seed` (index >= 1).
+inline std::uint64_t splitmix64(std::uint64_t seed, std::uint64_t index) {
+  std::uint64_t z = seed + 0x9E3779B97F4A7C15ULL * index;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
+}
+
+inline std::uint64_t derive_seed(std::uint64_t seed, RandomStream stream) {
+  return splitmix64(seed, static_cast<std::uint64_t>(stream) + 1);
+}
+
+// The seed of the `part`-th part of a stream drawn in independent parts: the noise of the run's
+// `part`-th micro-batch, whichever rank draws it (docs/distributed.md).
+inline std::uint64_t derive_seed(std::uint64_t seed, RandomStream stream, std::uint64_t part) {
+  return splitmix64(derive_seed(seed, stream), part + 1);
 }
 
 inline at::Generator make_generator(std::uint64_t seed) {

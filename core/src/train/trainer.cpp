@@ -24,10 +24,12 @@ std::vector<at::Tensor> trainable_parameters(Backbone& backbone) {
 
 namespace {
 
-// The trainable parameters, stored in `dtype` from here on.
-std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, WeightsDtype dtype) {
+// The trainable parameters (rank 0's values on every rank), stored in `dtype` from here on.
+std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, WeightsDtype dtype,
+                                                     Collectives* collectives) {
   std::vector<at::Tensor> params = trainable_parameters(backbone);
   if (params.empty()) throw Error("the backbone's model has no trainable parameters");
+  if (collectives != nullptr) collectives->broadcast_from_first(params);
   if (dtype == WeightsDtype::bfloat16) {
     at::NoGradGuard no_grad;
     for (at::Tensor& p : params) p.set_data(p.detach().to(at::kBFloat16));
@@ -38,14 +40,17 @@ std::vector<at::Tensor> checked_trainable_parameters(Backbone& backbone, Weights
 }  // namespace
 
 Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device device,
-                 std::uint64_t seed, std::int64_t total_steps)
+                 std::uint64_t seed, std::int64_t total_steps, Collectives* collectives)
     : backbone_(backbone),
       settings_(settings),
       device_(device),
       total_steps_(total_steps),
       seed_(seed),
+      collectives_(collectives),
+      rank_(collectives != nullptr ? collectives->rank() : 0),
+      world_size_(collectives != nullptr ? collectives->world_size() : 1),
       noise_(make_generator(derive_seed(seed, RandomStream::noise))),
-      params_(checked_trainable_parameters(backbone, settings.weights_dtype)),
+      params_(checked_trainable_parameters(backbone, settings.weights_dtype, collectives)),
       masters_(params_),
       optimizer_(make_optimizer(masters_.masters(), settings_)),
       ema_(params_, settings_.ema_decay) {}
@@ -61,6 +66,26 @@ void FigureSums::add(const Figures& more) {
       it->second += value;
       counts[static_cast<std::size_t>(it - sums.begin())] += 1.0;
     }
+  }
+}
+
+void FigureSums::reduce_over(Collectives& collectives) {
+  // Every rank's figure names (a rank's micro-batches may lack one), in name order.
+  std::vector<std::string> names;
+  for (const auto& [name, value] : sums) names.push_back(name);
+  const std::vector<std::string> all_names = collectives.sorted_union(names);
+  std::vector<double> values(2 * all_names.size(), 0.0);  // sums, then counts
+  for (std::size_t k = 0; k < sums.size(); ++k) {
+    const auto at = std::lower_bound(all_names.begin(), all_names.end(), sums[k].first) - all_names.begin();
+    values[static_cast<std::size_t>(at)] = sums[k].second;
+    values[all_names.size() + static_cast<std::size_t>(at)] = counts[k];
+  }
+  values = collectives.sum(values);
+  sums.clear();
+  counts.clear();
+  for (std::size_t k = 0; k < all_names.size(); ++k) {
+    sums.emplace_back(all_names[k], values[k]);
+    counts.push_back(values[all_names.size() + k]);
   }
 }
 
@@ -112,6 +137,10 @@ StepReport Trainer::step() {
   double loss_sum = 0.0;
   FigureSums diagnostics;
   for (std::int64_t micro = 0; micro < settings_.grad_accum; ++micro) {
+    // The noise of the run's `part`-th micro-batch, on whichever rank draws it: the same
+    // draws as one process accumulating world_size times as many micro-batches.
+    const std::int64_t part = (step_ * settings_.grad_accum + micro) * world_size_ + rank_;
+    noise_ = make_generator(derive_seed(seed_, RandomStream::noise, static_cast<std::uint64_t>(part)));
     at::Tensor loss;
     {
       AutocastRegion autocast(device_.type(), settings_.precision == Precision::bf16);
@@ -122,8 +151,14 @@ StepReport Trainer::step() {
     if (loss.requires_grad()) (loss / micro_batches).backward();
   }
   masters_.gradients_to_masters();
+  if (collectives_ != nullptr) {
+    // Before clipping and the guard: every rank clips and decides on the same gradients and loss.
+    collectives_->average_gradients(masters_.masters());
+    loss_sum = collectives_->sum({loss_sum})[0];
+    diagnostics.reduce_over(*collectives_);
+  }
   report.diagnostics = diagnostics.means();
-  report.loss = loss_sum / micro_batches;
+  report.loss = loss_sum / (micro_batches * world_size_);
   clip_or_skip(report);
   ++step_;
   return report;
@@ -162,8 +197,18 @@ void Trainer::clip_or_skip(StepReport& report) {
   ema_.update();
 }
 
+template <class Draw>
+at::Tensor Trainer::rank_share(Draw draw) {
+  at::Tensor share;
+  for (int r = 0; r < world_size_; ++r) {
+    at::Tensor part = draw();
+    if (r == rank_) share = part;
+  }
+  return share;
+}
+
 at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
-  at::Tensor index = pair_batches_.next();
+  at::Tensor index = rank_share([this] { return pair_batches_.next(); });
   PairBatch batch;
   batch.a = to_device(pairs_->a.index_select(0, index));
   batch.b = to_device(pairs_->b.index_select(0, index));
@@ -190,7 +235,7 @@ at::Tensor Trainer::preference_loss(FigureSums& diagnostics) {
 }
 
 at::Tensor Trainer::denoising_loss() {
-  at::Tensor index = samples_order_.next(settings_.batch_size);
+  at::Tensor index = rank_share([this] { return samples_order_.next(settings_.batch_size); });
   at::Tensor samples = to_device(samples_->samples.index_select(0, index));
   at::Tensor condition = to_device(condition_.index_select(0, samples_->prompt_index.index_select(0, index)));
   return backbone_.denoising_loss(samples, condition, noise_).mean();

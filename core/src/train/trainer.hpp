@@ -12,6 +12,7 @@
 #include "dedpo/backbone.hpp"
 #include "dedpo/data.hpp"
 #include "dedpo/figures.hpp"
+#include "dedpo/host/distributed.hpp"
 #include "dedpo/host/settings.hpp"
 #include "dedpo/loss.hpp"
 #include "train/ema.hpp"
@@ -36,14 +37,19 @@ struct FigureSums {
   std::vector<double> counts;  // micro-batches that gave each figure
   void add(const Figures& more);
   Figures means() const;
+  // Every rank's sums and counts added up (the same figures, in name order, on every rank).
+  void reduce_over(Collectives& collectives);
 };
 
 class Trainer {
  public:
   // Batches go to `device` (the backbone's, from BackboneContext::device); the data stays on the
-  // host, each batch is gathered there and copied over from pinned memory.
+  // host, each batch is gathered there and copied over from pinned memory. With `collectives`
+  // (a data-parallel run; null for one process) the trainable weights start as rank 0's, each
+  // rank trains on its share of every global micro-batch and the gradients, loss and figures
+  // are averaged over the ranks (docs/distributed.md).
   Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device device, std::uint64_t seed,
-          std::int64_t total_steps);
+          std::int64_t total_steps, Collectives* collectives = nullptr);
 
   // Preference objective. `is_labelled` [N] bool; `annotator_prob` [N] or undefined;
   // `condition` [P, ...] the encoded prompts of `data`.
@@ -55,6 +61,7 @@ class Trainer {
 
   std::int64_t step_index() const { return step_; }
   std::int64_t skipped() const { return skipped_; }
+  int world_size() const { return world_size_; }
   Ema& ema() { return ema_; }
   // After the last step: bfloat16 weights take their float32 masters' values and dtype.
   void finish_weights() { masters_.weights_become_masters(); }
@@ -66,6 +73,10 @@ class Trainer {
  private:
   at::Tensor preference_loss(FigureSums& diagnostics);
   at::Tensor denoising_loss();
+  // This rank's share of the next global micro-batch: every rank draws all `world_size` parts of
+  // it from the same streams (`draw` gives one part) and keeps the part of its rank.
+  template <class Draw>
+  at::Tensor rank_share(Draw draw);
   void clip_or_skip(StepReport& report);
   at::Tensor to_device(const at::Tensor& host) const;
 
@@ -74,7 +85,9 @@ class Trainer {
   c10::Device device_;
   std::int64_t total_steps_;
   std::uint64_t seed_;
-  at::Generator noise_;
+  Collectives* collectives_;
+  int rank_ = 0, world_size_ = 1;
+  at::Generator noise_;  // reseeded for each micro-batch (derive_seed's parts)
   std::vector<at::Tensor> params_;  // the model's, in weights_dtype
   MasterWeights masters_;           // what the optimiser updates (params_ themselves in float32)
   std::unique_ptr<Optimizer> optimizer_;
@@ -91,6 +104,11 @@ class Trainer {
   std::int64_t step_ = 0;
   std::int64_t skipped_ = 0;
 };
+
+// The pairs (or samples) of one optimiser step over all ranks.
+inline std::int64_t global_batch_size(const TrainSettings& settings, int world_size) {
+  return settings.batch_size * settings.grad_accum * world_size;
+}
 
 // The model's trainable parameters, in model() order (what the optimiser and EMA hold).
 std::vector<at::Tensor> trainable_parameters(Backbone& backbone);

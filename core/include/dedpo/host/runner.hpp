@@ -1,5 +1,6 @@
 #pragma once
 // Running experiments: single runs (fresh or resumed), grids of runs, and their reports.
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "dedpo/figures.hpp"
+#include "dedpo/host/distributed.hpp"
 #include "dedpo/host/experiment.hpp"
 #include "dedpo/host/registry.hpp"
 
@@ -23,6 +25,13 @@ struct RunControl {
   // Called after every optimiser step with its number (1-based), in the training thread; lets a
   // caller watch a long run (tests/trainer/test_memory.cpp samples the resident memory).
   std::function<void(std::int64_t step)> after_step;
+  // Where this process stands in a data-parallel run (read_world_placement(), once, by the CLI);
+  // one process alone by default. Rank 0 writes the run folder, each other rank only its own
+  // log-rank<N>.txt in it (docs/distributed.md).
+  WorldPlacement world;
+  // Bounds the rendezvous, every collective and the other ranks' wait for rank 0's preparation
+  // (init run, data, annotations): a rank that dies or hangs ends the others with an Error.
+  std::chrono::milliseconds collective_timeout{std::chrono::minutes(5)};
 };
 
 struct RunResult {
@@ -39,6 +48,23 @@ RunResult run_experiment(const Experiment& experiment, PluginRegistry& registry,
 // run would have reached.
 RunResult resume_run(const std::filesystem::path& run_dir, PluginRegistry& registry,
                      const RunControl& control = {});
+
+// A data-parallel run on this host (`dedpo run --nproc N`, docs/distributed.md): `processes`
+// workers of `program`, each started as `program run ... --no-progress` with RANK,
+// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT. Rank 0's output goes to
+// this process's, rank k's is appended to RUN/log-rank<k>.txt. When a worker fails, the others
+// are stopped and the Error names the worker.
+struct LocalWorkers {
+  int processes = 1;
+  std::filesystem::path program;       // the dedpo executable
+  // What every worker is given after `run` (a fresh run's EXP.toml and --set ..., options).
+  std::vector<std::string> arguments;
+};
+// A fresh run in a new run folder (control.run_dir when given), given to each worker.
+RunResult run_on_local_workers(const Experiment& experiment, const RunControl& control,
+                               const LocalWorkers& workers);
+// The run in `run_dir` resumed (the checkpoint's number of processes must be `workers.processes`).
+RunResult resume_on_local_workers(const std::filesystem::path& run_dir, const LocalWorkers& workers);
 
 // A run folder's experiment (its config.toml) loaded again, after `overrides`; Error when
 // `run_dir` is no run folder.
