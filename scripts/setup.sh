@@ -31,11 +31,12 @@ done
 
 # libcurl4-openssl-dev: the vlm annotator's HTTP(S) client; libssl-dev: its tests' TLS server;
 # libprotobuf-dev, protobuf-compiler: TensorBoard event files; libcairo2-dev (found with pkg-config)
-# and fonts-dejavu-core: the report's charts.
+# and fonts-dejavu-core: the report's charts; libicu-dev: the CLIP tokenizer's Unicode normalisation
+# and character classes.
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
           libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
           libcurl4-openssl-dev libssl-dev libprotobuf-dev protobuf-compiler
-          pkg-config libcairo2-dev fonts-dejavu-core)
+          pkg-config libcairo2-dev fonts-dejavu-core libicu-dev)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)
