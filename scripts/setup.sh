@@ -15,9 +15,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_pin="torch==2.11.0"
 # scripts/parquet_to_manifest.py (pyarrow, pillow), the test that reads TensorBoard event files
 # back (tensorboard), and tests/interop: the libraries whose models dedpo writes and reads, at
-# their current versions (diffusers, transformers, safetensors).
+# their current versions (diffusers, transformers, safetensors, open_clip_torch for HPSv2's
+# OpenCLIP layout). torchvision is pinned to the release built for torch 2.11.0: unpinned, pip takes
+# the newest, which requires a newer torch and replaces the pinned one. timm and ftfy are
+# open_clip_torch's own dependencies, pinned so that the environment does not drift.
 python_pins=("pyarrow==26.0.1" "pillow==13.0.0" "tensorboard==2.21.0"
-             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0")
+             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0"
+             "torchvision==0.26.0" "open_clip_torch==3.3.0" "timm==1.0.31" "ftfy==6.3.1")
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
 sanitize=0
