@@ -445,11 +445,30 @@ TEST(ClipTokenizer, ErrorMalformedMerges) {
   EXPECT_EQ(mini.make().encode_ids("ler"), (Ids{75, 512}));  // l er</w>
 }
 
+TEST(ClipTokenizer, EveryMergeOfMergesTxtIsUsed) {
+  // 48894 filler merges, then "d o</w>": transformers 4 stopped before it, transformers 5 uses it.
+  auto vocab = mini_vocab();
+  std::string merges = "#version: 0.2\n";
+  for (int i = 0; i < 48894; ++i) {
+    merges += "q" + std::to_string(i) + " z\n";
+    vocab["q" + std::to_string(i)] = 1000 + 2 * i;
+    vocab["q" + std::to_string(i) + "z"] = 1001 + 2 * i;
+  }
+  merges += "d o</w>\n";
+  vocab["do</w>"] = 999;
+  Mini mini(vocab, merges);
+  EXPECT_EQ(mini.make().encode_ids("do"), (Ids{999}));
+}
+
 TEST(ClipTokenizer, ErrorMergeNotInVocab) {
   Mini mini;
   dedpo::test::write_file(mini.merges, "#version: 0.2\ne r</w>\nq z\n");
   EXPECT_EQ(error_of([&] { mini.make(); }),
             "tokenizer merges " + mini.merges.string() + ":3: the merge 'q z' gives 'qz', which is not in the vocabulary '" +
+                mini.vocab.string() + "'");
+  dedpo::test::write_file(mini.merges, "#version: 0.2\ne r</w>\nqz z\n");
+  EXPECT_EQ(error_of([&] { mini.make(); }),
+            "tokenizer merges " + mini.merges.string() + ":3: the merge 'qz z' has 'qz', which is not in the vocabulary '" +
                 mini.vocab.string() + "'");
 }
 
@@ -575,6 +594,8 @@ TEST(ClipTokenizerJson, ErrorsNameFileKeyAndExpectation) {
             p + "'model.merges[2]' must be " + merge_form + ", got [\"lo\",\"w\",\"x\"]");
   EXPECT_EQ(mini.error_with("/model/merges/2", "q z"),
             p + "'model.merges[2]': the merge 'q z' gives 'qz', which is not in the vocabulary model.vocab");
+  EXPECT_EQ(mini.error_with("/model/merges/2", {"lo", "wz"}),
+            p + "'model.merges[2]': the merge 'lo wz' has 'wz', which is not in the vocabulary model.vocab");
   EXPECT_EQ(mini.error_with("/added_tokens/1/id", 7),
             p + "'added_tokens[1].id' must be the id of \"<|endoftext|>\" in model.vocab, got 7");
   EXPECT_EQ(mini.error_with("/added_tokens/0/content", ""), p + "'added_tokens[0].content' must be a non-empty string, got \"\"");

@@ -380,13 +380,6 @@ struct ClipTokenizer::Impl {
   void tokenize_piece(const std::string& piece, std::vector<std::string>& out) const;
 };
 
-namespace {
-
-// The maximum number of merges CLIPTokenizer reads: lines [1, 49152 - 256 - 2 + 1) of the file.
-constexpr std::size_t kMaxMerges = 49152 - 256 - 2;
-
-}  // namespace
-
 ClipTokenizer::Impl::Impl(TokenizerConfig config_) : config(std::move(config_)) {
   if (config.max_length < 2) {
     throw Error(fmt::format("tokenizer: max_length must be at least 2 (BOS and EOS), got {}", config.max_length));
@@ -408,6 +401,13 @@ void ClipTokenizer::Impl::read_vocabulary(const nlohmann::json& vocab, const std
 
 void ClipTokenizer::Impl::add_merge(const std::string& first, const std::string& second, const std::string& where,
                                     const std::string& vocabulary) {
+  // The tokenizers library refuses these too ("Token `x` out of vocabulary").
+  for (const std::string* part : {&first, &second}) {
+    if (!encoder.count(*part)) {
+      throw Error(fmt::format("{}: the merge '{} {}' has '{}', which is not in the vocabulary {}", where, first, second,
+                              *part, vocabulary));
+    }
+  }
   if (!encoder.count(first + second)) {
     throw Error(fmt::format("{}: the merge '{} {}' gives '{}', which is not in the vocabulary {}", where, first, second,
                             first + second, vocabulary));
@@ -443,12 +443,13 @@ ClipTokenizer::ClipTokenizer(const std::filesystem::path& vocab_json, const std:
   m.read_vocabulary(parse_json(read_file(vocab_json, "vocabulary"), vocab_json, "tokenizer vocabulary"),
                     fmt::format("tokenizer vocabulary {}", quoted(vocab_json)));
 
-  // merges.txt: "#version: ..." then one "first second" per line, rank = order.
+  // merges.txt: "#version: ..." then one "first second" per line, rank = order; all of them, as the
+  // tokenizers library reads the file (transformers 4's slow tokenizer stopped after 48894).
   std::string merges_text = read_file(merges_txt, "merges file");
   while (!merges_text.empty() && std::isspace(static_cast<unsigned char>(merges_text.back()))) merges_text.pop_back();
   std::istringstream lines(merges_text);
   std::string line;
-  std::size_t line_number = 0, merges = 0;
+  std::size_t line_number = 0;
   while (std::getline(lines, line)) {
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -459,7 +460,6 @@ ClipTokenizer::ClipTokenizer(const std::filesystem::path& vocab_json, const std:
       }
       continue;
     }
-    if (merges++ >= kMaxMerges) break;
     std::istringstream fields(line);
     std::string first, second, extra;
     if (!(fields >> first >> second) || (fields >> extra)) {

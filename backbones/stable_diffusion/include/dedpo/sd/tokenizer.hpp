@@ -32,8 +32,8 @@
 //    CJK ideographs ("猫犬" two pre-tokens there, one in transformers 5);
 //    TokenizerConfig::split_cjk_ideographs = true reproduces that part only. Neither transformers 5
 //    nor dedpo applies ftfy's text repairs (mojibake, HTML entities).
-//  - As transformers 4's slow tokenizer, at most the first 48894 merges of merges.txt are used
-//    (CLIP's file has exactly that many); a tokenizer.json's merges are all used.
+//  - Every merge of merges.txt is used, as in transformers 5; transformers 4's slow tokenizer used
+//    at most the first 48894 (CLIP's file has exactly that many).
 //  - Text must be valid UTF-8 (dedpo::Error otherwise).
 #include <ATen/core/Tensor.h>
 
