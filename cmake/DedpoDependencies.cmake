@@ -76,6 +76,8 @@ find_package(Boost 1.74 REQUIRED COMPONENTS program_options)
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(Threads REQUIRED)
+# The CLIP tokenizer's Unicode: NFC, general categories, White_Space, lower-case mappings.
+find_package(ICU 60 REQUIRED COMPONENTS uc)
 # The vlm annotator's HTTP(S) client; 7.85: thread-safe global init and CURLOPT_PROTOCOLS_STR.
 find_package(CURL 7.85 REQUIRED)
 # TensorBoard event files (core/proto): Debian's protoc and protobuf lite runtime. The wheel's

@@ -16,9 +16,13 @@ torch_pin="torch==2.11.0"
 # scripts/parquet_to_manifest.py (pyarrow, pillow), the test that reads TensorBoard event files
 # back (tensorboard), and tests/interop: the libraries whose models dedpo writes and reads, at
 # their current versions (diffusers, transformers, safetensors; peft, which diffusers'
-# load_lora_weights needs for LoRA adapters).
+# load_lora_weights needs for LoRA adapters; open_clip_torch for HPSv2's OpenCLIP layout).
+# torchvision is pinned to the release built for torch 2.11.0: unpinned, pip takes the newest, which
+# requires a newer torch and replaces the pinned one. timm and ftfy are open_clip_torch's own
+# dependencies, pinned so that the environment does not drift.
 python_pins=("pyarrow==26.0.1" "pillow==13.0.0" "tensorboard==2.21.0"
-             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0" "peft==0.21.2")
+             "diffusers==0.42.1" "transformers==5.24.0" "safetensors==0.8.0" "peft==0.21.2"
+             "torchvision==0.26.0" "open_clip_torch==3.3.0" "timm==1.0.31" "ftfy==6.3.1")
 venv=${DEDPO_VENV:-$root/.venv}
 bench=0
 sanitize=0
@@ -32,13 +36,14 @@ done
 
 # libcurl4-openssl-dev: the vlm annotator's HTTP(S) client; libssl-dev: its tests' TLS server;
 # libprotobuf-dev, protobuf-compiler: TensorBoard event files; libcairo2-dev (found with pkg-config)
-# and fonts-dejavu-core: the report's charts; libgloo-dev: the headers c10d's Gloo process group
-# includes (data-parallel runs, docs/distributed.md); munge, slurmctld, slurmd, slurm-client
-# (slurm-wlm 22.05 on bookworm): the one-node Slurm cluster of the Slurm launcher's tests (tests/slurm).
+# and fonts-dejavu-core: the report's charts; libicu-dev: the CLIP tokenizer's Unicode normalisation
+# and character classes; libgloo-dev: the headers c10d's Gloo process group includes (data-parallel
+# runs, docs/distributed.md); munge, slurmctld, slurmd, slurm-client (slurm-wlm 22.05 on bookworm):
+# the one-node Slurm cluster of the Slurm launcher's tests (tests/slurm).
 packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
           libtomlplusplus-dev libfmt-dev libgtest-dev nlohmann-json3-dev libstb-dev
           libcurl4-openssl-dev libssl-dev libprotobuf-dev protobuf-compiler
-          pkg-config libcairo2-dev fonts-dejavu-core libgloo-dev
+          pkg-config libcairo2-dev fonts-dejavu-core libicu-dev libgloo-dev
           munge slurmctld slurmd slurm-client)
 ((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
 python=$(command -v python3 || true)

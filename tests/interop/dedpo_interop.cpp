@@ -14,6 +14,10 @@
 //   clip      <CLIPModel folder> inputs: input_ids, attention_mask, pixel_values
 //                                outputs: logits_per_image, text_embeds, image_embeds, text_features,
 //                                image_features
+//   scorer    <scorer folder>    inputs: images (uint8 [N, H, W, 3]), prompt_bytes (uint8: N prompts in
+//                                UTF-8, each ended by '\n'); the folder's model.safetensors may be an
+//                                OpenCLIP state dict (HPSv2's layout), as dedpo's scorers read it
+//                                outputs: image_embeds, text_embeds (normalised, ClipScorer's)
 //   tokenize  <tokenizer/>       inputs: a JSON array of prompts
 //                                outputs: JSON {"input_ids": [[77 ids]...], "ids": [[all ids, no BOS/EOS]...]}
 //
@@ -33,6 +37,7 @@
 
 #include "dedpo/error.hpp"
 #include "dedpo/safetensors.hpp"
+#include "dedpo/scorers/clip_scorer.hpp"
 #include "dedpo/sd/clip.hpp"
 #include "dedpo/sd/clip_model.hpp"
 #include "dedpo/sd/diffusion_backbone.hpp"
@@ -129,6 +134,19 @@ Tensors run_clip(const fs::path& folder, const Tensors& inputs) {
           {"image_features", out.image_features}};
 }
 
+Tensors run_scorer(const fs::path& folder, const Tensors& inputs) {
+  dedpo::scorers::ClipScorer scorer(folder);
+  const at::Tensor images = input(inputs, "images");  // uint8 [N, H, W, 3]
+  const at::Tensor bytes = input(inputs, "prompt_bytes").contiguous();
+  const std::string text(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), static_cast<std::size_t>(bytes.numel()));
+  std::vector<std::string> prompts;
+  for (std::size_t start = 0, end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
+    prompts.push_back(text.substr(start, end - start));
+  }
+  return {{"image_embeds", scorer.image_embeds(std::vector<at::Tensor>(images.unbind(0)))},
+          {"text_embeds", scorer.text_embeds(prompts)}};
+}
+
 void tokenize(const fs::path& folder, const fs::path& prompts_file, const fs::path& out_file) {
   const auto tokenizer = dedpo::sd::ClipTokenizer::from_folder(folder);
   const json prompts = json::parse(read_text(prompts_file));
@@ -147,7 +165,7 @@ void tokenize(const fs::path& folder, const fs::path& prompts_file, const fs::pa
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::cerr << "usage: dedpo_interop unet|vae|text|clip|tokenize <model folder> <inputs> <outputs>\n";
+    std::cerr << "usage: dedpo_interop unet|vae|text|clip|scorer|tokenize <model folder> <inputs> <outputs>\n";
     return 2;
   }
   const std::string component = argv[1];
@@ -164,7 +182,8 @@ int main(int argc, char** argv) {
     else if (component == "vae") outputs = run_vae(folder, inputs);
     else if (component == "text") outputs = run_text(folder, inputs);
     else if (component == "clip") outputs = run_clip(folder, inputs);
-    else throw dedpo::Error("unknown component '" + component + "' (expected unet, vae, text, clip or tokenize)");
+    else if (component == "scorer") outputs = run_scorer(folder, inputs);
+    else throw dedpo::Error("unknown component '" + component + "' (expected unet, vae, text, clip, scorer or tokenize)");
     for (auto& [name, tensor] : outputs) tensor = tensor.to(at::kFloat).contiguous();
     dedpo::safetensors::save(outputs_file, outputs);
   } catch (const std::exception& error) {

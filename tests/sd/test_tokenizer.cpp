@@ -154,6 +154,19 @@ TEST(ClipTokenizer, CleanTextCollapsesWhitespaceAndLowerCases) {
   EXPECT_EQ(detail::clean_text("\u732b\u72ac", /*split_cjk_ideographs=*/true), "\u732b \u72ac");
 }
 
+TEST(ClipTokenizer, CleanTextNormalisesAsTokenizerJsonSays) {
+  // NFC composes e + U+0301 and Hangul jamo; it keeps compatibility forms (NFKC would fold them):
+  // the ligature ﬁ, fullwidth Ａ (lower-cased to ａ), the circled Ⓐ (to ⓐ).
+  EXPECT_EQ(detail::clean_text("e\u0301 \u1100\u1161 \ufb01 \uff21 \u24b6"), "\u00e9 \uac00 \ufb01 \uff41 \u24d0");
+  // Full case mappings beyond Latin / Greek / Cyrillic: Cherokee Ꭰ -> ꭰ, Georgian Mtavruli Ა -> ა,
+  // Deseret 𐐀 -> 𐐨, titlecase ǅ -> ǆ, capital sharp s ẞ -> ß.
+  EXPECT_EQ(detail::clean_text("\u13a0 \u1c90 \U00010400 \u01c5 \u1e9e"), "\uab70 \u10d0 \U00010428 \u01c6 \u00df");
+  // White_Space is what collapses: U+0085 and U+2028 do; U+001C (a space to Python), U+200B
+  // (zero-width space) and U+180E (Mongolian vowel separator) do not.
+  EXPECT_EQ(detail::clean_text("a\u0085b\u2028c"), "a b c");
+  EXPECT_EQ(detail::clean_text("a\x1c\u200b\u180eb"), "a\x1c\u200b\u180eb");
+}
+
 TEST(ClipTokenizer, PreTokenizePattern) {
   using V = std::vector<std::string>;
   // Contractions, then a greedy punctuation run that swallows the apostrophe ("!'" then "s").
@@ -164,8 +177,12 @@ TEST(ClipTokenizer, PreTokenizePattern) {
   // Non-ASCII letters group with ASCII ones; an emoji is punctuation; CJK is a letter.
   EXPECT_EQ(detail::pre_tokenize("caf\u00e9\U0001F642\u732b\u72ac \u043c\u0438\u0440"),
             (V{"caf\u00e9", "\U0001F642", "\u732b\u72ac", "\u043c\u0438\u0440"}));
-  // A decomposed accent (e + U+0301) is not a letter: the word breaks there.
+  // A combining mark is not a letter: the word breaks there (encoding composes e + U+0301 first).
   EXPECT_EQ(detail::pre_tokenize("e\u0301t"), (V{"e", "\u0301", "t"}));
+  // Letters and numbers of any script (Ethiopic, Adlam, mathematical bold, superscript two); a
+  // zero-width joiner and U+001C are punctuation.
+  EXPECT_EQ(detail::pre_tokenize("\u12a0\U0001E922\U0001D400\u00b2\u200d\x1cx"),
+            (V{"\u12a0\U0001E922\U0001D400", "\u00b2", "\u200d\x1c", "x"}));
 }
 
 // ---- Encoding ----------------------------------------------------------------------------------
@@ -227,6 +244,12 @@ TEST(ClipTokenizer, NonAsciiLetters) {
   TokenizerConfig split;
   split.split_cjk_ideographs = true;
   EXPECT_EQ(mini.make(split).encode_ids("\u732b\u72ac"), (Ids{163, 234, 360, 163, 232, 361}));
+}
+
+TEST(ClipTokenizer, DecomposedTextEncodesAsComposed) {
+  Mini mini;
+  auto tok = mini.make();
+  EXPECT_EQ(tok.encode_ids("Cafe\u0301"), (Ids{517, 69, 526}));  // as "Café" in NonAsciiLetters
 }
 
 TEST(ClipTokenizer, MergesAppliedByRankNotGreedily) {
@@ -422,11 +445,30 @@ TEST(ClipTokenizer, ErrorMalformedMerges) {
   EXPECT_EQ(mini.make().encode_ids("ler"), (Ids{75, 512}));  // l er</w>
 }
 
+TEST(ClipTokenizer, EveryMergeOfMergesTxtIsUsed) {
+  // 48894 filler merges, then "d o</w>": transformers 4 stopped before it, transformers 5 uses it.
+  auto vocab = mini_vocab();
+  std::string merges = "#version: 0.2\n";
+  for (int i = 0; i < 48894; ++i) {
+    merges += "q" + std::to_string(i) + " z\n";
+    vocab["q" + std::to_string(i)] = 1000 + 2 * i;
+    vocab["q" + std::to_string(i) + "z"] = 1001 + 2 * i;
+  }
+  merges += "d o</w>\n";
+  vocab["do</w>"] = 999;
+  Mini mini(vocab, merges);
+  EXPECT_EQ(mini.make().encode_ids("do"), (Ids{999}));
+}
+
 TEST(ClipTokenizer, ErrorMergeNotInVocab) {
   Mini mini;
   dedpo::test::write_file(mini.merges, "#version: 0.2\ne r</w>\nq z\n");
   EXPECT_EQ(error_of([&] { mini.make(); }),
             "tokenizer merges " + mini.merges.string() + ":3: the merge 'q z' gives 'qz', which is not in the vocabulary '" +
+                mini.vocab.string() + "'");
+  dedpo::test::write_file(mini.merges, "#version: 0.2\ne r</w>\nqz z\n");
+  EXPECT_EQ(error_of([&] { mini.make(); }),
+            "tokenizer merges " + mini.merges.string() + ":3: the merge 'qz z' has 'qz', which is not in the vocabulary '" +
                 mini.vocab.string() + "'");
 }
 
@@ -442,6 +484,158 @@ TEST(ClipTokenizer, ErrorMissingSpecialTokens) {
             "tokenizer vocabulary '" + mini.vocab.string() + "': the pad_token '[PAD]' is not in the vocabulary");
   EXPECT_EQ(error_of([&] { mini.make(short_config(1)); }),
             "tokenizer: max_length must be at least 2 (BOS and EOS), got 1");
+}
+
+// ---- tokenizer.json ----------------------------------------------------------------------------
+
+// The miniature tokenizer as transformers 5's CLIPTokenizer.save_pretrained writes it.
+nlohmann::json mini_tokenizer_json() {
+  nlohmann::json merges = nlohmann::json::array();
+  for (const auto& m : kMerges) merges.push_back(m);  // "first second", the older form
+  auto added = [](int64_t id, const char* content) {
+    return nlohmann::json{{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
+                          {"rstrip", false},    {"normalized", false}, {"special", true}};
+  };
+  auto json = nlohmann::json::parse(R"({
+    "version": "1.0", "truncation": null, "padding": null,
+    "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"},
+        {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}]},
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+         "behavior": "Removed", "invert": true},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+    "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", 528], "cls": ["<|startoftext|>", 527],
+                       "trim_offsets": false, "add_prefix_space": false},
+    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+    "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "",
+              "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false}})");
+  json["added_tokens"] = {added(kBos, "<|startoftext|>"), added(kEos, "<|endoftext|>")};
+  json["model"]["vocab"] = mini_vocab();
+  json["model"]["merges"] = merges;
+  return json;
+}
+
+struct MiniJson {
+  dedpo::test::TempDir dir;
+  std::filesystem::path file = dir / "tokenizer/tokenizer.json";
+  explicit MiniJson(const nlohmann::json& json = mini_tokenizer_json()) { write(json); }
+  void write(const nlohmann::json& json) const { dedpo::test::write_file(file, json.dump()); }
+  ClipTokenizer make() const { return ClipTokenizer::from_tokenizer_json(file); }
+  // The error of loading the file with `key` (a JSON pointer) set to `value`.
+  std::string error_with(const std::string& key, const nlohmann::json& value) const {
+    auto json = mini_tokenizer_json();
+    json[nlohmann::json::json_pointer(key)] = value;
+    write(json);
+    return error_of([&] { make(); });
+  }
+  std::string prefix() const { return "tokenizer file '" + file.string() + "': key "; }
+};
+
+TEST(ClipTokenizerJson, SameIdsAsVocabAndMerges) {
+  Mini files;
+  MiniJson json;
+  const auto from_files = files.make(), from_json = json.make();
+  for (const char* text : {"It's THEY'RE", "wow!!! ...a,b", "lower cat banana", "Caf\u00c9 \u732b\u72ac",
+                           "<|startoftext|>the<|endoftext|>", "Cafe\u0301"}) {
+    EXPECT_EQ(from_json.encode(text).input_ids, from_files.encode(text).input_ids) << text;
+  }
+  // Merges as ["first", "second"] pairs, the form of current tokenizers releases.
+  auto pairs = mini_tokenizer_json();
+  for (auto& merge : pairs["model"]["merges"]) {
+    const auto text = merge.get<std::string>();
+    merge = nlohmann::json::array({text.substr(0, text.find(' ')), text.substr(text.find(' ') + 1)});
+  }
+  json.write(pairs);
+  EXPECT_EQ(json.make().encode_ids("lower cat"), (Ids{515, 66, 516}));
+}
+
+TEST(ClipTokenizerJson, AddedTokensAreSplitOutOfTheRawText) {
+  auto json = mini_tokenizer_json();
+  json["added_tokens"].push_back({{"id", 514}, {"content", "low"}, {"normalized", false}, {"special", true}});
+  MiniJson mini(json);
+  // "low" (exact case) is its own id 514 even inside a word; "LOW" is lower-cased and goes through
+  // the BPE: l o w</w> -> lo w</w> (513, 342).
+  EXPECT_EQ(mini.make().encode_ids("alowa LOW"), (Ids{320, 514, 320, 513, 342}));
+}
+
+TEST(ClipTokenizerJson, FolderPrefersTokenizerJson) {
+  MiniJson mini;
+  const auto folder = mini.file.parent_path();
+  dedpo::test::write_file(folder / "tokenizer_config.json", R"({"model_max_length": 6, "pad_token": "!"})");
+  auto tok = ClipTokenizer::from_folder(folder);  // no vocab.json / merges.txt there
+  EXPECT_EQ(tok.encode("a cat").input_ids, (Ids{kBos, 320, 66, 516, kEos, 0}));
+}
+
+TEST(ClipTokenizerJson, ErrorsNameFileKeyAndExpectation) {
+  MiniJson mini;
+  const auto p = mini.prefix();
+  EXPECT_EQ(mini.error_with("/model/type", "WordPiece"), p + "'model.type' must be \"BPE\", got \"WordPiece\"");
+  EXPECT_EQ(mini.error_with("/model", 3), p + "'model' must be an object, got 3");
+  EXPECT_EQ(mini.error_with("/model/end_of_word_suffix", nullptr),
+            p + "'model.end_of_word_suffix' must be \"</w>\" (CLIP's BPE), got null");
+  EXPECT_EQ(mini.error_with("/model/continuing_subword_prefix", "##"),
+            p + "'model.continuing_subword_prefix' must be \"\" (the only value dedpo supports) or absent, got \"##\"");
+  EXPECT_EQ(mini.error_with("/model/dropout", 0.1),
+            p + "'model.dropout' must be null (the only value dedpo supports) or absent, got 0.1");
+  EXPECT_EQ(mini.error_with("/model/byte_fallback", true),
+            p + "'model.byte_fallback' must be false (the only value dedpo supports) or absent, got true");
+  EXPECT_EQ(mini.error_with("/model/fuse_unk", true),
+            p + "'model.fuse_unk' must be false (the only value dedpo supports) or absent, got true");
+  EXPECT_EQ(mini.error_with("/model/unk_token", "[UNK]"),
+            p + "'model.unk_token' must be the unk_token of the tokenizer config (\"<|endoftext|>\"), got \"[UNK]\"");
+  EXPECT_EQ(mini.error_with("/model/vocab", nlohmann::json::array()),
+            p + "'model.vocab': expected a JSON object of token -> id");
+  EXPECT_EQ(mini.error_with("/model/vocab/a", -1),
+            p + "'model.vocab': key 'a' must map to a non-negative integer id, got -1");
+  EXPECT_EQ(mini.error_with("/model/merges", nullptr), p + "'model.merges' must be an array of merges, got null");
+  const std::string merge_form = "\"first second\" (two symbols separated by a space) or [\"first\", \"second\"]";
+  EXPECT_EQ(mini.error_with("/model/merges/2", "lo w x"), p + "'model.merges[2]' must be " + merge_form + ", got \"lo w x\"");
+  EXPECT_EQ(mini.error_with("/model/merges/2", {"lo", "w", "x"}),
+            p + "'model.merges[2]' must be " + merge_form + ", got [\"lo\",\"w\",\"x\"]");
+  EXPECT_EQ(mini.error_with("/model/merges/2", "q z"),
+            p + "'model.merges[2]': the merge 'q z' gives 'qz', which is not in the vocabulary model.vocab");
+  EXPECT_EQ(mini.error_with("/model/merges/2", {"lo", "wz"}),
+            p + "'model.merges[2]': the merge 'lo wz' has 'wz', which is not in the vocabulary model.vocab");
+  EXPECT_EQ(mini.error_with("/added_tokens/1/id", 7),
+            p + "'added_tokens[1].id' must be the id of \"<|endoftext|>\" in model.vocab, got 7");
+  EXPECT_EQ(mini.error_with("/added_tokens/0/content", ""), p + "'added_tokens[0].content' must be a non-empty string, got \"\"");
+  EXPECT_EQ(mini.error_with("/added_tokens/0/normalized", true),
+            p + "'added_tokens[0].normalized' must be false (the only value dedpo supports) or absent, got true");
+  EXPECT_EQ(mini.error_with("/added_tokens/0/lstrip", true),
+            p + "'added_tokens[0].lstrip' must be false (the only value dedpo supports) or absent, got true");
+  EXPECT_EQ(mini.error_with("/normalizer/normalizers/0/type", "NFKC"),
+            p + "'normalizer' must be CLIP's Sequence [NFC, Replace(\\s+ -> \" \"), Lowercase] (the only one dedpo "
+                "implements), got {\"normalizers\":[{\"type\":\"NFKC\"},{\"content\":\" \",\"pattern\":{\"Regex\":\"\\\\s+\"},"
+                "\"type\":\"Replace\"},{\"type\":\"Lowercase\"}],\"type\":\"Sequence\"}");
+  EXPECT_EQ(mini.error_with("/normalizer", nullptr),
+            p + "'normalizer' must be CLIP's Sequence [NFC, Replace(\\s+ -> \" \"), Lowercase] (the only one dedpo "
+                "implements), got null");
+  EXPECT_EQ(mini.error_with("/pre_tokenizer/type", "ByteLevel"), p + "'pre_tokenizer.type' must be \"Sequence\", got \"ByteLevel\"");
+  EXPECT_EQ(mini.error_with("/pre_tokenizer/pretokenizers/0/pattern/Regex", "\\w+"),
+            p + "'pre_tokenizer.pretokenizers[0].pattern' must be {\"Regex\": \"<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|"
+                "'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+\"} (CLIP's), got {\"Regex\":\"\\\\w+\"}");
+  EXPECT_EQ(mini.error_with("/pre_tokenizer/pretokenizers/0/invert", false),
+            p + "'pre_tokenizer.pretokenizers[0].invert' must be true, got false");
+  EXPECT_EQ(mini.error_with("/pre_tokenizer/pretokenizers/0/behavior", "Isolated"),
+            p + "'pre_tokenizer.pretokenizers[0].behavior' must be \"Removed\", got \"Isolated\"");
+  EXPECT_EQ(mini.error_with("/pre_tokenizer/pretokenizers/1/add_prefix_space", true),
+            p + "'pre_tokenizer.pretokenizers[1].add_prefix_space' must be false (the only value dedpo supports) or "
+                "absent, got true");
+  EXPECT_EQ(mini.error_with("/pre_tokenizer/pretokenizers/1", nlohmann::json::object()),
+            p + "'pre_tokenizer.pretokenizers[1].type' must be \"ByteLevel\", got null");
+  EXPECT_EQ(mini.error_with("/post_processor/type", "TemplateProcessing"),
+            p + "'post_processor.type' must be \"RobertaProcessing\", got \"TemplateProcessing\"");
+  EXPECT_EQ(mini.error_with("/post_processor/cls", {"<|startoftext|>", 1}),
+            p + "'post_processor.cls' must be [\"<|startoftext|>\", its id] (the bos_token of the tokenizer config), "
+                "got [\"<|startoftext|>\",1]");
+  EXPECT_EQ(mini.error_with("/decoder/type", "WordPiece"), p + "'decoder.type' must be \"ByteLevel\", got \"WordPiece\"");
+
+  mini.write(nlohmann::json::array());
+  EXPECT_EQ(error_of([&] { mini.make(); }), "tokenizer file '" + mini.file.string() + "': expected a JSON object");
+  dedpo::test::write_file(mini.file, "{\"model\": ");
+  EXPECT_EQ(error_of([&] { mini.make(); }).rfind("tokenizer file '" + mini.file.string() + "': malformed JSON: ", 0), 0u);
+  std::filesystem::remove(mini.file);
+  EXPECT_EQ(error_of([&] { mini.make(); }), "tokenizer: cannot open tokenizer file '" + mini.file.string() + "'");
 }
 
 }  // namespace

@@ -2,6 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <unicode/normalizer2.h>
+#include <unicode/uchar.h>
+#include <unicode/unistr.h>
+#include <unicode/ustring.h>
+#include <unicode/utf16.h>
 
 #include <algorithm>
 #include <array>
@@ -114,114 +119,73 @@ std::string sanitize_utf8(const std::string& bytes) {
   return out;
 }
 
-// ---- Unicode categories (tables; see the limits in the header) ----------------------------------
+// ---- Unicode (ICU: the categories, case mappings and normalisation of its Unicode database) ------
 
+// The character classes of CLIP's pattern as the tokenizers library's regex engine (Oniguruma) reads
+// them: \p{L} and \p{N} are general categories, \s is the White_Space property (so U+001C..U+001F,
+// spaces to Python's str.isspace, are not).
+bool is_letter(char32_t cp) { return (U_GET_GC_MASK(static_cast<UChar32>(cp)) & U_GC_L_MASK) != 0; }
+bool is_number(char32_t cp) { return (U_GET_GC_MASK(static_cast<UChar32>(cp)) & U_GC_N_MASK) != 0; }
+bool is_space(char32_t cp) { return u_isUWhiteSpace(static_cast<UChar32>(cp)) != 0; }
+
+// BasicTokenizer._is_chinese_char (transformers 4; a fixed list there, not a Unicode property).
 struct Range {
   char32_t lo, hi;
 };
-
-bool in_ranges(char32_t cp, const Range* ranges, std::size_t count) {
-  // Ranges are sorted and disjoint.
-  const Range* end = ranges + count;
-  const Range* it = std::upper_bound(ranges, end, cp, [](char32_t c, const Range& r) { return c < r.lo; });
-  return it != ranges && cp <= (it - 1)->hi;
-}
-
-// \p{L} (subset).
-constexpr Range kLetters[] = {
-    {0x41, 0x5A},       {0x61, 0x7A},       {0xAA, 0xAA},       {0xB5, 0xB5},       {0xBA, 0xBA},
-    {0xC0, 0xD6},       {0xD8, 0xF6},       {0xF8, 0x2C1},      {0x2C6, 0x2D1},     {0x2E0, 0x2E4},
-    {0x2EC, 0x2EC},     {0x2EE, 0x2EE},     {0x370, 0x374},     {0x376, 0x377},     {0x37A, 0x37D},
-    {0x37F, 0x37F},     {0x386, 0x386},     {0x388, 0x38A},     {0x38C, 0x38C},     {0x38E, 0x3A1},
-    {0x3A3, 0x3F5},     {0x3F7, 0x481},     {0x48A, 0x52F},     {0x531, 0x556},     {0x559, 0x559},
-    {0x560, 0x588},     {0x5D0, 0x5EA},     {0x5EF, 0x5F2},     {0x620, 0x64A},     {0x66E, 0x66F},
-    {0x671, 0x6D3},     {0x6D5, 0x6D5},     {0x904, 0x939},     {0x93D, 0x93D},     {0x950, 0x950},
-    {0x958, 0x961},     {0x971, 0x980},     {0xE01, 0xE30},     {0xE32, 0xE33},     {0xE40, 0xE46},
-    {0x1100, 0x11FF},   {0x1E00, 0x1F15},   {0x1F18, 0x1F1D},   {0x1F20, 0x1F45},   {0x1F48, 0x1F4D},
-    {0x1F50, 0x1F57},   {0x1F59, 0x1F59},   {0x1F5B, 0x1F5B},   {0x1F5D, 0x1F5D},   {0x1F5F, 0x1F7D},
-    {0x1F80, 0x1FB4},   {0x1FB6, 0x1FBC},   {0x1FBE, 0x1FBE},   {0x1FC2, 0x1FC4},   {0x1FC6, 0x1FCC},
-    {0x1FD0, 0x1FD3},   {0x1FD6, 0x1FDB},   {0x1FE0, 0x1FEC},   {0x1FF2, 0x1FF4},   {0x1FF6, 0x1FFC},
-    {0x2C60, 0x2C7F},   {0x3005, 0x3006},   {0x3031, 0x3035},   {0x303B, 0x303C},   {0x3041, 0x3096},
-    {0x309D, 0x309F},   {0x30A1, 0x30FA},   {0x30FC, 0x30FF},   {0x3131, 0x318E},   {0x3400, 0x4DBF},
-    {0x4E00, 0x9FFF},   {0xAC00, 0xD7A3},   {0xF900, 0xFA6D},   {0xFA70, 0xFAD9},   {0xFF21, 0xFF3A},
-    {0xFF41, 0xFF5A},   {0xFF66, 0xFFBE},   {0x20000, 0x2A6DF}, {0x2A700, 0x2B739}, {0x2B740, 0x2B81D},
-    {0x2B820, 0x2CEA1}, {0x2CEB0, 0x2EBE0}, {0x2F800, 0x2FA1D}, {0x30000, 0x3134A},
-};
-
-// \p{N} (subset).
-constexpr Range kNumbers[] = {
-    {0x30, 0x39},     {0xB2, 0xB3},     {0xB9, 0xB9},     {0xBC, 0xBE},     {0x660, 0x669},
-    {0x6F0, 0x6F9},   {0x966, 0x96F},   {0xE50, 0xE59},   {0x2070, 0x2070}, {0x2074, 0x2079},
-    {0x2080, 0x2089}, {0x2150, 0x2182}, {0x2185, 0x2189}, {0x2460, 0x249B}, {0x24EA, 0x24FF},
-    {0x2776, 0x2793}, {0x3007, 0x3007}, {0x3021, 0x3029}, {0x3038, 0x303A}, {0x3192, 0x3195},
-    {0x3220, 0x3229}, {0x3248, 0x324F}, {0x3251, 0x325F}, {0x3280, 0x3289}, {0x32B1, 0x32BF},
-    {0xFF10, 0xFF19},
-};
-
-// Python's str.isspace (what re's \s matches in str patterns).
-constexpr Range kSpaces[] = {
-    {0x09, 0x0D},     {0x1C, 0x20},     {0x85, 0x85},     {0xA0, 0xA0},     {0x1680, 0x1680},
-    {0x2000, 0x200A}, {0x2028, 0x2029}, {0x202F, 0x202F}, {0x205F, 0x205F}, {0x3000, 0x3000},
-};
-
-// BasicTokenizer._is_chinese_char.
 constexpr Range kCjkIdeographs[] = {
     {0x3400, 0x4DBF},   {0x4E00, 0x9FFF},   {0xF900, 0xFAFF},   {0x20000, 0x2A6DF},
     {0x2A700, 0x2B73F}, {0x2B740, 0x2B81F}, {0x2B820, 0x2CEAF}, {0x2F800, 0x2FA1F},
 };
-
-bool is_letter(char32_t cp) { return in_ranges(cp, kLetters, std::size(kLetters)); }
-bool is_number(char32_t cp) { return in_ranges(cp, kNumbers, std::size(kNumbers)); }
-bool is_space(char32_t cp) { return in_ranges(cp, kSpaces, std::size(kSpaces)); }
-bool is_cjk(char32_t cp) { return in_ranges(cp, kCjkIdeographs, std::size(kCjkIdeographs)); }
-
-// Simple lower-case mapping of one code point (see the header for what is covered).
-char32_t lower_simple(char32_t c) {
-  auto even_to_odd = [&](char32_t lo, char32_t hi) { return c >= lo && c <= hi && (c % 2) == (lo % 2); };
-  if (c >= 'A' && c <= 'Z') return c + 32;
-  if (c < 0xC0) return c;
-  if (c <= 0xDE) return c == 0xD7 ? c : c + 32;                                  // Latin-1
-  if (even_to_odd(0x100, 0x12F) || even_to_odd(0x132, 0x137)) return c + 1;     // Latin Ext-A
-  if (even_to_odd(0x139, 0x148) || even_to_odd(0x14A, 0x177)) return c + 1;
-  if (c == 0x178) return 0xFF;
-  if (even_to_odd(0x179, 0x17E)) return c + 1;
-  if (c == 0x386) return 0x3AC;                                                   // Greek
-  if (c >= 0x388 && c <= 0x38A) return c + 37;
-  if (c == 0x38C) return 0x3CC;
-  if (c == 0x38E || c == 0x38F) return c + 63;
-  if ((c >= 0x391 && c <= 0x3A1) || (c >= 0x3A3 && c <= 0x3AB)) return c + 32;
-  if (c >= 0x400 && c <= 0x40F) return c + 80;                                   // Cyrillic
-  if (c >= 0x410 && c <= 0x42F) return c + 32;
-  if (even_to_odd(0x460, 0x481) || even_to_odd(0x48A, 0x4BF)) return c + 1;
-  if (c == 0x4C0) return 0x4CF;
-  if (even_to_odd(0x4C1, 0x4CE)) return c + 1;
-  if (even_to_odd(0x4D0, 0x52F)) return c + 1;
-  if (c >= 0x531 && c <= 0x556) return c + 48;                                   // Armenian
-  if (even_to_odd(0x1E00, 0x1E95) || even_to_odd(0x1EA0, 0x1EFF)) return c + 1;  // Latin Ext Add.
-  if (c == 0x1E9E) return 0xDF;
-  if (c >= 0x2160 && c <= 0x216F) return c + 16;                                 // Roman numerals
-  if (c >= 0x24B6 && c <= 0x24CF) return c + 26;                                 // circled letters
-  if (c >= 0xFF21 && c <= 0xFF3A) return c + 32;                                 // fullwidth
-  return c;
+bool is_cjk(char32_t cp) {
+  return std::any_of(std::begin(kCjkIdeographs), std::end(kCjkIdeographs),
+                     [cp](const Range& r) { return cp >= r.lo && cp <= r.hi; });
 }
 
-// The tokenizers library's Lowercase normaliser on the covered ranges: each code point on its own
-// (so Σ is always σ, never the final ς of Python's str.lower()), İ -> i + U+0307.
+// The NFC normaliser.
+std::u32string nfc(const std::u32string& text) {
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* normalizer = icu::Normalizer2::getNFCInstance(status);
+  if (U_FAILURE(status)) throw Error(fmt::format("tokenizer: ICU's NFC normaliser is unavailable: {}", u_errorName(status)));
+  const auto utf16 = icu::UnicodeString::fromUTF32(reinterpret_cast<const UChar32*>(text.data()),
+                                                   static_cast<int32_t>(text.size()));
+  if (normalizer->isNormalized(utf16, status) && U_SUCCESS(status)) return text;
+  icu::UnicodeString composed = normalizer->normalize(utf16, status);
+  if (U_FAILURE(status)) throw Error(fmt::format("tokenizer: NFC normalisation failed: {}", u_errorName(status)));
+  std::u32string out(static_cast<std::size_t>(composed.countChar32()), U'\0');
+  composed.toUTF32(reinterpret_cast<UChar32*>(out.data()), static_cast<int32_t>(out.size()), status);
+  return out;
+}
+
+// The Lowercase normaliser: each code point's full lower-case mapping on its own (Rust's
+// char::to_lowercase), so Σ is always σ (never the final ς of a context-aware mapping) and
+// İ is "i" + U+0307.
 std::u32string lower(const std::u32string& s) {
   std::u32string out;
   out.reserve(s.size());
   for (char32_t c : s) {
-    if (c == 0x130) {  // İ -> i + COMBINING DOT ABOVE
-      out.push_back(U'i');
-      out.push_back(0x307);
-    } else {
-      out.push_back(lower_simple(c));
+    if (c < 0x80) {
+      out.push_back(c >= 'A' && c <= 'Z' ? c + 32 : c);
+      continue;
+    }
+    UChar in[2], mapped[8];  // a full mapping is at most 3 code points
+    int32_t in_length = 0;
+    U16_APPEND_UNSAFE(in, in_length, static_cast<UChar32>(c));
+    UErrorCode status = U_ZERO_ERROR;
+    const int32_t length = u_strToLower(mapped, 8, in, in_length, "", &status);
+    if (U_FAILURE(status)) throw Error(fmt::format("tokenizer: lower-casing U+{:04X} failed: {}", static_cast<uint32_t>(c), u_errorName(status)));
+    for (int32_t i = 0; i < length;) {
+      UChar32 cp;
+      U16_NEXT_UNSAFE(mapped, i, cp);
+      out.push_back(static_cast<char32_t>(cp));
     }
   }
   return out;
 }
 
-std::u32string clean(const std::u32string& text, bool split_cjk) {
+// CLIP's normaliser sequence: NFC, Replace(\s+, " ") (here also stripping the ends, which the
+// pre-tokeniser drops anyway), Lowercase.
+std::u32string clean(const std::u32string& raw, bool split_cjk) {
+  const std::u32string text = nfc(raw);
   std::u32string spaced;
   if (split_cjk) {
     for (char32_t c : text) {
@@ -235,7 +199,6 @@ std::u32string clean(const std::u32string& text, bool split_cjk) {
     }
   }
   const std::u32string& in = split_cjk ? spaced : text;
-  // whitespace_clean: re.sub(r"\s+", " ", text).strip()
   std::u32string collapsed;
   collapsed.reserve(in.size());
   bool pending_space = false;
@@ -314,6 +277,14 @@ std::string read_file(const std::filesystem::path& path, const char* what) {
 
 std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
 
+nlohmann::json parse_json(const std::string& text, const std::filesystem::path& path, const char* what) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{} {}: malformed JSON: {}", what, quoted(path), e.what()));
+  }
+}
+
 }  // namespace
 
 namespace tokenizer_detail {
@@ -346,13 +317,7 @@ TokenizerConfig TokenizerConfig::from_folder(const std::filesystem::path& folder
   TokenizerConfig config;
   auto read_json = [](const std::filesystem::path& path) -> std::optional<nlohmann::json> {
     if (!std::filesystem::exists(path)) return std::nullopt;
-    std::string text = read_file(path, "tokenizer config");
-    nlohmann::json json;
-    try {
-      json = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(fmt::format("tokenizer config {}: malformed JSON: {}", quoted(path), e.what()));
-    }
+    nlohmann::json json = parse_json(read_file(path, "tokenizer config"), path, "tokenizer config");
     if (!json.is_object()) throw Error(fmt::format("tokenizer config {}: not a JSON object", quoted(path)));
     return json;
   };
@@ -401,53 +366,90 @@ struct ClipTokenizer::Impl {
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<std::string>> cache;
 
+  explicit Impl(TokenizerConfig config_);
+  // The vocabulary object {"token": id, ...}; `where` names it in messages.
+  void read_vocabulary(const nlohmann::json& vocab, const std::string& where);
+  // The next merge by rank; `where` names it and `vocabulary` the vocabulary in messages.
+  void add_merge(const std::string& first, const std::string& second, const std::string& where,
+                 const std::string& vocabulary);
+  void add_special(const std::string& token);
+  // The ids of the config's bos / eos / unk / pad tokens; `source` names the vocabulary's file.
+  void resolve_special_tokens(const std::filesystem::path& source);
+
   std::vector<std::string> bpe(const std::string& token) const;
   void tokenize_piece(const std::string& piece, std::vector<std::string>& out) const;
 };
 
-namespace {
-
-// The maximum number of merges CLIPTokenizer reads: lines [1, 49152 - 256 - 2 + 1) of the file.
-constexpr std::size_t kMaxMerges = 49152 - 256 - 2;
-
-}  // namespace
-
-ClipTokenizer::ClipTokenizer(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt,
-                             TokenizerConfig config)
-    : impl_(std::make_shared<Impl>()) {
-  Impl& m = *impl_;
+ClipTokenizer::Impl::Impl(TokenizerConfig config_) : config(std::move(config_)) {
   if (config.max_length < 2) {
     throw Error(fmt::format("tokenizer: max_length must be at least 2 (BOS and EOS), got {}", config.max_length));
   }
-  m.config = std::move(config);
+  auto cps = byte_code_points();
+  for (int b = 0; b < 256; ++b) byte_decoder[cps[b]] = static_cast<unsigned char>(b);
+}
 
-  // vocab.json: {"token": id, ...}
-  std::string vocab_text = read_file(vocab_json, "vocabulary");
-  nlohmann::json vocab;
-  try {
-    vocab = nlohmann::json::parse(vocab_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("tokenizer vocabulary {}: malformed JSON: {}", quoted(vocab_json), e.what()));
-  }
-  if (!vocab.is_object()) {
-    throw Error(fmt::format("tokenizer vocabulary {}: expected a JSON object of token -> id", quoted(vocab_json)));
-  }
+void ClipTokenizer::Impl::read_vocabulary(const nlohmann::json& vocab, const std::string& where) {
+  if (!vocab.is_object()) throw Error(fmt::format("{}: expected a JSON object of token -> id", where));
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0) {
-      throw Error(fmt::format("tokenizer vocabulary {}: key '{}' must map to a non-negative integer id, got {}",
-                              quoted(vocab_json), token, id.dump()));
+      throw Error(fmt::format("{}: key '{}' must map to a non-negative integer id, got {}", where, token, id.dump()));
     }
-    m.encoder[token] = id.get<int64_t>();
-    m.decoder[id.get<int64_t>()] = token;
+    encoder[token] = id.get<int64_t>();
+    decoder[id.get<int64_t>()] = token;
   }
+}
 
-  // merges.txt: "#version: ..." then one "first second" per line, rank = order.
+void ClipTokenizer::Impl::add_merge(const std::string& first, const std::string& second, const std::string& where,
+                                    const std::string& vocabulary) {
+  // The tokenizers library refuses these too ("Token `x` out of vocabulary").
+  for (const std::string* part : {&first, &second}) {
+    if (!encoder.count(*part)) {
+      throw Error(fmt::format("{}: the merge '{} {}' has '{}', which is not in the vocabulary {}", where, first, second,
+                              *part, vocabulary));
+    }
+  }
+  if (!encoder.count(first + second)) {
+    throw Error(fmt::format("{}: the merge '{} {}' gives '{}', which is not in the vocabulary {}", where, first, second,
+                            first + second, vocabulary));
+  }
+  // A repeated pair keeps its last rank, as a Python dict does.
+  ranks[first + " " + second] = static_cast<int>(ranks.size());
+}
+
+void ClipTokenizer::Impl::add_special(const std::string& token) {
+  if (std::find(specials.begin(), specials.end(), token) == specials.end()) specials.push_back(token);
+}
+
+void ClipTokenizer::Impl::resolve_special_tokens(const std::filesystem::path& source) {
+  auto special = [&](const char* key, const std::string& token) {
+    auto it = encoder.find(token);
+    if (token.empty() || it == encoder.end()) {
+      throw Error(fmt::format("tokenizer vocabulary {}: the {} '{}' is not in the vocabulary", quoted(source), key,
+                              token));
+    }
+    add_special(token);
+    return it->second;
+  };
+  bos = special("bos_token", config.bos_token);
+  eos = special("eos_token", config.eos_token);
+  unk = special("unk_token", config.unk_token);
+  pad = special("pad_token", config.pad_token);
+}
+
+ClipTokenizer::ClipTokenizer(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt,
+                             TokenizerConfig config)
+    : impl_(std::make_shared<Impl>(std::move(config))) {
+  Impl& m = *impl_;
+  m.read_vocabulary(parse_json(read_file(vocab_json, "vocabulary"), vocab_json, "tokenizer vocabulary"),
+                    fmt::format("tokenizer vocabulary {}", quoted(vocab_json)));
+
+  // merges.txt: "#version: ..." then one "first second" per line, rank = order; all of them, as the
+  // tokenizers library reads the file (transformers 4's slow tokenizer stopped after 48894).
   std::string merges_text = read_file(merges_txt, "merges file");
   while (!merges_text.empty() && std::isspace(static_cast<unsigned char>(merges_text.back()))) merges_text.pop_back();
   std::istringstream lines(merges_text);
   std::string line;
   std::size_t line_number = 0;
-  int rank = 0;
   while (std::getline(lines, line)) {
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -458,39 +460,195 @@ ClipTokenizer::ClipTokenizer(const std::filesystem::path& vocab_json, const std:
       }
       continue;
     }
-    if (static_cast<std::size_t>(rank) >= kMaxMerges) break;
     std::istringstream fields(line);
     std::string first, second, extra;
     if (!(fields >> first >> second) || (fields >> extra)) {
       throw Error(fmt::format("tokenizer merges {}:{}: malformed merge '{}' (expected two symbols separated by a space)",
                               merges_txt.string(), line_number, line));
     }
-    if (!m.encoder.count(first + second)) {
-      throw Error(fmt::format("tokenizer merges {}:{}: the merge '{} {}' gives '{}', which is not in the vocabulary {}",
-                              merges_txt.string(), line_number, first, second, first + second, quoted(vocab_json)));
-    }
-    m.ranks[first + " " + second] = rank++;  // a repeated pair keeps its last rank, as a Python dict does
+    m.add_merge(first, second, fmt::format("tokenizer merges {}:{}", merges_txt.string(), line_number), quoted(vocab_json));
+  }
+  m.resolve_special_tokens(vocab_json);
+}
+
+ClipTokenizer::ClipTokenizer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+namespace {
+
+// What dedpo implements of a tokenizer.json: CLIP's pipeline, as transformers' CLIPTokenizer builds it.
+const nlohmann::json& clip_normalizer() {
+  static const auto json = nlohmann::json::parse(R"({"type": "Sequence", "normalizers": [
+      {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}]})");
+  return json;
+}
+constexpr const char* kClipSplitPattern =
+    R"(<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+)";
+
+// Reads and checks a tokenizer.json (the tokenizers library's format) against the CLIP pipeline.
+class TokenizerJsonReader {
+ public:
+  TokenizerJsonReader(const std::filesystem::path& path, nlohmann::json json) : path_(path), json_(std::move(json)) {
+    if (!json_.is_object()) throw Error(fmt::format("tokenizer file {}: expected a JSON object", quoted(path_)));
   }
 
-  auto cps = byte_code_points();
-  for (int b = 0; b < 256; ++b) m.byte_decoder[cps[b]] = static_cast<unsigned char>(b);
+  [[noreturn]] void fail(const std::string& key, const std::string& expected, const nlohmann::json& got) const {
+    std::string shown = got.dump();
+    if (shown.size() > 200) shown = shown.substr(0, 200) + "...";
+    throw Error(fmt::format("tokenizer file {}: key '{}' must be {}, got {}", quoted(path_), key, expected, shown));
+  }
+  std::string where(const std::string& key) const { return fmt::format("tokenizer file {}: key '{}'", quoted(path_), key); }
 
-  auto special = [&](const char* key, const std::string& token) {
-    auto it = m.encoder.find(token);
-    if (token.empty() || it == m.encoder.end()) {
-      throw Error(fmt::format("tokenizer vocabulary {}: the {} '{}' is not in the vocabulary", quoted(vocab_json), key,
-                              token));
+  // object[key]; null when absent.
+  static const nlohmann::json& field(const nlohmann::json& object, const char* key) {
+    static const nlohmann::json null;
+    auto it = object.find(key);
+    return it == object.end() ? null : *it;
+  }
+  void expect_type(const nlohmann::json& object, const std::string& at, const char* type) const {
+    const auto& value = field(object, "type");
+    if (value != type) fail(at + ".type", fmt::format("\"{}\"", type), value);
+  }
+  // A setting that must be absent, null or equal to `supported` (its value in CLIP's pipeline).
+  void expect_setting(const nlohmann::json& object, const std::string& at, const char* key,
+                      const nlohmann::json& supported) const {
+    const auto& value = field(object, key);
+    if (!value.is_null() && value != supported) {
+      fail(at + "." + key, fmt::format("{} (the only value dedpo supports) or absent", supported.dump()), value);
     }
-    if (std::find(m.specials.begin(), m.specials.end(), token) == m.specials.end()) m.specials.push_back(token);
-    return it->second;
-  };
-  m.bos = special("bos_token", m.config.bos_token);
-  m.eos = special("eos_token", m.config.eos_token);
-  m.unk = special("unk_token", m.config.unk_token);
-  m.pad = special("pad_token", m.config.pad_token);
+  }
+
+  void read(ClipTokenizer::Impl& m) const {
+    read_model(m);
+    read_added_tokens(m);
+    const auto& normalizer = field(json_, "normalizer");
+    if (normalizer != clip_normalizer()) {
+      fail("normalizer", "CLIP's Sequence [NFC, Replace(\\s+ -> \" \"), Lowercase] (the only one dedpo implements)",
+           normalizer);
+    }
+    read_pre_tokenizer();
+    read_post_processor(m);
+    const auto& decoder = field(json_, "decoder");
+    if (!decoder.is_null()) expect_type(decoder, "decoder", "ByteLevel");
+  }
+
+ private:
+  void read_model(ClipTokenizer::Impl& m) const {
+    const auto& model = field(json_, "model");
+    if (!model.is_object()) fail("model", "an object", model);
+    expect_type(model, "model", "BPE");
+    const auto& suffix = field(model, "end_of_word_suffix");
+    if (suffix != "</w>") fail("model.end_of_word_suffix", "\"</w>\" (CLIP's BPE)", suffix);
+    expect_setting(model, "model", "continuing_subword_prefix", "");
+    expect_setting(model, "model", "dropout", nullptr);
+    expect_setting(model, "model", "fuse_unk", false);
+    expect_setting(model, "model", "byte_fallback", false);
+    expect_setting(model, "model", "ignore_merges", false);
+    const auto& unk = field(model, "unk_token");
+    if (!unk.is_null() && unk != m.config.unk_token) {
+      fail("model.unk_token", fmt::format("the unk_token of the tokenizer config (\"{}\")", m.config.unk_token), unk);
+    }
+    m.read_vocabulary(field(model, "vocab"), where("model.vocab"));
+    const auto& merges = field(model, "merges");
+    if (!merges.is_array()) fail("model.merges", "an array of merges", merges);
+    for (std::size_t i = 0; i < merges.size(); ++i) {
+      const auto& merge = merges[i];
+      const std::string at = fmt::format("model.merges[{}]", i);
+      std::string first, second, extra;
+      if (merge.is_string()) {  // "first second"
+        std::istringstream fields(merge.get<std::string>());
+        if (!(fields >> first >> second) || (fields >> extra)) {
+          fail(at, "\"first second\" (two symbols separated by a space) or [\"first\", \"second\"]", merge);
+        }
+      } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string() &&
+                 !merge[0].get<std::string>().empty() && !merge[1].get<std::string>().empty()) {
+        first = merge[0].get<std::string>(), second = merge[1].get<std::string>();
+      } else {
+        fail(at, "\"first second\" (two symbols separated by a space) or [\"first\", \"second\"]", merge);
+      }
+      m.add_merge(first, second, where(at), "model.vocab");
+    }
+  }
+
+  // Added tokens are split out of the raw text (before normalisation), each its own id.
+  void read_added_tokens(ClipTokenizer::Impl& m) const {
+    const auto& added = field(json_, "added_tokens");
+    if (added.is_null()) return;
+    if (!added.is_array()) fail("added_tokens", "an array", added);
+    for (std::size_t i = 0; i < added.size(); ++i) {
+      const auto& token = added[i];
+      const std::string at = fmt::format("added_tokens[{}]", i);
+      if (!token.is_object()) fail(at, "an object", token);
+      const auto& content = field(token, "content");
+      const auto& id = field(token, "id");
+      if (!content.is_string() || content.get<std::string>().empty()) fail(at + ".content", "a non-empty string", content);
+      auto known = m.encoder.find(content.get<std::string>());
+      if (!id.is_number_integer() || known == m.encoder.end() || known->second != id.get<int64_t>()) {
+        fail(at + ".id", fmt::format("the id of \"{}\" in model.vocab", content.get<std::string>()), id);
+      }
+      for (const char* key : {"single_word", "lstrip", "rstrip", "normalized"}) expect_setting(token, at, key, false);
+      m.add_special(content.get<std::string>());
+    }
+  }
+
+  void read_pre_tokenizer() const {
+    const auto& pre = field(json_, "pre_tokenizer");
+    const char* expected = "CLIP's Sequence [Split(its pattern, Removed, invert), ByteLevel(add_prefix_space false)]";
+    if (!pre.is_object()) fail("pre_tokenizer", expected, pre);
+    expect_type(pre, "pre_tokenizer", "Sequence");
+    const auto& steps = field(pre, "pretokenizers");
+    if (!steps.is_array() || steps.size() != 2) fail("pre_tokenizer.pretokenizers", expected, steps);
+    const auto& split = steps[0];
+    expect_type(split, "pre_tokenizer.pretokenizers[0]", "Split");
+    const auto& pattern = field(split, "pattern");
+    if (!pattern.is_object() || field(pattern, "Regex") != kClipSplitPattern) {
+      fail("pre_tokenizer.pretokenizers[0].pattern", fmt::format("{{\"Regex\": \"{}\"}} (CLIP's)", kClipSplitPattern),
+           pattern);
+    }
+    if (field(split, "behavior") != "Removed") fail("pre_tokenizer.pretokenizers[0].behavior", "\"Removed\"", field(split, "behavior"));
+    if (field(split, "invert") != true) fail("pre_tokenizer.pretokenizers[0].invert", "true", field(split, "invert"));
+    const auto& byte_level = steps[1];
+    expect_type(byte_level, "pre_tokenizer.pretokenizers[1]", "ByteLevel");
+    expect_setting(byte_level, "pre_tokenizer.pretokenizers[1]", "add_prefix_space", false);
+    expect_setting(byte_level, "pre_tokenizer.pretokenizers[1]", "use_regex", true);
+  }
+
+  // RobertaProcessing: cls + ids + sep, which must be the config's bos and eos.
+  void read_post_processor(const ClipTokenizer::Impl& m) const {
+    const auto& post = field(json_, "post_processor");
+    if (post.is_null()) return;
+    expect_type(post, "post_processor", "RobertaProcessing");
+    for (auto [key, token] : {std::pair{"cls", &m.config.bos_token}, std::pair{"sep", &m.config.eos_token}}) {
+      const auto& value = field(post, key);
+      auto known = m.encoder.find(*token);
+      if (!value.is_array() || value.size() != 2 || value[0] != *token || known == m.encoder.end() ||
+          value[1] != known->second) {
+        fail(fmt::format("post_processor.{}", key),
+             fmt::format("[\"{}\", its id] (the {} of the tokenizer config)", *token, key == std::string("cls") ? "bos_token" : "eos_token"),
+             value);
+      }
+    }
+  }
+
+  std::filesystem::path path_;
+  nlohmann::json json_;
+};
+
+}  // namespace
+
+ClipTokenizer ClipTokenizer::from_tokenizer_json(const std::filesystem::path& tokenizer_json, TokenizerConfig config) {
+  auto impl = std::make_shared<Impl>(std::move(config));
+  TokenizerJsonReader(tokenizer_json, parse_json(read_file(tokenizer_json, "tokenizer file"), tokenizer_json,
+                                                 "tokenizer file"))
+      .read(*impl);
+  impl->resolve_special_tokens(tokenizer_json);
+  return ClipTokenizer(std::move(impl));
 }
 
 ClipTokenizer ClipTokenizer::from_folder(const std::filesystem::path& folder) {
+  // tokenizer.json first, as transformers 5 does; transformers 5's save_pretrained writes only it.
+  if (std::filesystem::exists(folder / "tokenizer.json")) {
+    return from_tokenizer_json(folder / "tokenizer.json", TokenizerConfig::from_folder(folder));
+  }
   return ClipTokenizer(folder / "vocab.json", folder / "merges.txt", TokenizerConfig::from_folder(folder));
 }
 

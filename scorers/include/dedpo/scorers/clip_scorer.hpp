@@ -4,7 +4,7 @@
 //
 //   config.json               transformers CLIPConfig (text_config + vision_config)
 //   model.safetensors         weights, transformers names or an OpenCLIP state dict (auto-detected)
-//   vocab.json, merges.txt    CLIP tokenizer (+ tokenizer_config.json, special_tokens_map.json)
+//   tokenizer.json or vocab.json + merges.txt   CLIP tokenizer (+ tokenizer_config.json, ...)
 //   preprocessor_config.json  optional: CLIPImageProcessor settings (default: the model's image size)
 //
 // Images are uint8 [H, W, 3] RGB tensors of any size (each is resized and cropped on its own).

@@ -1,44 +1,39 @@
 #pragma once
 // The CLIP byte-level BPE tokenizer, as transformers' CLIPTokenizer does it (transformers 5: the
 // tokenizers library's BPE; tests/interop/roundtrip.py compares the ids on a corpus of 1,200
-// prompts): SD1.5's `tokenizer/` and SDXL's `tokenizer/` + `tokenizer_2/`.
+// prompts and on every code point): SD1.5's `tokenizer/` and SDXL's `tokenizer/` + `tokenizer_2/`,
+// read from vocab.json + merges.txt or from tokenizer.json.
 //
 //   auto tok = dedpo::sd::ClipTokenizer::from_folder("sd15/tokenizer");
 //   auto batch = tok.encode_batch({"a photo of a cat", "a dog"});  // input_ids: int64 [2, 77]
 //
 // Pipeline, step by step as in transformers:
-//  1. The raw text is split on the special tokens (bos, eos, unk, pad; exact, case-sensitive, leftmost
-//     longest), as transformers does with its added tokens. A special token
-//     becomes its own id; so SDXL's tokenizer_2, whose pad token is "!", maps every "!" to id 0.
-//  2. Each other piece is cleaned: runs of whitespace become one space, the ends are stripped, then
-//     it is lower-cased code point by code point (the Lowercase normaliser: Σ is always σ).
+//  1. The raw text is split on the special tokens (bos, eos, unk, pad and tokenizer.json's
+//     added_tokens; exact, case-sensitive, leftmost longest), as transformers does with its added
+//     tokens. A special token becomes its own id; so SDXL's tokenizer_2, whose pad token is "!",
+//     maps every "!" to id 0.
+//  2. Each other piece is normalised as CLIP's tokenizer.json says: NFC, runs of White_Space become
+//     one space, then each code point gets its full lower-case mapping on its own (Σ is always σ,
+//     İ becomes "i̇"). ICU provides the normalisation, the mappings and the character classes
+//     below, so they follow its Unicode version (Debian 12's ICU 72: Unicode 15).
 //  3. Pre-tokenisation with CLIP's pattern
 //       <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
-//     on decoded code points (a hand-written scanner, not std::regex). A pre-token spelling a
-//     special token (one cased otherwise in the text, so not split out in step 1) is split again
-//     into "<|", the name and "|>", as the byte-level step's GPT-2 pattern does.
+//     on decoded code points (a hand-written scanner, not std::regex; \s is White_Space, \p{L}
+//     and \p{N} general categories). A pre-token spelling a special token (one cased otherwise in
+//     the text, so not split out in step 1) is split again into "<|", the name and "|>", as the
+//     byte-level step's GPT-2 pattern does.
 //  4. Each pre-token's UTF-8 bytes go through GPT-2's bytes_to_unicode table, "</w>" is appended to
-//     the last symbol, and merges.txt's merges are applied lowest rank first (cached per pre-token).
-//  5. Symbols map to ids through vocab.json (unknown symbols -> unk id); encode() adds BOS ... EOS,
-//     truncates to max_length keeping EOS last, pads with the pad token, and returns the mask.
+//     the last symbol, and the merges are applied lowest rank first (cached per pre-token).
+//  5. Symbols map to ids through the vocabulary (unknown symbols -> unk id); encode() adds BOS ...
+//     EOS, truncates to max_length keeping EOS last, pads with the pad token, and returns the mask.
 //
-// Limits (documented differences from transformers):
-//  - No NFC normalisation (transformers 5 applies it first): give pre-composed (NFC) text. A
-//    decomposed accent (e + U+0301) is a separate punctuation pre-token here, "é" there.
-//  - Unicode categories come from a table, not the full database. Letters (\p{L}): Latin (Basic,
-//    Latin-1, Extended-A/B/C, IPA, Extended Additional, fullwidth), Greek (+ Extended), Cyrillic,
-//    Armenian, Hebrew, Arabic letters, Devanagari, Thai, Hangul, Hiragana, Katakana, CJK ideographs
-//    (+ extensions A-F, compatibility). Numbers (\p{N}): ASCII, superscripts / subscripts, vulgar
-//    fractions, Arabic-Indic, Devanagari, Thai, fullwidth digits, Roman numerals, circled numbers.
-//    Whitespace: Python's str.isspace set (the tokenizers library's \s lacks U+001C..U+001F). A letter outside these tables is treated as punctuation
-//    (its bytes still encode losslessly through byte fallback, only the pre-token split may differ).
-//  - Lower-casing covers ASCII, Latin-1, Latin Extended-A, Latin Extended Additional, Greek, Cyrillic, Armenian, fullwidth Latin,
-//    Roman numerals and circled letters; İ -> "i̇". Other scripts are kept as they are.
+// Limits:
 //  - transformers 4's slow tokenizer without ftfy used a BasicTokenizer that also put spaces around
 //    CJK ideographs ("猫犬" two pre-tokens there, one in transformers 5);
-//    TokenizerConfig::split_cjk_ideographs = true reproduces that part only.
-//  - As transformers 4's slow tokenizer, at most the first 48894 merges of merges.txt are used
-//    (CLIP's file has exactly that many).
+//    TokenizerConfig::split_cjk_ideographs = true reproduces that part only. Neither transformers 5
+//    nor dedpo applies ftfy's text repairs (mojibake, HTML entities).
+//  - Every merge of merges.txt is used, as in transformers 5; transformers 4's slow tokenizer used
+//    at most the first 48894 (CLIP's file has exactly that many).
 //  - Text must be valid UTF-8 (dedpo::Error otherwise).
 #include <ATen/core/Tensor.h>
 
@@ -83,7 +78,14 @@ class ClipTokenizer {
   // merges.txt, a merge whose result is not in the vocabulary, or a special token missing from it.
   ClipTokenizer(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt,
                 TokenizerConfig config = {});
-  // `folder`/vocab.json, `folder`/merges.txt and TokenizerConfig::from_folder(folder).
+  // A tokenizer.json (the tokenizers library's file; transformers 5's save_pretrained writes only
+  // it): model.vocab, model.merges and added_tokens are read; the normaliser, pre-tokeniser,
+  // post-processor and BPE settings must be CLIP's (dedpo::Error naming the file and the key of the
+  // first one that is not). Its truncation and padding entries are ignored: encode() pads and
+  // truncates to config.max_length, as a transformers call with padding="max_length" does.
+  static ClipTokenizer from_tokenizer_json(const std::filesystem::path& tokenizer_json, TokenizerConfig config = {});
+  // `folder`/tokenizer.json when present (transformers 5 prefers it too), else `folder`/vocab.json
+  // and `folder`/merges.txt; with TokenizerConfig::from_folder(folder).
   static ClipTokenizer from_folder(const std::filesystem::path& folder);
 
   // BPE symbols of the text, without BOS / EOS (e.g. "a</w>", "c", "at</w>").
@@ -111,6 +113,7 @@ class ClipTokenizer {
   struct Impl;
 
  private:
+  explicit ClipTokenizer(std::shared_ptr<Impl> impl);
   std::shared_ptr<Impl> impl_;  // immutable tables + a mutex-guarded BPE cache; copies share it
 };
 
