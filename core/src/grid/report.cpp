@@ -559,7 +559,9 @@ std::string write_sample_sheets(const fs::path& grid_dir, const std::vector<Meth
     }
     for (const auto& row : rows) {
       std::vector<chart::SheetCell> cells;
-      for (const auto& [key, unused] : columns) {
+      // Not a structured binding: clang 14 (the fuzz build's) cannot capture one in a lambda.
+      for (const auto& column : columns) {
+        const auto& key = column.first;
         const auto found = std::find_if(row.begin(), row.end(), [&](const SavedSample& s) {
           return s.set == set && s.column() == key;
         });
