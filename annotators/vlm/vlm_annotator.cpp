@@ -260,6 +260,9 @@ class VlmAnnotator : public Annotator {
   }
 
   at::Tensor annotate(AnnotatorContext& context) override;
+  // Its pace is the server's, not the rank's, and its journal of answers is keyed by the whole
+  // data set (runs of a grid share it): in a data-parallel run rank 0 asks for every pair.
+  bool shardable() const override { return false; }
 
  private:
   struct Run;

@@ -35,7 +35,10 @@ class ToyBiasedAnnotator : public Annotator {
     at::Tensor b = data.b.reshape({n, world.dim()}).to(at::kCPU, at::kFloat);
     at::Tensor prompt = data.prompt_index.to(at::kCPU);
     at::Generator gen = make_generator(mix_seed(context.seed, 303));
-    at::Tensor noise = at::randn({2, n}, gen) * options_.real("noise");
+    // Drawn for the whole data set, so that a rank's shard gets its pairs' own noise.
+    const std::int64_t total = context.total_pairs > 0 ? context.total_pairs : n;
+    at::Tensor noise =
+        at::randn({2, total}, gen).narrow(1, context.first_pair, n) * options_.real("noise");
     const double w = options_.real("bias_weight");
     at::Tensor score_a = world.reward(a, prompt) + w * world.spurious(a) + noise[0];
     at::Tensor score_b = world.reward(b, prompt) + w * world.spurious(b) + noise[1];

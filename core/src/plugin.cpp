@@ -36,6 +36,14 @@ void Loss::load_state(const std::vector<double>& state) {
   }
 }
 
+Figures Loss::end_step(const std::vector<double>& summed_statistics) {
+  if (!summed_statistics.empty()) {
+    throw Error("this loss gathers no step statistics, but was handed " +
+                std::to_string(summed_statistics.size()) + " values");
+  }
+  return {};
+}
+
 std::int64_t Backbone::image_resolution() const { return 0; }
 
 at::Tensor Backbone::encode_images(const at::Tensor&) {

@@ -5,7 +5,7 @@
 // current batch. lambda = 1 is the paper's DeDPO, lambda = 0 labelled-only DPO, "auto" estimates
 // the variance-minimising lambda* = <s_z, s_g> / <s_g, s_g> (Cov/Var of the per-pair gradients)
 // from running moments of the scores s_z = sigmoid(h) - z, s_g = sigmoid(h) - g on the labelled
-// pairs of previous batches, cross-fitted: a labelled pair of fold k (PairTerms::fold_key % K)
+// pairs of previous optimiser steps, cross-fitted: a labelled pair of fold k (PairTerms::fold_key % K)
 // gets the lambda_k estimated from the other folds only, an unlabelled pair the fold-size
 // weighted average, so no pair's lambda has seen its label. With two-stream batches ([train]
 // batches) the labelled mean comes from the labelled stream and the all-pairs mean from the
@@ -32,7 +32,7 @@ const dedpo::OptionSpec kOptions[] = {
      "(convention with the explicit 1/2; 5000 for SD1.5 and SDXL). > 0."},
     {"lambda", dedpo::OptionType::real_or_string, "1.0",
      "Power tuning: a number in [0, 1] (1 = DeDPO of the paper, 0 = labelled-only DPO) or \"auto\" "
-     "(variance-minimising, estimated online from previous batches and cross-fitted over "
+     "(variance-minimising, estimated online from previous steps and cross-fitted over "
      "lambda_folds folds of the labelled pairs; unbiased either way)."},
     {"lambda_folds", dedpo::OptionType::integer, "5",
      "lambda = \"auto\": folds K of the labelled pairs; a labelled pair's lambda is estimated on "
@@ -40,8 +40,9 @@ const dedpo::OptionSpec kOptions[] = {
     {"lambda_warmup", dedpo::OptionType::integer, "256",
      "lambda = \"auto\": labelled pairs to observe before the estimate replaces lambda = 1. >= 1."},
     {"lambda_decay", dedpo::OptionType::real, "0.99",
-     "lambda = \"auto\": per-batch exponential forgetting of the running moments; 1 keeps "
-     "cumulative moments. In (0, 1]."},
+     "lambda = \"auto\": per-step exponential forgetting of the running moments (an optimiser "
+     "step's micro-batches, on every rank, count as one batch); 1 keeps cumulative moments. In "
+     "(0, 1]."},
     {"lambda_moments", dedpo::OptionType::string, "\"raw\"",
      "lambda = \"auto\": \"raw\" = E[s_z s_g] / E[s_g^2] (right when per-pair gradient directions "
      "average out, as in high dimension, and for the per-step variance of pooled minibatches); "
@@ -55,8 +56,10 @@ const dedpo::OptionSpec kOptions[] = {
 };
 
 // Layout of state(): format version, folds, labelled pairs seen, then per fold the decayed
-// moments (kMoments values each).
+// moments (kMoments values each). step_statistics() has the same layout without the version and
+// the folds: the step's labelled pairs, then per fold the step's sums.
 constexpr std::size_t kVersion = 0, kFolds = 1, kSeen = 2, kHeader = 3;
+constexpr std::size_t kStepOffset = kSeen;  // state_[kStepOffset + i] takes step statistic i
 constexpr std::size_t kWeight = 0, kSumZ = 1, kSumG = 2, kSumZG = 3, kSumGG = 4, kSumZZ = 5,
                       kMoments = 6;
 constexpr double kStateVersion = 2.0;
@@ -77,6 +80,7 @@ class DedpoLoss final : public dedpo::Loss {
     state_.assign(kHeader + kMoments * static_cast<std::size_t>(folds_), 0.0);
     state_[kVersion] = kStateVersion;
     state_[kFolds] = static_cast<double>(folds_);
+    step_.assign(state_.size() - kStepOffset, 0.0);
     if (options.is_string("lambda")) {
       const std::string& value = options.string("lambda");
       if (value != "auto") {
@@ -110,7 +114,7 @@ class DedpoLoss final : public dedpo::Loss {
     at::Tensor h = dedpo::dpo_logit(terms, beta_);
     const at::ScalarType dtype = h.scalar_type();
     dedpo::LabelView labels = dedpo::label_view(terms, ties_, dtype);
-    // lambda comes from previous batches only, and a labelled pair's from the other folds only:
+    // lambda comes from previous steps only, and a labelled pair's from the other folds only:
     // the estimate of this batch stays unbiased.
     at::Tensor fold =
         auto_ || terms.fold_key.defined() ? pair_folds(terms, labels.labelled) : at::Tensor();
@@ -147,12 +151,30 @@ class DedpoLoss final : public dedpo::Loss {
       diagnostics.emplace_back("rectifier", (labelled_z - labelled_g).item<double>());
       diagnostics.emplace_back("correction", correction.detach().item<double>());
       if (pseudo.defined()) diagnostics.emplace_back("pseudo_loss", pseudo.detach().item<double>());
-      update_moments(h, labels, g, fold, diagnostics);
+      gather_moments(h, labels, g, fold, diagnostics);
     }
-    const double next =
-        auto_ ? unlabelled_lambda(lambdas_in_use(), terms.n_labelled) : estimate_without(-1);
-    if (!std::isnan(next)) diagnostics.emplace_back("lambda_estimate", next);
+    n_labelled_ = terms.n_labelled;
     return {loss, std::move(diagnostics)};
+  }
+
+  std::vector<double> step_statistics() const override { return step_; }
+
+  // The step's sums (over its micro-batches and ranks) join the decayed moments; the estimate
+  // they give is the lambda of the next step.
+  dedpo::Figures end_step(const std::vector<double>& summed) override {
+    if (summed.size() != step_.size()) {
+      throw dedpo::Error("dedpo: end_step expects " + std::to_string(step_.size()) +
+                         " step statistics, got " + std::to_string(summed.size()));
+    }
+    state_[kSeen] += summed[kSeen - kStepOffset];
+    for (std::size_t i = kHeader - kStepOffset; i < summed.size(); ++i) {
+      state_[kStepOffset + i] = decay_ * state_[kStepOffset + i] + summed[i];
+    }
+    std::fill(step_.begin(), step_.end(), 0.0);
+    const double next =
+        auto_ ? unlabelled_lambda(lambdas_in_use(), n_labelled_) : estimate_without(-1);
+    if (std::isnan(next)) return {};
+    return {{"lambda_estimate", next}};
   }
 
   std::vector<double> state() const override { return state_; }
@@ -170,6 +192,7 @@ class DedpoLoss final : public dedpo::Loss {
                                  : std::string()));
     }
     state_ = state;
+    std::fill(step_.begin(), step_.end(), 0.0);
   }
 
  private:
@@ -242,9 +265,9 @@ class DedpoLoss final : public dedpo::Loss {
 
   // Scores on this batch's labelled pairs: s_z = sigmoid(h) - z (zero for a dropped tie, whose
   // human term is zero), s_g = sigmoid(h) - g; the per-pair gradients are these times grad h.
-  // Each pair's scores go to its fold's moments (fold 0 when the batch has no fold keys, which
-  // only a fixed lambda allows; its lambda_estimate diagnostic pools the folds).
-  void update_moments(const at::Tensor& h, const dedpo::LabelView& labels, const at::Tensor& g,
+  // Each pair's scores go to its fold's sums of the step (fold 0 when the batch has no fold keys,
+  // which only a fixed lambda allows; its lambda_estimate pools the folds).
+  void gather_moments(const at::Tensor& h, const dedpo::LabelView& labels, const at::Tensor& g,
                       const at::Tensor& fold, dedpo::Figures& diagnostics) {
     at::Tensor p = at::sigmoid(h.detach()).to(at::kCPU, at::kDouble);
     at::Tensor s_z = at::where(labels.use.to(at::kCPU), p - labels.target.to(at::kCPU, at::kDouble),
@@ -259,13 +282,16 @@ class DedpoLoss final : public dedpo::Loss {
     const std::int64_t* pair_fold = folds.data_ptr<std::int64_t>();
     const double* a = s_z.data_ptr<double>();
     const double* b = s_g.data_ptr<double>();
-    std::vector<double> batch(kMoments * static_cast<std::size_t>(folds_), 0.0);
+    // This batch's sums, added to the step's as a whole: a step's sums are then the same sum of
+    // micro-batch totals whether its micro-batches ran on one rank or were summed over ranks.
+    std::vector<double> batch(step_.size(), 0.0);
     double n = 0, sa = 0, sb = 0, sab = 0, sbb = 0, saa = 0;
     for (std::int64_t i = 0; i < p.size(0); ++i) {
       if (!lab[i]) continue;
       const double values[kMoments] = {1.0, a[i], b[i], a[i] * b[i], b[i] * b[i], a[i] * a[i]};
       for (std::size_t m = 0; m < kMoments; ++m) {
-        batch[kMoments * static_cast<std::size_t>(pair_fold[i]) + m] += values[m];
+        batch[kHeader - kStepOffset + kMoments * static_cast<std::size_t>(pair_fold[i]) + m] +=
+            values[m];
       }
       n += 1;
       sa += a[i];
@@ -279,10 +305,8 @@ class DedpoLoss final : public dedpo::Loss {
                                n > 1 ? correlation(n, sa, sb, sab, saa, sbb) : std::nan(""));
       if (std::isnan(diagnostics.back().second)) diagnostics.pop_back();
     }
-    state_[kSeen] += n;
-    for (std::size_t slot = 0; slot < batch.size(); ++slot) {
-      state_[kHeader + slot] = decay_ * state_[kHeader + slot] + batch[slot];
-    }
+    batch[kSeen - kStepOffset] = n;
+    for (std::size_t i = 0; i < step_.size(); ++i) step_[i] += batch[i];
   }
 
   static double correlation(double n, double sa, double sb, double sab, double saa, double sbb) {
@@ -302,6 +326,8 @@ class DedpoLoss final : public dedpo::Loss {
   dedpo::TieMode ties_;
   std::int64_t folds_;
   std::vector<double> state_;
+  std::vector<double> step_;         // this step's sums so far (step_statistics())
+  std::int64_t n_labelled_ = 0;      // the training set's labelled pairs, for the next lambda
 };
 
 }  // namespace

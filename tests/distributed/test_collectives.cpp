@@ -5,11 +5,13 @@
 #include <thread>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "dedpo/error.hpp"
 #include "dedpo/host/distributed.hpp"
+#include "distributed/gradient_reducer.hpp"
 
 namespace {
 
@@ -65,6 +67,59 @@ TEST(Collectives, AveragesGradientsAndZeroFillsOnesARankLacks) {
     EXPECT_TRUE(at::allclose(grads[r][0], at::arange(4, at::kFloat) * 1.5)) << "rank " << r;
     EXPECT_TRUE(at::equal(grads[r][1], at::full({2, 2}, 2.0, at::kDouble))) << "rank " << r;
     EXPECT_FALSE(grads[r][2].defined()) << "rank " << r;
+  }
+}
+
+// The reducer on a chain of layers, two micro-batches of which only the second is armed: its
+// averages equal average_gradients' bit for bit (a parameter only rank 1 uses and one nobody uses
+// included), and with a bucket per layer the layers' buckets start before the backward pass ends.
+TEST(GradientReducer, AveragesAsAverageGradientsWhileTheBackwardPassRuns) {
+  constexpr int kLayers = 6, kCount = kLayers + 2;
+  at::Tensor reduced[2][kCount], reference[2][kCount];
+  std::size_t overlapped[2] = {}, buckets[2] = {};
+  on_two_ranks([&](dedpo::Collectives& collectives) {
+    const int r = collectives.rank();
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(1);  // the same weights
+    // First the vectors (the last bucket: buckets go in reverse parameter order), then the layers.
+    std::vector<at::Tensor> parameters;
+    parameters.push_back(at::randn({8}, generator).requires_grad_());  // used by nobody
+    parameters.push_back(at::randn({8}, generator).requires_grad_());  // used by rank 1 only
+    for (int k = 0; k < kLayers; ++k) parameters.push_back(at::randn({8, 8}, generator).requires_grad_());
+    dedpo::GradientReducer reducer(collectives, parameters, 8 * 8 * sizeof(float));
+    const at::Tensor input = at::randn({4, 8}, generator) * (r + 1);
+    for (int micro = 0; micro < 2; ++micro) {
+      at::Tensor x = input + micro;
+      if (r == 1) x = x + parameters[1];
+      for (int k = 0; k < kLayers; ++k) x = at::tanh(at::matmul(x, parameters[2 + k]));
+      if (micro == 1) reducer.arm();
+      (x.pow(2).sum() / 2).backward();
+    }
+    std::vector<at::Tensor> copies;
+    for (const at::Tensor& p : parameters) {
+      at::Tensor copy = p.detach().clone();
+      if (p.grad().defined()) copy.mutable_grad() = p.grad().clone();
+      copies.push_back(copy);
+    }
+    overlapped[r] = reducer.overlapped_buckets();
+    reducer.finish();
+    collectives.average_gradients(copies);
+    buckets[r] = reducer.buckets();
+    for (int k = 0; k < kCount; ++k) {
+      reduced[r][k] = parameters[k].grad();
+      reference[r][k] = copies[k].grad();
+    }
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(reduced[r][0].defined()) << "rank " << r;
+    for (int k = 1; k < kCount; ++k) {
+      ASSERT_TRUE(reduced[r][k].defined()) << "rank " << r << " parameter " << k;
+      EXPECT_TRUE(at::equal(reduced[r][k], reference[r][k])) << "rank " << r << " parameter " << k;
+      EXPECT_TRUE(at::equal(reduced[r][k], reduced[0][k])) << "rank " << r << " parameter " << k;
+    }
+    EXPECT_EQ(buckets[r], static_cast<std::size_t>(kLayers + 1));  // the vectors share one
+    // Every layer's bucket started within the backward pass; the vectors' never fills (nobody
+    // has the unused one's gradient) and starts in finish().
+    EXPECT_EQ(overlapped[r], static_cast<std::size_t>(kLayers)) << "rank " << r;
   }
 }
 

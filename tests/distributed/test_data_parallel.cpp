@@ -19,8 +19,9 @@ namespace {
 namespace fs = std::filesystem;
 using dedpo::test::run_dedpo;
 
-// 8 steps of DeDPO (fixed lambda: λ = auto's running moments are still per rank) on 240 toy
-// pairs, a quarter labelled, the rest annotated; a checkpoint every 4 steps.
+// 8 steps of DeDPO with lambda = "auto" (its moments summed over the ranks each step, warm after
+// 12 labelled pairs) on 240 toy pairs, a quarter labelled, the rest annotated by shards; a
+// checkpoint every 4 steps.
 constexpr const char* kToyToml = R"(
 [run]
 name = "dp"
@@ -41,7 +42,8 @@ plugin = "toy_biased"
 [loss]
 plugin = "dedpo"
 beta = 50.0
-lambda = 0.5
+lambda = "auto"
+lambda_warmup = 12
 
 [train]
 objective = "preference"
@@ -57,6 +59,17 @@ std::vector<at::Tensor> weights(const fs::path& run_dir) {
   std::vector<at::Tensor> tensors;
   torch::load(tensors, (run_dir / dedpo::kWeightsFile).string());
   return tensors;
+}
+
+// Each logged step's figure `name`, in step order.
+std::vector<double> logged(const fs::path& run_dir, const std::string& name) {
+  std::vector<double> values;
+  std::ifstream in(run_dir / dedpo::kMetricsFile);
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json record = nlohmann::json::parse(line);
+    if (record.contains(name)) values.push_back(record.at(name).get<double>());
+  }
+  return values;
 }
 
 nlohmann::json results(const fs::path& run_dir) {
@@ -95,12 +108,32 @@ class DataParallel : public testing::Test {
 TEST_F(DataParallel, TwoRanksReachTheWeightsOfOneProcessAccumulatingTheirMicroBatches) {
   const auto two = run_dedpo("run --nproc 2 " + experiment() + " --run-dir '" + run("two").string() + "'");
   ASSERT_EQ(two.exit_code, 0) << two.output;
-  const auto one = run_dedpo("run " + experiment() + " --set train.grad_accum=2 --run-dir '" +
-                             run("one").string() + "' --no-progress");
+  // Its own output folder, hence its own caches: it annotates every pair itself.
+  const auto one = run_dedpo("run " + experiment() + " --set train.grad_accum=2 --set "
+                             "run.output='\"one-process\"' --run-dir '" + run("one").string() +
+                             "' --no-progress");
   ASSERT_EQ(one.exit_code, 0) << one.output;
+  // The two ranks annotated a half each (the weights below could not agree otherwise).
+  using testing::HasSubstr;
+  EXPECT_THAT(dedpo::test::read_file(run("two") / dedpo::kLogFile),
+              HasSubstr("annotator 'toy_biased' on pairs [0, 120) of 240 (rank 0 of 2"));
+  EXPECT_THAT(dedpo::test::read_file(run("two") / "log-rank1.txt"),
+              HasSubstr("annotator 'toy_biased' on pairs [120, 240) of 240 (rank 1 of 2"));
+  EXPECT_THAT(dedpo::test::read_file(run("one") / dedpo::kLogFile),
+              HasSubstr("annotations: running annotator 'toy_biased'\n"));
+  // The gradient all-reduce overlapped the backward pass (the reducer, float32 weights).
+  EXPECT_THAT(dedpo::test::read_file(run("two") / dedpo::kLogFile),
+              testing::ContainsRegex("in the first step [1-9][0-9]* started during the backward pass"));
 
   const double difference = weights_difference(run("one"), run("two"));
   EXPECT_EQ(difference, 0.0);
+  // lambda = auto took the same values. (In this untrained toy world the annotator agrees with
+  // every human label, so lambda* >= 1 is clipped to 1; the tiny SD test in
+  // tests/pairs_manifest has an annotator that disagrees, and a lambda that moves.)
+  const std::vector<double> lambdas = logged(run("two"), "lambda");
+  ASSERT_EQ(lambdas.size(), 8u);
+  EXPECT_EQ(logged(run("one"), "lambda"), lambdas);
+  EXPECT_EQ(logged(run("one"), "lambda_estimate"), logged(run("two"), "lambda_estimate"));
   EXPECT_EQ(results(run("two"))["world_size"], 2);
   EXPECT_EQ(results(run("two"))["global_batch_size"], 24);
   EXPECT_EQ(results(run("one"))["global_batch_size"], 24);

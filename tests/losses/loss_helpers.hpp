@@ -154,6 +154,10 @@ inline Eval evaluate(dedpo::Loss& loss, const World& w, const std::vector<double
   at::Tensor theta = dvec(theta_values).requires_grad_(true);
   Eval e;
   e.result = loss.compute(make_terms(w, theta, idx, labelled, drawn_from, labelled_stream_size));
+  // One batch is one optimiser step on one process: its running statistics enter the state now,
+  // and the step's figures (lambda_estimate) join the batch's.
+  const dedpo::Figures step_end = loss.end_step(loss.step_statistics());
+  e.result.diagnostics.insert(e.result.diagnostics.end(), step_end.begin(), step_end.end());
   e.loss = e.result.loss.item<double>();
   e.result.loss.backward();
   at::Tensor grad = theta.grad();

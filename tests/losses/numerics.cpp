@@ -245,6 +245,69 @@ TEST(LossState, AutoLambdaResumesBitIdentically) {
   EXPECT_THROW(dpo->load_state({1.0}), dedpo::Error);
 }
 
+// The moments of lambda = "auto" move once per optimiser step: two micro-batches of one step see
+// the same lambda, and their statistics summed (as the trainer sums them over the ranks of a
+// data-parallel run) give the state of one process that accumulated both. A step the NaN guard
+// skips (load_state(state())) leaves the state as it was.
+TEST(LossState, AutoLambdaMovesOncePerStepWithTheStatisticsOfEveryRank) {
+  WorldSpec spec;
+  spec.annotator_noise = 2.0;
+  World w = make_world(spec);
+  std::mt19937_64 rng(23);
+  std::vector<bool> labelled = random_labelled(w.n, 40, rng);
+  const std::string options = "lambda = \"auto\"\nlambda_warmup = 8\nlambda_decay = 0.9";
+  auto one = make_loss("dedpo", options);
+  for (int rep = 0; rep < 4; ++rep) {
+    evaluate(*one, w, w.theta, random_batch(w.n, 24, rng), labelled, PairPool::all);
+  }
+  const std::vector<double> before = one->state();
+  const std::vector<std::int64_t> first = random_batch(w.n, 24, rng),
+                                  second = random_batch(w.n, 24, rng);
+  const auto lambda_of = [&](dedpo::Loss& loss, const std::vector<std::int64_t>& batch) {
+    at::Tensor theta = dvec(w.theta);
+    return diagnostic(loss.compute(make_terms(w, theta, batch, labelled, PairPool::all)), "lambda");
+  };
+
+  // One process, one step of two micro-batches.
+  const double lambda_first = lambda_of(*one, first);
+  EXPECT_EQ(lambda_of(*one, second), lambda_first) << "lambda moved within a step";
+  EXPECT_EQ(one->state(), before) << "the state moved before the step ended";
+  const std::vector<double> both = one->step_statistics();
+  const dedpo::Figures figures = one->end_step(both);
+
+  // Two ranks, one micro-batch each, their statistics summed.
+  auto rank0 = make_loss("dedpo", options), rank1 = make_loss("dedpo", options);
+  rank0->load_state(before);
+  rank1->load_state(before);
+  EXPECT_EQ(lambda_of(*rank0, first), lambda_first);
+  EXPECT_EQ(lambda_of(*rank1, second), lambda_first);
+  std::vector<double> summed = rank0->step_statistics();
+  const std::vector<double> other = rank1->step_statistics();
+  ASSERT_EQ(summed.size(), other.size());
+  for (std::size_t i = 0; i < summed.size(); ++i) summed[i] += other[i];
+  EXPECT_EQ(summed, both);  // micro-batch totals added: b0 + b1 either way
+  EXPECT_EQ(rank0->end_step(summed), figures);
+  EXPECT_EQ(rank1->end_step(summed), figures);
+  EXPECT_EQ(rank0->state(), one->state());
+  EXPECT_EQ(rank1->state(), one->state());
+  EXPECT_NE(one->state(), before);
+  ASSERT_EQ(figures.size(), 1u);
+  EXPECT_EQ(figures[0].first, "lambda_estimate");
+
+  // A skipped step: its statistics are dropped, the next step starts from the same state.
+  const std::vector<double> kept = one->state();
+  lambda_of(*one, first);
+  one->load_state(one->state());
+  EXPECT_EQ(one->step_statistics(), std::vector<double>(both.size(), 0.0));
+  EXPECT_EQ(one->state(), kept);
+
+  EXPECT_THROW(one->end_step({1.0}), dedpo::Error);
+  auto dpo = make_loss("dpo");
+  EXPECT_TRUE(dpo->step_statistics().empty());
+  EXPECT_TRUE(dpo->end_step({}).empty());
+  EXPECT_THROW(dpo->end_step({1.0}), dedpo::Error);
+}
+
 TEST(LossState, WarmupUsesLambdaOne) {
   World w = make_world({});
   std::mt19937_64 rng(21);

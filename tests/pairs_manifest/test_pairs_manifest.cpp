@@ -654,6 +654,51 @@ TEST_F(EndToEnd, StratifiedSplitGivesEachPromptItsShareAndLabelledTiesCanBeDropp
   ADD_FAILURE() << "no seed in 1..19 labelled the tie";
 }
 
+// Data parallel on a tiny SD model (docs/distributed.md): DeDPO with lambda = "auto" on 2 ranks
+// of 2 pairs against one process accumulating 2 micro-batches of 2. The same micro-batches with
+// the same noise run through the same UNet shapes, the gradients are averaged exactly (halving),
+// and the lambda = auto moments are summed over the ranks: the weights file is byte-identical.
+TEST_F(EndToEnd, TwoRanksOnTinySdReachTheWeightsOfOneProcessAccumulatingTheirMicroBatches) {
+  const fs::path file = experiment("parallel", "steps = 3\nlabelled_fraction = 0.5\n");
+  std::string text = dedpo::test::read_file(file);
+  const std::string beta = "beta = 100.0\n";
+  text.replace(text.find(beta), beta.size(), beta + "lambda = \"auto\"\nlambda_warmup = 2\n");
+  write_file(file, text);
+  const fs::path two = dir_ / "runs" / "parallel-two", one = dir_ / "runs" / "parallel-one";
+  const auto parallel = dedpo::test::run_dedpo("run --nproc 2 '" + file.string() + "' --run-dir '" +
+                                               two.string() + "'");
+  ASSERT_EQ(parallel.exit_code, 0) << parallel.output;
+  const auto alone = dedpo::test::run_dedpo("run '" + file.string() + "' --set train.grad_accum=2 " +
+                                            "--no-progress --run-dir '" + one.string() + "'");
+  ASSERT_EQ(alone.exit_code, 0) << alone.output;
+  EXPECT_EQ(results(two).at("world_size"), 2);
+  EXPECT_EQ(results(one).at("global_batch_size"), 4);
+  EXPECT_EQ(results(two).at("global_batch_size"), 4);
+  const std::string weights = dedpo::test::read_file(two / "weights.pt");
+  ASSERT_FALSE(weights.empty());
+  EXPECT_TRUE(weights == dedpo::test::read_file(one / "weights.pt")) << "the weights differ";
+  // The same steps were logged: loss, gradient norm and lambda (which left lambda = 1).
+  std::vector<json> logged[2];
+  for (int k = 0; k < 2; ++k) {
+    std::istringstream lines(dedpo::test::read_file((k == 0 ? one : two) / "metrics.jsonl"));
+    for (std::string line; std::getline(lines, line);) {
+      json record = json::parse(line);
+      if (record.contains("grad_norm")) logged[k].push_back(record);
+    }
+  }
+  ASSERT_EQ(logged[0].size(), 3u);
+  ASSERT_EQ(logged[1].size(), 3u);
+  bool estimated = false;
+  for (std::size_t step = 0; step < 3; ++step) {
+    for (const char* figure : {"loss", "grad_norm", "lambda"}) {
+      EXPECT_EQ(logged[0][step].at(figure), logged[1][step].at(figure)) << figure << " at step " << step;
+    }
+    EXPECT_GT(logged[1][step].at("grad_norm").get<double>(), 0.0);
+    estimated = estimated || logged[1][step].at("lambda").get<double>() != 1.0;
+  }
+  EXPECT_TRUE(estimated) << "lambda = auto never left its warm-up";
+}
+
 TEST_F(EndToEnd, SkippedLinesReachTheTerminalLogAndResults) {
   write_file(dir_ / "skip.jsonl",
              dedpo::test::read_file(dir_ / "pairs.jsonl") +

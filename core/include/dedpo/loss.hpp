@@ -66,6 +66,18 @@ class Loss : public Plugin {
   // Running state that a checkpoint must carry for a resumed run to be bit-identical.
   virtual std::vector<double> state() const { return {}; }
   virtual void load_state(const std::vector<double>& state);
+
+  // Running statistics (DeDPO's lambda = "auto" moments) enter the running state once per
+  // optimiser step, never within one: compute() gathers a step's contributions, the trainer reads
+  // them with step_statistics() after the step's last micro-batch, sums them over the ranks of a
+  // data-parallel run, and hands the sums to end_step(). So every rank's state takes in the whole
+  // global batch, and W ranks train exactly as one process accumulating W times the
+  // micro-batches. Every rank's vector has the same size. end_step returns figures of the updated
+  // state (e.g. the estimate the next step will use), the same on every rank. A step that the
+  // NaN/inf guard skips changes nothing: the trainer calls load_state(state()) instead, which
+  // must drop the statistics gathered since the last end_step.
+  virtual std::vector<double> step_statistics() const { return {}; }
+  virtual Figures end_step(const std::vector<double>& summed_statistics);
 };
 
 }  // namespace dedpo

@@ -27,7 +27,9 @@ namespace dedpo {
 // 5: PairTerms::fold_key (cross-fitted estimates in losses).
 // 6: PairTerms::labelled_stream_size, Loss::takes_two_stream_batches (two-stream batches).
 // 7: MetricContext::samples (the images a metric scores, kept by the run).
-inline constexpr std::uint32_t kAbiVersion = 7;
+// 8: Loss::step_statistics and Loss::end_step (running statistics summed over the ranks);
+//    Annotator::shardable (annotation sharded over the ranks).
+inline constexpr std::uint32_t kAbiVersion = 8;
 
 // Adding a kind: append here, add its name to to_string()/kind_from_string(), give its interface
 // `static constexpr PluginKind kind`.

@@ -14,14 +14,6 @@
 
 namespace dedpo {
 
-namespace {
-
-// Gradients are all-reduced in flattened buckets of about this size (PyTorch DDP's default
-// bucket_cap_mb): one collective per bucket instead of one per parameter.
-constexpr std::int64_t kBucketBytes = 25 * 1024 * 1024;
-
-}  // namespace
-
 struct Collectives::Group {
   WorldPlacement placement;
   c10::intrusive_ptr<c10d::Store> store;
@@ -78,7 +70,7 @@ void Collectives::broadcast_from_first(const std::vector<at::Tensor>& tensors) {
 
 void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
   at::NoGradGuard no_grad;
-  // Buckets of one dtype and device, each filled up to kBucketBytes in parameter order (the same
+  // Buckets of one dtype and device, each filled up to kGradientBucketBytes in parameter order (the same
   // on every rank).
   std::map<std::pair<at::ScalarType, std::string>, std::vector<std::vector<at::Tensor>>> buckets;
   std::map<std::pair<at::ScalarType, std::string>, std::int64_t> filled;
@@ -95,7 +87,7 @@ void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
     const auto key = std::make_pair(grad.scalar_type(), grad.device().str());
     std::vector<std::vector<at::Tensor>>& list = buckets[key];
     const std::int64_t bytes = grad.numel() * static_cast<std::int64_t>(grad.element_size());
-    if (list.empty() || filled[key] + bytes > kBucketBytes) {
+    if (list.empty() || filled[key] + bytes > kGradientBucketBytes) {
       list.emplace_back();
       filled[key] = 0;
     }
@@ -125,6 +117,15 @@ std::vector<double> Collectives::sum(const std::vector<double>& values) {
   group_->finish(group_->backend->allreduce(tensor), "all-reduce");
   const double* summed = tensor[0].data_ptr<double>();
   return std::vector<double>(summed, summed + values.size());
+}
+
+void Collectives::sum_in_place(const at::Tensor& tensor) { start_sum_in_place(tensor)(); }
+
+std::function<void()> Collectives::start_sum_in_place(const at::Tensor& tensor,
+                                                      const char* collective) {
+  std::vector<at::Tensor> one{tensor};
+  c10::intrusive_ptr<c10d::Work> work = group_->backend->allreduce(one);
+  return [group = group_.get(), work, collective] { group->finish(work, collective); };
 }
 
 std::vector<std::string> Collectives::sorted_union(const std::vector<std::string>& names) {

@@ -38,6 +38,9 @@ ComputePath run_compute_path(const Experiment& experiment) {
 }
 
 // What the trainer trains on; it must outlive the trainer, which points into it.
+// The stage of a data-parallel run that rank 0 does before the others (Collectives::first_done).
+constexpr const char* kPreparingTheData = "preparing the run's data";
+
 struct TrainingData {
   std::optional<PairDataset> pairs;
   std::optional<SampleDataset> samples;
@@ -72,7 +75,7 @@ void start_afresh(const Experiment& experiment, const fs::path& run_dir, PluginR
 at::Tensor annotator_probabilities(const Experiment& experiment, Assembly& parts,
                                    const PairDataset& pairs, const at::Tensor& is_labelled,
                                    RunServices& services, const InitialWeights& init,
-                                   RunLog& log) {
+                                   RunLog& log, Collectives* collectives) {
   if (!parts.loss->needs_annotator()) return {};
   if (!parts.annotator) {
     throw Error("the loss '" + experiment.loss->plugin +
@@ -83,20 +86,26 @@ at::Tensor annotator_probabilities(const Experiment& experiment, Assembly& parts
   AnnotatorContext context{pairs,    is_labelled,         *parts.backbone,
                            services, experiment.run.seed, annotator_cache,
                            experiment.run.device};
-  return annotate_cached(experiment, *parts.annotator, context, init, log);
+  return annotate_cached(experiment, *parts.annotator, context, init, log, collectives);
 }
 
 // Loads the data for the objective: for preferences, ties, the labelled split (split.csv, which
-// only the rank that writes the run folder writes) and the annotations.
+// only the rank that writes the run folder writes) and the annotations. In a data-parallel run
+// rank 0 loads the data first (filling the dataset's caches) while the others wait in
+// execute_run; the annotation is a collective of every rank.
 void load_training_data(const Experiment& experiment, Assembly& parts, TrainingData& data,
                         RunServices& services, const InitialWeights& init, const fs::path& run_dir,
-                        bool writes_run_folder, RunLog& log) {
+                        bool writes_run_folder, RunLog& log, Collectives* collectives) {
+  const auto data_ready = [&] {
+    if (collectives != nullptr) collectives->first_done(kPreparingTheData);
+  };
   DatasetContext data_context{*parts.backbone, cache_dir(experiment) / "data",
                               experiment.run.seed};
   const fs::path prompt_cache = cache_dir(experiment) / "prompts";
   const TrainSettings& settings = experiment.train;
   if (settings.objective == Objective::denoising) {
     data.samples = parts.dataset->samples(data_context);
+    data_ready();
     log.line(fmt::format("{} samples (denoising objective)", data.samples->size()));
     data.condition = encode_prompts_cached(*parts.backbone, data.samples->prompts, prompt_cache);
     return;
@@ -107,9 +116,11 @@ void load_training_data(const Experiment& experiment, Assembly& parts, TrainingD
   const TrainingSplit split = split_for_training(pairs, settings, experiment.run.seed);
   data.is_labelled = split.is_labelled;
   if (writes_run_folder) write_split_file(run_dir / kSplitFile, pairs, data.is_labelled);
+  data_ready();
   log_data_report(pairs, data.is_labelled, split.ties, settings, log, data.report);
   data.annotator_prob =
-      annotator_probabilities(experiment, parts, pairs, data.is_labelled, services, init, log);
+      annotator_probabilities(experiment, parts, pairs, data.is_labelled, services, init, log,
+                              collectives);
   data.condition = encode_prompts_cached(*parts.backbone, pairs.prompts, prompt_cache);
 }
 
@@ -204,6 +215,12 @@ bool train_steps(const Experiment& experiment, Assembly& parts, Trainer& trainer
   while (trainer.step_index() < settings.steps) {
     if (control.stop_after_steps > 0 && session_steps >= control.stop_after_steps) return false;
     StepReport report = trainer.step();
+    if (session_steps == 0 && report.gradient_buckets > 0) {
+      log.line(fmt::format("data parallel: gradients all-reduced in {} buckets of up to {} MiB; in "
+                           "the first step {} started during the backward pass",
+                           report.gradient_buckets, kGradientBucketBytes >> 20,
+                           report.overlapped_buckets));
+    }
     ++session_steps;
     const std::int64_t step = trainer.step_index();
     const bool last = step == settings.steps;
@@ -353,15 +370,15 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
       log.line(warning);
       std::cerr << "dedpo: " << warning << "\n";
     }
-    // Rank 0 prepares first (an [init] run, the data, annotation and prompt caches); the others
-    // then find everything in the caches.
-    if (collectives) collectives->wait_for_first("preparing the run");
+    // Rank 0 prepares first (an [init] run, the data and its caches); the others then find them
+    // in the caches. Annotation is shared by all ranks (load_training_data).
+    if (collectives) collectives->wait_for_first(kPreparingTheData);
     const InitialWeights init = resolve_init(experiment, registry, log);
     Assembly parts = assemble(experiment, registry, init.file);
     RunServices services(experiment, registry, parts.backbone_context);
     TrainingData data;
-    load_training_data(experiment, parts, data, services, init, run_dir, writes_run_folder, log);
-    if (collectives) collectives->first_done("preparing the run");
+    load_training_data(experiment, parts, data, services, init, run_dir, writes_run_folder, log,
+                       collectives.get());
     Trainer trainer(*parts.backbone, experiment.train, experiment.run.device, experiment.run.seed,
                     experiment.train.steps, collectives.get());
     set_objective(experiment, parts, trainer, data, log);

@@ -53,7 +53,11 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
       params_(checked_trainable_parameters(backbone, settings.weights_dtype, collectives)),
       masters_(params_),
       optimizer_(make_optimizer(masters_.masters(), settings_)),
-      ema_(params_, settings_.ema_decay) {}
+      ema_(params_, settings_.ema_decay) {
+  if (collectives_ != nullptr && !masters_.has_copies()) {
+    reducer_ = std::make_unique<GradientReducer>(*collectives_, params_, kGradientBucketBytes);
+  }
+}
 
 void FigureSums::add(const Figures& more) {
   for (const auto& [name, value] : more) {
@@ -148,18 +152,40 @@ StepReport Trainer::step() {
     }
     loss = loss.to(at::kFloat);
     loss_sum += loss.item<double>();
+    if (reducer_ && micro == settings_.grad_accum - 1) reducer_->arm();
     if (loss.requires_grad()) (loss / micro_batches).backward();
   }
   masters_.gradients_to_masters();
+  // The loss's running statistics of this step (Loss::step_statistics), summed over the ranks
+  // with the loss in one all-reduce.
+  std::vector<double> sums{loss_sum};
+  if (pairs_ != nullptr) {
+    const std::vector<double> statistics = loss_->step_statistics();
+    sums.insert(sums.end(), statistics.begin(), statistics.end());
+  }
   if (collectives_ != nullptr) {
     // Before clipping and the guard: every rank clips and decides on the same gradients and loss.
-    collectives_->average_gradients(masters_.masters());
-    loss_sum = collectives_->sum({loss_sum})[0];
+    if (reducer_) {
+      reducer_->finish();
+      report.overlapped_buckets = reducer_->overlapped_buckets();
+      report.gradient_buckets = reducer_->buckets();
+    } else {
+      collectives_->average_gradients(masters_.masters());
+    }
+    sums = collectives_->sum(sums);
     diagnostics.reduce_over(*collectives_);
   }
   report.diagnostics = diagnostics.means();
-  report.loss = loss_sum / (micro_batches * world_size_);
+  report.loss = sums.front() / (micro_batches * world_size_);
   clip_or_skip(report);
+  if (pairs_ != nullptr) {
+    if (report.skipped) {
+      loss_->load_state(loss_->state());  // a skipped step changes nothing: its statistics go
+    } else {
+      const Figures end = loss_->end_step(std::vector<double>(sums.begin() + 1, sums.end()));
+      report.diagnostics.insert(report.diagnostics.end(), end.begin(), end.end());
+    }
+  }
   ++step_;
   return report;
 }

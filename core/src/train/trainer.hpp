@@ -15,6 +15,7 @@
 #include "dedpo/host/distributed.hpp"
 #include "dedpo/host/settings.hpp"
 #include "dedpo/loss.hpp"
+#include "distributed/gradient_reducer.hpp"
 #include "train/ema.hpp"
 #include "train/master_weights.hpp"
 #include "train/optimizer.hpp"
@@ -28,6 +29,8 @@ struct StepReport {
   double lr = 0.0;
   bool skipped = false;  // non-finite loss or gradient: no update
   Figures diagnostics;   // the loss's, averaged over micro-batches
+  // Data parallel: gradient buckets whose all-reduce started during the backward pass, of all.
+  std::size_t overlapped_buckets = 0, gradient_buckets = 0;
 };
 
 // The figures of a step's micro-batches: each averaged over the micro-batches that gave it (a
@@ -86,6 +89,9 @@ class Trainer {
   std::int64_t total_steps_;
   std::uint64_t seed_;
   Collectives* collectives_;
+  // Overlaps the gradient all-reduce with the backward pass where the weights are their own
+  // float32 masters; null otherwise (then average_gradients after the backward passes).
+  std::unique_ptr<GradientReducer> reducer_;
   int rank_ = 0, world_size_ = 1;
   at::Generator noise_;  // reseeded for each micro-batch (derive_seed's parts)
   std::vector<at::Tensor> params_;  // the model's, in weights_dtype

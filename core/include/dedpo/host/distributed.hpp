@@ -40,6 +40,10 @@ WorldPlacement read_world_placement();  // from this process's environment
 
 inline constexpr int kDefaultMasterPort = 29500;  // torchrun's default
 
+// Gradients are all-reduced in flattened buckets of about this size (PyTorch DDP's default
+// bucket_cap_mb): one collective per bucket instead of one per parameter.
+inline constexpr std::int64_t kGradientBucketBytes = 25 * 1024 * 1024;
+
 // The first host of a Slurm node list: "gpu[07-09,12],cpu1" -> "gpu07". Error when malformed.
 std::string first_slurm_host(const std::string& node_list);
 
@@ -69,6 +73,13 @@ class Collectives {
   void average_gradients(const std::vector<at::Tensor>& parameters);
   // The element-wise sums over the ranks of `values` (each rank gives as many).
   std::vector<double> sum(const std::vector<double>& values);
+  // `tensor` (contiguous, the same shape and dtype on every rank) becomes its element-wise sum
+  // over the ranks.
+  void sum_in_place(const at::Tensor& tensor);
+  // The same, started: returns at once with a function that waits for the sum (an Error when a
+  // rank failed). Call the waits in the order the sums were started.
+  std::function<void()> start_sum_in_place(const at::Tensor& tensor,
+                                           const char* collective = "all-reduce");
   // The union over the ranks of their `names`, sorted (through the TCPStore: names are few).
   std::vector<std::string> sorted_union(const std::vector<std::string>& names);
   // Rank 0's `value` on every rank (through the TCPStore).
