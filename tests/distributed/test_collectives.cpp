@@ -1,7 +1,10 @@
 // The collectives on a real c10d Gloo process group: two ranks as two threads of this process,
 // meeting at a TCPStore on a free local port.
+#include <array>
 #include <chrono>
 #include <functional>
+#include <future>
+#include <string>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -17,14 +20,15 @@ namespace {
 
 constexpr std::chrono::milliseconds kTimeout{20000};
 
-// Runs `body(collectives)` on ranks 0 and 1 at once and rethrows the first failure.
-void on_two_ranks(const std::function<void(dedpo::Collectives&)>& body) {
+// Runs `body(collectives)` on ranks 0 and 1 at once; each rank's failure, if any.
+std::array<std::exception_ptr, 2> run_two_ranks(
+    std::chrono::milliseconds timeout, const std::function<void(dedpo::Collectives&)>& body) {
   const int port = dedpo::free_local_port();
-  std::exception_ptr failures[2];
+  std::array<std::exception_ptr, 2> failures;
   auto rank = [&](int r) {
     try {
       dedpo::WorldPlacement world{r, 2, r, "127.0.0.1", port, "test"};
-      dedpo::Collectives collectives(world, kTimeout);
+      dedpo::Collectives collectives(world, timeout);
       body(collectives);
     } catch (...) {
       failures[r] = std::current_exception();
@@ -33,8 +37,23 @@ void on_two_ranks(const std::function<void(dedpo::Collectives&)>& body) {
   std::thread second(rank, 1);
   rank(0);
   second.join();
-  for (const std::exception_ptr& failure : failures) {
+  return failures;
+}
+
+// Runs `body(collectives)` on ranks 0 and 1 at once and rethrows the first failure.
+void on_two_ranks(const std::function<void(dedpo::Collectives&)>& body) {
+  for (const std::exception_ptr& failure : run_two_ranks(kTimeout, body)) {
     if (failure) std::rethrow_exception(failure);
+  }
+}
+
+// The message of a rank's failure; "" when it did not fail.
+std::string message(const std::exception_ptr& failure) {
+  if (!failure) return "";
+  try {
+    std::rethrow_exception(failure);
+  } catch (const std::exception& error) {
+    return error.what();
   }
 }
 
@@ -141,6 +160,51 @@ TEST(Collectives, ARankThatNeverComesEndsTheRendezvousWithAnError) {
   } catch (const dedpo::Error& error) {
     EXPECT_THAT(error.what(), testing::HasSubstr("rank 0 of 2 could not meet the others at 127.0.0.1:"));
   }
+}
+
+// Rank 1 hangs in step 3: it never comes to the all-reduce rank 0 waits in, and leaves only once
+// rank 0 has failed. Rank 0's collective times out and its Error names rank 1 and where it was.
+TEST(Collectives, ARankThatHangsIsNamedByTheOthersWhenTheCollectiveTimesOut) {
+  std::promise<void> first_failed;
+  std::shared_future<void> first_failed_future = first_failed.get_future().share();
+  const auto started = std::chrono::steady_clock::now();
+  const auto one_second = std::chrono::milliseconds(1000);
+  const auto failures = run_two_ranks(one_second, [&](dedpo::Collectives& collectives) {
+    collectives.sum({1.0});  // collective #1, which both reach
+    collectives.begin_step(3);
+    if (collectives.rank() == 1) {
+      first_failed_future.wait();  // hangs until rank 0 has failed
+      return;
+    }
+    try {
+      collectives.sum({1.0});
+    } catch (...) {
+      first_failed.set_value();
+      throw;
+    }
+  });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_EQ(message(failures[1]), "");
+  const std::string error = message(failures[0]);
+  EXPECT_THAT(error, testing::HasSubstr("collective #2 (all-reduce, step 3) failed on rank 0 of 2: "
+                                        "rank 1 of 2 did not answer within 1 s (it died or hangs; "
+                                        "it last began step 3 after collective #1)"));
+  // The timeout, then the wait for the others' answers (the shorter of the timeout and 5 s).
+  EXPECT_LT(seconds, 10.0) << error;
+}
+
+// Rank 0, the TCPStore's host, leaves while rank 1 waits for its names: rank 1 says so.
+TEST(Collectives, TheStoreGoneWithTheFirstRankNamesTheFirstRank) {
+  const auto failures = run_two_ranks(kTimeout, [&](dedpo::Collectives& collectives) {
+    collectives.sum({1.0});  // both are past the rendezvous
+    if (collectives.rank() == 1) collectives.sorted_union({"loss"});
+  });
+  EXPECT_EQ(message(failures[0]), "");
+  EXPECT_THAT(message(failures[1]),
+              testing::AllOf(testing::HasSubstr("collective #2 (union of names) failed on rank 1 of "
+                                                "2: the TCPStore on rank 0 (127.0.0.1:"),
+                             testing::HasSubstr("): rank 0 failed; ")));
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
 // Data-parallel runs end to end: `dedpo run --nproc 2` against one process accumulating the same
-// micro-batches, on the toy world with DeDPO and an annotator; a killed worker, and resuming with
-// the same and with another number of processes.
+// micro-batches, on the toy world with DeDPO and an annotator; a killed worker (under --nproc and
+// under an external launcher), and resuming with the same and with another number of processes.
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 
+#include "dedpo/host/distributed.hpp"
 #include "dedpo/host/trainer.hpp"
 #include "test_support.hpp"
 
@@ -88,6 +91,14 @@ double weights_difference(const fs::path& a, const fs::path& b) {
   return largest;
 }
 
+// Shell lines that wait until the run in `run_dir` has logged `step`, or the process whose pid is
+// in $`process` has ended.
+std::string wait_for_step(const fs::path& run_dir, int step, const std::string& process) {
+  return "until grep -Eq '\"step\":" + std::to_string(step) + "[,}]' '" +
+         (run_dir / dedpo::kMetricsFile).string() + "' 2>/dev/null || ! kill -0 $" + process +
+         "; do\n  sleep 0.05\ndone\n";
+}
+
 class DataParallel : public testing::Test {
  protected:
   void SetUp() override {
@@ -155,16 +166,16 @@ TEST_F(DataParallel, LauncherOptionsAreChecked) {
 }
 
 // A worker killed mid-run: the launcher stops the other and names the dead one; --resume on one
-// process is refused, --resume on two completes the run from the last checkpoint.
+// process is refused, --resume on two completes the run, from the checkpoint before the newest
+// when the newest is corrupt: rank 0 chooses it, rank 1 loads that one and tries no other.
 TEST_F(DataParallel, AKilledWorkerEndsTheRunWithItsNameAndResumeOnAsManyCompletesIt) {
   const fs::path dir = run("killed");
-  // 100 steps (about 40 a second here): the kill, once step 8 is logged, comes long before the end.
+  // 100 steps (about 40 a second here): the kill, once step 12 is logged (so that the checkpoint
+  // of step 8 is complete: one to fall back to), comes long before the end.
   const std::string script =
       "'" + std::string(DEDPO_EXECUTABLE) + "' run --nproc 2 " + experiment() +
-      " --set train.steps=100 --run-dir '" + dir.string() + "' & launcher=$!\n"
-      "until grep -Eq '\"step\":8[,}]' '" + (dir / "metrics.jsonl").string() + "' 2>/dev/null || ! kill -0 $launcher; do\n"
-      "  sleep 0.05\n"
-      "done\n"
+      " --set train.steps=100 --run-dir '" + dir.string() + "' & launcher=$!\n" +
+      wait_for_step(dir, 12, "launcher") +
       "for pid in $(pgrep -f -- '--run-dir " + dir.string() + " --no-progress'); do\n"
       "  tr '\\0' '\\n' < /proc/$pid/environ | grep -qx RANK=1 && kill -9 $pid\n"
       "done\n"
@@ -179,9 +190,45 @@ TEST_F(DataParallel, AKilledWorkerEndsTheRunWithItsNameAndResumeOnAsManyComplete
   const auto alone = run_dedpo("run --resume '" + dir.string() + "' --no-progress");
   EXPECT_NE(alone.exit_code, 0);
   EXPECT_THAT(alone.output, testing::HasSubstr("written by a run on 2 process(es); resume it on 2"));
+
+  std::string newest = dedpo::test::read_file(dir / dedpo::kCheckpointDir / "latest");
+  newest.erase(newest.find_last_not_of('\n') + 1);
+  std::ofstream(dir / dedpo::kCheckpointDir / newest) << "not a checkpoint";
   const auto resumed = run_dedpo("run --nproc 2 --resume '" + dir.string() + "'");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_EQ(results(dir)["steps"], 100);
+  const std::string first_log = dedpo::test::read_file(dir / dedpo::kLogFile);
+  const std::string second_log = dedpo::test::read_file(dir / "log-rank1.txt");
+  EXPECT_THAT(first_log, testing::HasSubstr("skipped checkpoint " + newest + ": "));
+  std::smatch loaded;
+  ASSERT_TRUE(std::regex_search(first_log, loaded, std::regex("loaded (step-[0-9]+\\.pt)")));
+  EXPECT_NE(loaded[1].str(), newest);
+  EXPECT_THAT(second_log, testing::HasSubstr("loaded " + loaded[1].str() + " (step "));
+  EXPECT_THAT(second_log, testing::Not(testing::HasSubstr("skipped checkpoint")));
+}
+
+// Under an external launcher (torchrun's variables, no --nproc) no launcher of dedpo's watches the
+// ranks: when rank 1 is killed, rank 0 itself names it, within the short wait for the answers of
+// the others (the collective timeout, 3 s here) after its collective fails.
+TEST_F(DataParallel, UnderAnExternalLauncherTheSurvivingRankNamesAKilledOne) {
+  const fs::path dir = run("external");
+  const std::string rank_command =
+      "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(dedpo::free_local_port()) +
+      " '" + std::string(DEDPO_EXECUTABLE) + "' run " + experiment() +
+      " --set train.steps=100 --run-dir '" + dir.string() + "' --no-progress --collective-timeout 3";
+  const fs::path first_output = dir_.path() / "rank0.txt";
+  const std::string script =
+      "RANK=0 LOCAL_RANK=0 " + rank_command + " > '" + first_output.string() + "' 2>&1 & first=$!\n"
+      "RANK=1 LOCAL_RANK=1 " + rank_command + " > /dev/null 2>&1 & second=$!\n" +
+      wait_for_step(dir, 8, "first") +
+      "kill -9 $second\n"
+      "wait $first; echo \"rank 0 exit code $?\"\n";
+  std::ofstream(dir_.path() / "external.sh") << script;
+  const auto killed = dedpo::test::run_shell("bash '" + (dir_.path() / "external.sh").string() + "'");
+  EXPECT_THAT(killed.output, testing::HasSubstr("rank 0 exit code 1"));
+  EXPECT_THAT(dedpo::test::read_file(first_output),
+              testing::HasSubstr("failed on rank 0 of 2: rank 1 of 2 did not answer within 3 s (it "
+                                 "died or hangs; it last began step "));
 }
 
 }  // namespace

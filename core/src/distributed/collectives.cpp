@@ -3,16 +3,36 @@
 #include <exception>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "dedpo/error.hpp"
+#include "dedpo/error_message.hpp"
 #include "dedpo/host/distributed.hpp"
 #include "distributed/gloo_backend.hpp"
 
 namespace dedpo {
+
+namespace {
+
+// How long a rank whose collective failed waits for the others to report their failure (at most;
+// the collective timeout when shorter). The ranks still alive fail within moments of each other
+// (a connection closed, the same timeout), so the ranks that stay silent died or hang.
+constexpr std::chrono::milliseconds kAnswerWait{5000};
+constexpr std::chrono::milliseconds kPollInterval{20};
+
+std::vector<std::uint8_t> to_bytes(const std::string& text) { return {text.begin(), text.end()}; }
+std::string from_bytes(const std::vector<std::uint8_t>& bytes) {
+  return {bytes.begin(), bytes.end()};
+}
+
+std::string progress_key(int rank) { return "dedpo/progress/" + std::to_string(rank); }
+
+}  // namespace
 
 struct Collectives::Group {
   WorldPlacement placement;
@@ -21,16 +41,100 @@ struct Collectives::Group {
   std::chrono::milliseconds timeout;
   std::int64_t unions = 0;  // sorted_union calls so far: each has its own store keys
   std::int64_t shared = 0;  // from_first calls so far
+  // Where this rank is: the collectives it entered (every rank makes the same calls, so the
+  // numbers agree across ranks), the one it is in, and the training step (0: before training).
+  std::int64_t entered = 0;
+  std::string collective;
+  std::int64_t step = 0;
+  std::int64_t failures = 0;  // failure exchanges so far: each has its own store keys
 
-  // Waits for `work`; a failure (a rank gone, the timeout) becomes an Error saying which
-  // collective failed where.
-  void finish(const c10::intrusive_ptr<c10d::Work>& work, const char* collective) const {
+  void enter(std::string name) {
+    ++entered;
+    collective = std::move(name);
+  }
+
+  std::string position() const {
+    std::string text = fmt::format("collective #{} ({}", entered, collective);
+    if (step > 0) text += fmt::format(", step {}", step);
+    return text + ")";
+  }
+
+  // Waits for `work`; a failure (a rank gone, the timeout) becomes fail()'s Error.
+  void finish(const c10::intrusive_ptr<c10d::Work>& work) {
     try {
       work->wait();
     } catch (const std::exception& failure) {
-      throw Error(std::string(collective) + " failed on rank " + std::to_string(placement.rank) +
-                  " of " + std::to_string(placement.world_size) + ": " + failure.what());
+      fail(failure);
     }
+  }
+
+  // An Error saying which collective failed where and, found through the TCPStore, which ranks
+  // did not come to it.
+  [[noreturn]] void fail(const std::exception& failure, const std::string& hint = "") {
+    throw Error(fmt::format("{} failed on rank {} of {}: {}; {}{}", position(), placement.rank,
+                            placement.world_size, missing_ranks(), error_message(failure), hint));
+  }
+
+  // Every rank whose collective fails says so in the store and waits a short, bounded time for
+  // the others to say the same: the ranks that stay silent are the failed ones, and their last
+  // recorded step tells how far they got. Rank 0 hosts the store: when it is unreachable, rank 0
+  // is the one that failed.
+  std::string missing_ranks() {
+    const int world = placement.world_size;
+    const std::chrono::milliseconds wait = std::min(timeout, kAnswerWait);
+    const std::string prefix = fmt::format("dedpo/failure/{}/", failures++);
+    const auto answer_key = [&](int rank) { return prefix + std::to_string(rank); };
+    const std::string answers = prefix + "answers", read = prefix + "read";
+    const auto poll_until = [](std::chrono::steady_clock::time_point deadline, const auto& done) {
+      while (!done() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(kPollInterval);
+      }
+    };
+    try {
+      const auto start = std::chrono::steady_clock::now();
+      store->set(answer_key(placement.rank), to_bytes(position()));
+      store->add(answers, 1);
+      poll_until(start + wait, [&] { return store->add(answers, 0) >= world; });
+      std::vector<std::string> silent, elsewhere;
+      for (int rank = 0; rank < world; ++rank) {
+        if (rank == placement.rank) continue;
+        if (store->check({answer_key(rank)})) {
+          // A rank that failed at another collective (one step ahead when a peer died mid-way).
+          const std::string its = from_bytes(store->get(answer_key(rank)));
+          if (its != position()) {
+            elsewhere.push_back(fmt::format("rank {} failed at {}", rank, its));
+          }
+          continue;
+        }
+        const std::string progress =
+            store->check({progress_key(rank)})
+                ? "it last " + from_bytes(store->get(progress_key(rank)))
+                : "it began no training step";
+        silent.push_back(fmt::format("rank {} of {} did not answer within {:g} s (it died or "
+                                     "hangs; {})",
+                                     rank, world, static_cast<double>(wait.count()) / 1000,
+                                     progress));
+      }
+      store->add(read, 1);
+      // The store goes when rank 0 ends: it stays until the ranks that answered have read it.
+      if (placement.rank == 0) {
+        poll_until(std::chrono::steady_clock::now() + wait,
+                   [&] { return store->add(read, 0) >= store->add(answers, 0); });
+      }
+      std::vector<std::string> parts = silent;
+      if (parts.empty()) parts.push_back("every rank answered (none died or hangs)");
+      parts.insert(parts.end(), elsewhere.begin(), elsewhere.end());
+      std::string text = parts.front();
+      for (std::size_t k = 1; k < parts.size(); ++k) text += "; " + parts[k];
+      return text;
+    } catch (const std::exception& failure) {
+      return store_unreachable(failure);
+    }
+  }
+
+  std::string store_unreachable(const std::exception& failure) const {
+    return fmt::format("the TCPStore on rank 0 ({}:{}) is unreachable ({}): rank 0 failed",
+                       placement.master_addr, placement.master_port, error_message(failure));
   }
 };
 
@@ -60,11 +164,25 @@ Collectives::~Collectives() = default;
 int Collectives::rank() const { return group_->placement.rank; }
 int Collectives::world_size() const { return group_->placement.world_size; }
 
+void Collectives::begin_step(std::int64_t step) {
+  group_->step = step;
+  try {
+    // A write the store does not answer: cheap enough once per step.
+    const std::string progress = fmt::format("began step {} after collective #{}", step,
+                                             group_->entered);
+    group_->store->set(progress_key(rank()), to_bytes(progress));
+  } catch (const std::exception& failure) {
+    throw Error(fmt::format("rank {} of {} could not record step {}: {}", rank(), world_size(),
+                            step, group_->store_unreachable(failure)));
+  }
+}
+
 void Collectives::broadcast_from_first(const std::vector<at::Tensor>& tensors) {
   at::NoGradGuard no_grad;
+  group_->enter("broadcast");
   for (const at::Tensor& tensor : tensors) {
     std::vector<at::Tensor> one{tensor.detach()};
-    group_->finish(group_->backend->broadcast(one), "broadcast");
+    group_->finish(group_->backend->broadcast(one));
   }
 }
 
@@ -95,12 +213,13 @@ void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
     filled[key] += bytes;
   }
   const double share = 1.0 / world_size();
+  group_->enter("gradient all-reduce");  // one collective for all the buckets: nothing per bucket
   for (auto& [key, list] : buckets) {
     for (const std::vector<at::Tensor>& bucket : list) {
       std::vector<at::Tensor> flat;
       for (const at::Tensor& grad : bucket) flat.push_back(grad.reshape({-1}));
       std::vector<at::Tensor> joined{at::cat(flat)};
-      group_->finish(group_->backend->allreduce(joined), "gradient all-reduce");
+      group_->finish(group_->backend->allreduce(joined));
       joined[0].mul_(share);
       std::int64_t offset = 0;
       for (const at::Tensor& grad : bucket) {
@@ -114,7 +233,8 @@ void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
 std::vector<double> Collectives::sum(const std::vector<double>& values) {
   std::vector<at::Tensor> tensor{
       at::tensor(at::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble))};
-  group_->finish(group_->backend->allreduce(tensor), "all-reduce");
+  group_->enter("all-reduce");
+  group_->finish(group_->backend->allreduce(tensor));
   const double* summed = tensor[0].data_ptr<double>();
   return std::vector<double>(summed, summed + values.size());
 }
@@ -124,8 +244,9 @@ void Collectives::sum_in_place(const at::Tensor& tensor) { start_sum_in_place(te
 std::function<void()> Collectives::start_sum_in_place(const at::Tensor& tensor,
                                                       const char* collective) {
   std::vector<at::Tensor> one{tensor};
+  group_->enter(collective);
   c10::intrusive_ptr<c10d::Work> work = group_->backend->allreduce(one);
-  return [group = group_.get(), work, collective] { group->finish(work, collective); };
+  return [group = group_.get(), work] { group->finish(work); };
 }
 
 std::vector<std::string> Collectives::sorted_union(const std::vector<std::string>& names) {
@@ -133,18 +254,23 @@ std::vector<std::string> Collectives::sorted_union(const std::vector<std::string
     return "dedpo/union/" + std::to_string(call) + "/" + std::to_string(rank);
   };
   const std::int64_t call = group_->unions++;
+  group_->enter("union of names");
   std::string joined;
   for (const std::string& name : names) joined += name + "\n";
   c10d::Store& store = *group_->store;
-  store.set(key(call, rank()), std::vector<std::uint8_t>(joined.begin(), joined.end()));
   std::vector<std::string> all;
-  for (int r = 0; r < world_size(); ++r) {
-    const std::vector<std::uint8_t> value = store.get(key(call, r));  // waits for rank r's
-    std::istringstream lines(std::string(value.begin(), value.end()));
-    for (std::string name; std::getline(lines, name);) all.push_back(name);
+  try {
+    store.set(key(call, rank()), to_bytes(joined));
+    for (int r = 0; r < world_size(); ++r) {
+      // Waits for rank r's, up to the collective timeout.
+      std::istringstream lines(from_bytes(store.get(key(call, r))));
+      for (std::string name; std::getline(lines, name);) all.push_back(name);
+    }
+    // Every rank has read the keys of call - 2: it set its call - 1 key after reading them.
+    if (call >= 2) store.deleteKey(key(call - 2, rank()));
+  } catch (const std::exception& failure) {
+    group_->fail(failure);
   }
-  // Every rank has read the keys of call - 2: it set its call - 1 key after reading them.
-  if (call >= 2) store.deleteKey(key(call - 2, rank()));
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   return all;
@@ -152,26 +278,31 @@ std::vector<std::string> Collectives::sorted_union(const std::vector<std::string
 
 std::string Collectives::from_first(const std::string& value) {
   const std::string key = "dedpo/shared/" + std::to_string(group_->shared++);
-  if (rank() == 0) {
-    group_->store->set(key, std::vector<std::uint8_t>(value.begin(), value.end()));
-    return value;
+  group_->enter("value from rank 0");
+  try {
+    if (rank() == 0) {
+      group_->store->set(key, to_bytes(value));
+      return value;
+    }
+    return from_bytes(group_->store->get(key));
+  } catch (const std::exception& failure) {
+    group_->fail(failure);
   }
-  const std::vector<std::uint8_t> first = group_->store->get(key);
-  return std::string(first.begin(), first.end());
 }
 
 void Collectives::first_done(const std::string& stage) {
-  if (rank() == 0) group_->store->set("dedpo/done/" + stage, std::vector<std::uint8_t>{1});
+  if (rank() == 0) group_->store->set("dedpo/done/" + stage, to_bytes("1"));
 }
 
 void Collectives::wait_for_first(const std::string& stage) {
+  group_->enter("waiting while rank 0 is " + stage);
   if (rank() == 0) return;
   try {
     group_->store->wait({"dedpo/done/" + stage}, group_->timeout);
   } catch (const std::exception& failure) {
-    throw Error("rank " + std::to_string(rank()) + " waited " +
-                std::to_string(group_->timeout.count()) + " ms for rank 0 to finish " + stage +
-                " (raise the collective timeout if rank 0 is still working): " + failure.what());
+    group_->fail(failure, fmt::format(". Rank {} waited {} ms for rank 0 to finish {}: raise the "
+                                      "collective timeout if rank 0 is still working",
+                                      rank(), group_->timeout.count(), stage));
   }
 }
 

@@ -160,6 +160,15 @@ void save_checkpoint(const fs::path& run_dir, const Trainer& trainer, double wal
   remove_old_checkpoints(folder, name);
 }
 
+double load_checkpoint(const fs::path& file, Trainer& trainer) {
+  // The whole file is read and checked before any of it reaches the trainer.
+  torch::serialize::InputArchive archive;
+  archive.load_from(file.string());
+  trainer.load(archive);
+  c10::IValue wall_time;
+  return archive.try_read(kWallTime, wall_time) ? wall_time.toDouble() : 0.0;
+}
+
 ResumedCheckpoint resume_checkpoint(const fs::path& run_dir, Trainer& trainer) {
   ResumedCheckpoint resumed;
   const std::string latest = latest_name(run_dir);
@@ -173,12 +182,7 @@ ResumedCheckpoint resume_checkpoint(const fs::path& run_dir, Trainer& trainer) {
       continue;
     }
     try {
-      // The whole file is read and checked before any of it reaches the trainer.
-      torch::serialize::InputArchive archive;
-      archive.load_from(file.string());
-      trainer.load(archive);
-      c10::IValue wall_time;
-      if (archive.try_read(kWallTime, wall_time)) resumed.wall_time_s = wall_time.toDouble();
+      resumed.wall_time_s = load_checkpoint(file, trainer);
     } catch (const std::exception& failure) {
       resumed.skipped.push_back(name + ": " + error_message(failure));
       continue;

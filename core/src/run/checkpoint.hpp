@@ -19,13 +19,17 @@ std::filesystem::path checkpoint_file(const std::filesystem::path& run_dir, cons
 void save_checkpoint(const std::filesystem::path& run_dir, const Trainer& trainer,
                      double wall_time_s);
 
+// Loads `file` into `trainer`; returns the run's time up to it. Throws when it does not load.
+double load_checkpoint(const std::filesystem::path& file, Trainer& trainer);
+
 struct ResumedCheckpoint {
   std::filesystem::path file;         // empty: there is no checkpoint, start from step 0
   double wall_time_s = 0;             // the run's time up to that checkpoint
   std::vector<std::string> skipped;   // "<file>: <why>" of newer checkpoints that did not load
 };
 // Loads into `trainer` the newest checkpoint that loads: the one `latest` names, else the older
-// ones, newest first. Throws, naming each and why, when checkpoints exist but none loads.
+// ones, newest first, and makes `latest` name the one loaded. Throws, naming each and why, when
+// checkpoints exist but none loads. For the rank that writes the run folder alone.
 ResumedCheckpoint resume_checkpoint(const std::filesystem::path& run_dir, Trainer& trainer);
 
 // The trained model of a run's final checkpoint into `backbone` (prepared as the run had it):

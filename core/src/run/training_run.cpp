@@ -156,16 +156,34 @@ class RunClock {
 };
 
 // Continues from the newest checkpoint that loads, after removing what killed writes left.
-// Every rank loads the same checkpoint; the one that writes the run folder tidies it.
+// The rank that writes the run folder chooses the checkpoint (rewriting `latest` when it falls
+// back to an older one) and tidies the folder; the other ranks load exactly the file it chose:
+// they never read `latest` while it may be rewritten, nor pick another file of their own.
 void resume_from_checkpoint(const fs::path& run_dir, Trainer& trainer, RunClock& clock,
-                            bool writes_run_folder, RunLog& log) {
-  for (const fs::path& folder : {run_dir, run_dir / kCheckpointDir}) {
-    if (!writes_run_folder) break;
-    for (const std::string& name : remove_abandoned_temp_files(folder)) {
-      log.line("removed " + (folder / name).string() + " (left by an interrupted write)");
+                            Collectives* collectives, bool writes_run_folder, RunLog& log) {
+  ResumedCheckpoint resumed;
+  if (writes_run_folder) {
+    for (const fs::path& folder : {run_dir, run_dir / kCheckpointDir}) {
+      for (const std::string& name : remove_abandoned_temp_files(folder)) {
+        log.line("removed " + (folder / name).string() + " (left by an interrupted write)");
+      }
+    }
+    resumed = resume_checkpoint(run_dir, trainer);
+  }
+  if (collectives != nullptr) {
+    const std::string chosen = collectives->from_first(resumed.file.filename().string());
+    if (!writes_run_folder && !chosen.empty()) {
+      resumed.file = run_dir / kCheckpointDir / chosen;
+      try {
+        resumed.wall_time_s = load_checkpoint(resumed.file, trainer);
+      } catch (const std::exception& failure) {
+        throw Error(fmt::format("rank {} of {}: {}, from which rank 0 resumes, does not load "
+                                "here: {}",
+                                collectives->rank(), collectives->world_size(),
+                                resumed.file.string(), error_message(failure)));
+      }
     }
   }
-  const ResumedCheckpoint resumed = resume_checkpoint(run_dir, trainer);
   for (const std::string& skipped : resumed.skipped) {
     const std::string warning = fmt::format("skipped checkpoint {}; resuming from {}", skipped,
                                             resumed.file.filename().string());
@@ -382,7 +400,9 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
     Trainer trainer(*parts.backbone, experiment.train, experiment.run.device, experiment.run.seed,
                     experiment.train.steps, collectives.get());
     set_objective(experiment, parts, trainer, data, log);
-    if (start == RunStart::resume) resume_from_checkpoint(run_dir, trainer, clock, writes_run_folder, log);
+    if (start == RunStart::resume) {
+      resume_from_checkpoint(run_dir, trainer, clock, collectives.get(), writes_run_folder, log);
+    }
 
     std::optional<MetricsLog> metrics;
     if (writes_run_folder) metrics.emplace(run_dir, experiment.log, trainer.step_index() + 1);

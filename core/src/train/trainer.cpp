@@ -132,6 +132,8 @@ void Trainer::set_denoising(const SampleDataset& data, at::Tensor condition) {
 
 StepReport Trainer::step() {
   StepReport report;
+  // Where this rank is, for the others to tell should it die or hang in this step.
+  if (collectives_ != nullptr) collectives_->begin_step(step_ + 1);
   report.lr = scheduled_lr(settings_.lr, settings_.warmup_steps, total_steps_, settings_.schedule,
                            step_);
   for (at::Tensor& p : params_) {

@@ -52,6 +52,12 @@ int free_local_port();
 
 // The collectives of a data-parallel run, on one c10d process group. Every call is a collective:
 // every rank makes the same calls in the same order, with tensors of the same shapes.
+//
+// A collective that fails on a rank (a rank gone, the timeout) throws an Error naming the ranks
+// that did not come: the failing ranks report to each other through the TCPStore within a few
+// seconds, the silent ones died or hang, and their last begin_step() tells how far they got; an
+// unreachable store means rank 0, its host, failed (docs/distributed.md). The group is unusable
+// after a failure.
 class Collectives {
  public:
   // Meets the other ranks at the placement's TCPStore and builds the process group (Gloo for
@@ -65,6 +71,9 @@ class Collectives {
   int rank() const;
   int world_size() const;
 
+  // Records in the TCPStore that this rank begins training step `step` (counted from 1, as in
+  // metrics.jsonl): one store write per step, read only when a collective fails. Not a collective.
+  void begin_step(std::int64_t step);
   // Every rank's tensors take rank 0's values (in place).
   void broadcast_from_first(const std::vector<at::Tensor>& tensors);
   // Every parameter's gradient becomes the mean over the ranks of its gradients, all-reduced in
