@@ -157,8 +157,10 @@ TEST_F(SettingsTest, LauncherTableIsTypedAndKeptOutOfTheRunsConfig) {
   write_file(dir / "slurm.toml", std::string(kMinimal) + R"([launcher]
 partition = "gpu"
 time = "04:00:00"
-gpus_per_task = 8
-cpus_per_task = 64
+processes = 16
+nodes = 2
+gpus_per_task = 1
+cpus_per_task = 8
 memory = "480G"
 sbatch = """
 --account=lab
@@ -171,8 +173,10 @@ setup = "module load cuda/13.0"
   const dedpo::LauncherSettings& launcher = experiment.launcher;
   EXPECT_EQ(launcher.partition, "gpu");
   EXPECT_EQ(launcher.time, "04:00:00");
-  EXPECT_EQ(launcher.gpus_per_task, 8);
-  EXPECT_EQ(launcher.cpus_per_task, 64);
+  EXPECT_EQ(launcher.processes, 16);
+  EXPECT_EQ(launcher.nodes, 2);
+  EXPECT_EQ(launcher.gpus_per_task, 1);
+  EXPECT_EQ(launcher.cpus_per_task, 8);
   EXPECT_EQ(launcher.memory, "480G");
   EXPECT_EQ(launcher.sbatch_options, (std::vector<std::string>{"--account=lab", "--exclusive"}));
   EXPECT_EQ(launcher.setup, "module load cuda/13.0");
@@ -182,7 +186,13 @@ setup = "module load cuda/13.0"
 
 TEST_F(SettingsTest, BadLauncherValuesAreNamedWithWhatWasExpected) {
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"processes", "0", "expected a positive integer, got 0"},
+      {"nodes", "-1", "expected a positive integer, got -1"},
       {"gpus_per_task", "-1", "expected a non-negative integer, got -1"},
+      // One process drives one GPU: more per task would sit idle.
+      {"gpus_per_task", "2",
+       "expected 0 or 1 (a dedpo process uses one GPU), got 2; for 2 GPUs per run use "
+       "processes = 2 with gpus_per_task = 1"},
       {"cpus_per_task", "-4", "expected a non-negative integer, got -4"},
       {"time", "\"1:00\\n2:00\"", "expected one line, got a line break"},
       {"sbatch", "\"--qos=high\\nexclusive\"",
@@ -193,6 +203,12 @@ TEST_F(SettingsTest, BadLauncherValuesAreNamedWithWhatWasExpected) {
               path("exp.toml") + " [launcher] (--set launcher." + key + "=" + value + "): option '" +
                   key + "': " + message);
   }
+  // The processes of a run are spread evenly over its nodes.
+  const std::string uneven = error_of("exp.toml", {{"launcher.nodes", "2"}, {"launcher.processes", "3"}});
+  EXPECT_THAT(uneven, testing::HasSubstr("[launcher]")) << uneven;
+  EXPECT_THAT(uneven, testing::HasSubstr("option 'processes': expected a multiple of nodes = 2 (as "
+                                         "many processes on every node), got 3"))
+      << uneven;
   const std::string wrong_type = error_with("launcher.gpus_per_task", "\"8\"");
   EXPECT_THAT(wrong_type, testing::HasSubstr("[launcher]")) << wrong_type;
   EXPECT_THAT(wrong_type, testing::HasSubstr("option 'gpus_per_task' expects an integer")) << wrong_type;

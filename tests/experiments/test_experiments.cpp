@@ -78,7 +78,8 @@ const std::vector<std::string> kCaseSwitches = {
 }  // namespace
 
 TEST_F(SdExperiments, PaperTablesValidateWithEveryCasesPlugins) {
-  for (const char* table : {"fifa5k_sd15", "fifa5k_sdxl", "hpdv2_sd15", "hpdv2_sdxl"}) {
+  for (const char* table :
+       {"fifa5k_sd15", "fifa5k_sdxl", "hpdv2_sd15", "hpdv2_sdxl", "sdxl_on_cluster"}) {
     const fs::path file = kExperiments / "sd" / (std::string(table) + ".toml");
     ASSERT_TRUE(fs::exists(file)) << file;
     for (const std::string& switches : kCaseSwitches) {

@@ -1,6 +1,7 @@
 // `dedpo grid --launcher slurm` against the one-node cluster the ctest fixture runs
-// (slurm_cluster.sh): the grid as a job array reports what the local launcher reports, and a task
-// cancelled mid-run is resumed by the next submission.
+// (slurm_cluster.sh): the grid as a job array reports what the local launcher reports, a task
+// cancelled mid-run is resumed by the next submission, and a run of two processes (one job step
+// of two Slurm tasks) trains as one process accumulating their micro-batches.
 #include <chrono>
 #include <cstdlib>
 #include <string>
@@ -138,4 +139,35 @@ TEST_F(SlurmGrid, CancelledTaskIsResumedByTheNextSubmission) {
   EXPECT_EQ(result.at("steps"), 20);
   const std::string results = test::read_file(grid / "results.csv");
   EXPECT_EQ(std::count(results.begin(), results.end(), '\n'), 2) << results;
+}
+
+// Two ranks of batch_size 8 against one process with grad_accum 2 (docs/distributed.md, "The
+// equivalence guarantee"): bit-identical weights, hence the same results.csv.
+TEST_F(SlurmGrid, RunOfTwoProcessesTrainsAsOneProcessAccumulatingTheirMicroBatches) {
+  const fs::path local = write_grid(temp / "local", "[0]");
+  const fs::path slurm = write_grid(temp / "slurm", "[0]", R"(
+[launcher]
+time = "00:05:00"
+processes = 2
+cpus_per_task = 1
+memory = "1G"
+)");
+  const auto local_run = test::run_dedpo("grid '" + local.string() + "' --set train.grad_accum=2");
+  ASSERT_EQ(local_run.exit_code, 0) << local_run.output;
+  const auto slurm_run = test::run_dedpo("grid '" + slurm.string() + "' --launcher slurm --wait");
+  const fs::path slurm_grid = temp / "slurm" / "runs" / "t-grid";
+  const fs::path run = slurm_grid / "run.seed=0";
+  ASSERT_EQ(slurm_run.exit_code, 0) << slurm_run.output << test::read_file(run / "stdout.txt");
+
+  const std::string script = test::read_file(slurm_grid / "slurm" / "array-1.sh");
+  EXPECT_NE(script.find("#SBATCH --ntasks=2\n"), std::string::npos) << script;
+  EXPECT_NE(script.find("exec srun --label --cpus-per-task=1 \"$@\"\n"), std::string::npos) << script;
+  EXPECT_NE(test::read_file(run / kLogFile).find("data parallel: rank 0 of 2 (slurm launch)"),
+            std::string::npos);
+  EXPECT_NE(test::read_file(run / "log-rank1.txt").find("data parallel: rank 1 of 2 (slurm launch)"),
+            std::string::npos);
+  EXPECT_EQ(nlohmann::json::parse(test::read_file(run / kResultsFile)).at("world_size"), 2);
+  const fs::path local_grid = temp / "local" / "runs" / "t-grid";
+  trainer_test::expect_same_weights(local_grid / "run.seed=0", run);
+  EXPECT_EQ(test::read_file(slurm_grid / "results.csv"), test::read_file(local_grid / "results.csv"));
 }

@@ -49,6 +49,12 @@ std::unique_ptr<GridLauncher> make_slurm_launcher(const std::filesystem::path& g
                                                   const LauncherSettings& settings,
                                                   const GridControl& control);
 
+// The batch script of one job array whose task i runs tasks[i]: the #SBATCH lines of `settings`
+// (settings.processes Slurm tasks per array task), then the run's command line, started as a job
+// step (srun) when it has several processes.
+std::string slurm_batch_script(const std::filesystem::path& grid_dir,
+                               const LauncherSettings& settings, const std::vector<GridJob>& tasks);
+
 // What Slurm says of a run of the grid that an array submitted from this grid folder: squeue's
 // state (PENDING, RUNNING, ...) while it is queued, else sacct's (COMPLETED, CANCELLED, ...) where
 // the cluster keeps accounting. By run folder name; runs Slurm says nothing of are missing.

@@ -200,7 +200,7 @@ class SlurmLauncher final : public GridLauncher {
     if (tasks.empty()) return outcome;
 
     const fs::path script = slurm_dir / fmt::format("array-{}.sh", submissions.size() + 1);
-    write_file_atomic(script, batch_script(tasks));
+    write_file_atomic(script, slurm_batch_script(grid_dir_, settings_, tasks));
     std::string array = fmt::format("--array=0-{}", tasks.size() - 1);
     if (jobs_ > 0) array += fmt::format("%{}", jobs_);
     const CommandResult submitted = run_command({"sbatch", "--parsable", array, script.string()});
@@ -243,37 +243,6 @@ class SlurmLauncher final : public GridLauncher {
   }
 
  private:
-  std::string batch_script(const std::vector<GridJob>& tasks) const {
-    std::string text = fmt::format(
-        "#!/bin/bash\n"
-        "# The runs of grid {}, one per array task (written by `dedpo grid --launcher slurm`).\n",
-        grid_dir_.string());
-    auto sbatch = [&](const std::string& option) { text += "#SBATCH " + option + "\n"; };
-    sbatch("--job-name=" + shell_quoted("dedpo-" + grid_dir_.filename().string()));
-    sbatch("--output=" + shell_quoted((grid_dir_ / kSlurmDir / "%A_%a.out").string()));
-    sbatch("--ntasks=1");
-    if (!settings_.partition.empty()) sbatch("--partition=" + settings_.partition);
-    if (!settings_.time.empty()) sbatch("--time=" + settings_.time);
-    if (settings_.gpus_per_task > 0) sbatch(fmt::format("--gpus-per-task={}", settings_.gpus_per_task));
-    if (settings_.cpus_per_task > 0) sbatch(fmt::format("--cpus-per-task={}", settings_.cpus_per_task));
-    if (!settings_.memory.empty()) sbatch("--mem=" + settings_.memory);
-    for (const std::string& option : settings_.sbatch_options) sbatch(option);
-    text += "set -e\n";
-    if (!settings_.setup.empty()) text += "# [launcher] setup\n" + settings_.setup + "\n";
-    text += "case \"$SLURM_ARRAY_TASK_ID\" in\n";
-    for (std::size_t i = 0; i < tasks.size(); ++i) {
-      std::string command;
-      for (const std::string& arg : tasks[i].args) command += " " + shell_quoted(arg);
-      text += fmt::format("  {}) run_dir={}; set --{} ;;\n", i, shell_quoted(tasks[i].dir.string()),
-                          command);
-    }
-    text += "  *) echo \"no run for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n";
-    text += "exec >>\"$run_dir/stdout.txt\" 2>&1\n";
-    // A run on several GPUs is a job step, which is given all the task's GPUs.
-    text += settings_.gpus_per_task > 1 ? "exec srun \"$@\"\n" : "exec \"$@\"\n";
-    return text;
-  }
-
   fs::path grid_dir_;
   LauncherSettings settings_;
   int jobs_;
@@ -281,6 +250,52 @@ class SlurmLauncher final : public GridLauncher {
 };
 
 }  // namespace
+
+std::string slurm_batch_script(const fs::path& grid_dir, const LauncherSettings& settings,
+                               const std::vector<GridJob>& tasks) {
+  std::string text = fmt::format(
+      "#!/bin/bash\n"
+      "# The runs of grid {}, one per array task (written by `dedpo grid --launcher slurm`).\n",
+      grid_dir.string());
+  auto sbatch = [&](const std::string& option) { text += "#SBATCH " + option + "\n"; };
+  sbatch("--job-name=" + shell_quoted("dedpo-" + grid_dir.filename().string()));
+  sbatch("--output=" + shell_quoted((grid_dir / kSlurmDir / "%A_%a.out").string()));
+  // One Slurm task per rank of the run; the per-task resources below are each rank's.
+  sbatch(fmt::format("--nodes={}", settings.nodes));
+  sbatch(fmt::format("--ntasks={}", settings.processes));
+  sbatch(fmt::format("--ntasks-per-node={}", settings.processes / settings.nodes));
+  if (!settings.partition.empty()) sbatch("--partition=" + settings.partition);
+  if (!settings.time.empty()) sbatch("--time=" + settings.time);
+  if (settings.gpus_per_task > 0) sbatch(fmt::format("--gpus-per-task={}", settings.gpus_per_task));
+  if (settings.cpus_per_task > 0) sbatch(fmt::format("--cpus-per-task={}", settings.cpus_per_task));
+  if (!settings.memory.empty()) sbatch("--mem=" + settings.memory);
+  for (const std::string& option : settings.sbatch_options) sbatch(option);
+  text += "set -e\n";
+  if (!settings.setup.empty()) text += "# [launcher] setup\n" + settings.setup + "\n";
+  text += "case \"$SLURM_ARRAY_TASK_ID\" in\n";
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    std::string command;
+    for (const std::string& arg : tasks[i].args) command += " " + shell_quoted(arg);
+    text += fmt::format("  {}) run_dir={}; set --{} ;;\n", i, shell_quoted(tasks[i].dir.string()),
+                        command);
+  }
+  text += "  *) echo \"no run for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n";
+  text += "exec >>\"$run_dir/stdout.txt\" 2>&1\n";
+  if (settings.processes == 1) return text + "exec \"$@\"\n";
+  // Array tasks may share a node, so each run's rendezvous gets its own port, from its job id
+  // (unique per array task), below Linux's ephemeral ports (32768-60999) that outgoing
+  // connections take; dedpo's default, 29500, would be taken by the first. MASTER_ADDR is left
+  // to dedpo: the first host of SLURM_JOB_NODELIST, where rank 0 runs.
+  text += "export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 10000))}\n";
+  // The ranks are the tasks of one job step, which sets SLURM_PROCID, SLURM_NTASKS and
+  // SLURM_LOCALID for each and forwards every rank's output, labelled with its rank, to
+  // stdout.txt. It is given the per-rank resources again: since Slurm 22.05 srun does not inherit
+  // --cpus-per-task, and its --gpus-per-task binds each rank to a GPU of its own (as cuda:0).
+  text += "exec srun --label";
+  if (settings.gpus_per_task > 0) text += fmt::format(" --gpus-per-task={}", settings.gpus_per_task);
+  if (settings.cpus_per_task > 0) text += fmt::format(" --cpus-per-task={}", settings.cpus_per_task);
+  return text + " \"$@\"\n";
+}
 
 std::unique_ptr<GridLauncher> make_slurm_launcher(const fs::path& grid_dir,
                                                   const LauncherSettings& settings,

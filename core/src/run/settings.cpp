@@ -112,12 +112,20 @@ const OptionSpec kLauncherOptions[] = {
     {"time", T::string, "\"\"",
      "Time limit of each run (sbatch --time, e.g. \"04:00:00\" or \"1-00:00:00\"); \"\" = the "
      "partition's default."},
+    {"processes", T::integer, "1",
+     "Processes (data-parallel ranks) of each run, one Slurm task each (sbatch --ntasks); more "
+     "than 1 starts the run as a job step (srun dedpo run) whose tasks are its ranks."},
+    {"nodes", T::integer, "1",
+     "Nodes of each run (sbatch --nodes); processes must be a multiple of it "
+     "(--ntasks-per-node = processes / nodes)."},
     {"gpus_per_task", T::integer, "0",
-     "GPUs of each run (sbatch --gpus-per-task); more than 1 starts the run as a job step (srun "
-     "dedpo run) so that it sees them all."},
-    {"cpus_per_task", T::integer, "0", "CPUs of each run (sbatch --cpus-per-task); 0 = the cluster's default."},
+     "GPUs of each process (sbatch --gpus-per-task): 0 or 1, since a dedpo process uses one "
+     "device; for 8 GPUs per run set processes = 8."},
+    {"cpus_per_task", T::integer, "0",
+     "CPUs of each process (sbatch --cpus-per-task); 0 = the cluster's default."},
     {"memory", T::string, "\"\"",
-     "Memory of each run (sbatch --mem, e.g. \"64G\"); \"\" = the cluster's default."},
+     "Memory of each run on each of its nodes (sbatch --mem, e.g. \"64G\"); \"\" = the "
+     "cluster's default."},
     {"sbatch", T::string, "\"\"",
      "More #SBATCH lines, one sbatch option per line (e.g. \"--account=lab\\n--qos=high\")."},
     {"setup", T::string, "\"\"",
@@ -321,7 +329,21 @@ LauncherSettings read_launcher_settings(const Options& launcher) {
   s.partition = launcher.string("partition");
   s.time = launcher.string("time");
   s.memory = launcher.string("memory");
+  s.processes = positive(launcher, "processes");
+  s.nodes = positive(launcher, "nodes");
+  if (s.processes % s.nodes != 0) {
+    launcher.fail("processes", fmt::format("expected a multiple of nodes = {} (as many processes "
+                                           "on every node), got {}",
+                                           s.nodes, s.processes));
+  }
   s.gpus_per_task = non_negative(launcher, "gpus_per_task");
+  // A dedpo process trains on one device ([run] device): more GPUs per task would sit idle.
+  if (s.gpus_per_task > 1) {
+    launcher.fail("gpus_per_task",
+                  fmt::format("expected 0 or 1 (a dedpo process uses one GPU), got {}; for {} GPUs "
+                              "per run use processes = {} with gpus_per_task = 1",
+                              s.gpus_per_task, s.gpus_per_task, s.gpus_per_task));
+  }
   s.cpus_per_task = non_negative(launcher, "cpus_per_task");
   std::istringstream lines(launcher.string("sbatch"));
   std::string line;

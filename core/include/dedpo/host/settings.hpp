@@ -118,8 +118,10 @@ struct ReportSettings {
 struct LauncherSettings {
   std::string partition;  // empty: the cluster's default
   std::string time;       // Slurm's time format; empty: the partition's default
-  std::int64_t gpus_per_task = 0;
-  std::int64_t cpus_per_task = 0;  // 0: the cluster's default
+  std::int64_t processes = 1;  // data-parallel ranks of each run, one Slurm task each
+  std::int64_t nodes = 1;      // processes is a multiple of it
+  std::int64_t gpus_per_task = 0;  // per process: 0 or 1
+  std::int64_t cpus_per_task = 0;  // per process; 0: the cluster's default
   std::string memory;              // empty: the cluster's default
   std::vector<std::string> sbatch_options;  // more #SBATCH lines, each one option ("--qos=high")
   std::string setup;                        // shell commands run before each run
