@@ -1,4 +1,4 @@
-// The collectives of a data-parallel run on c10d: TCPStore rendezvous, Gloo process group.
+// The collectives of a data-parallel run on c10d: TCPStore rendezvous, Gloo or NCCL process group.
 #include <algorithm>
 #include <exception>
 #include <map>
@@ -10,7 +10,7 @@
 
 #include "dedpo/error.hpp"
 #include "dedpo/host/distributed.hpp"
-#include "distributed/gloo_backend.hpp"
+#include "distributed/backends.hpp"
 
 namespace dedpo {
 
@@ -20,10 +20,28 @@ namespace {
 // bucket_cap_mb): one collective per bucket instead of one per parameter.
 constexpr std::int64_t kBucketBytes = 25 * 1024 * 1024;
 
+// The process group for tensors on `device`.
+c10::intrusive_ptr<c10d::Backend> make_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                               const WorldPlacement& placement,
+                                               std::chrono::milliseconds timeout, c10::Device device) {
+  if (device.is_cpu()) return make_gloo_backend(store, placement.rank, placement.world_size, timeout);
+  if (device.is_cuda()) {
+#ifdef DEDPO_WITH_NCCL
+    return make_nccl_backend(store, placement.rank, placement.world_size, timeout, device);
+#else
+    throw Error("data-parallel runs on " + device.str() + " need NCCL, which this build lacks: "
+                "its LibTorch is not a CUDA build");
+#endif
+  }
+  throw Error("data-parallel runs have no process group for " + device.str() +
+              " (Gloo for the CPU, NCCL for CUDA)");
+}
+
 }  // namespace
 
 struct Collectives::Group {
   WorldPlacement placement;
+  c10::Device device = c10::Device(c10::kCPU);  // where the reduced tensors live
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
@@ -42,9 +60,11 @@ struct Collectives::Group {
   }
 };
 
-Collectives::Collectives(const WorldPlacement& placement, std::chrono::milliseconds timeout)
+Collectives::Collectives(const WorldPlacement& placement, std::chrono::milliseconds timeout,
+                         c10::Device device)
     : group_(std::make_unique<Group>()) {
   group_->placement = placement;
+  group_->device = device;
   group_->timeout = timeout;
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(placement.master_port);
@@ -54,7 +74,9 @@ Collectives::Collectives(const WorldPlacement& placement, std::chrono::milliseco
   const std::string where = placement.master_addr + ":" + std::to_string(placement.master_port);
   try {
     group_->store = c10::make_intrusive<c10d::TCPStore>(placement.master_addr, options);
-    group_->backend = make_gloo_backend(group_->store, placement.rank, placement.world_size, timeout);
+    group_->backend = make_backend(group_->store, placement, timeout, device);
+  } catch (const Error&) {
+    throw;  // ours: no process group for the device
   } catch (const std::exception& failure) {
     throw Error("rank " + std::to_string(placement.rank) + " of " +
                 std::to_string(placement.world_size) + " could not meet the others at " + where +
@@ -67,6 +89,7 @@ Collectives::~Collectives() = default;
 
 int Collectives::rank() const { return group_->placement.rank; }
 int Collectives::world_size() const { return group_->placement.world_size; }
+c10::Device Collectives::device() const { return group_->device; }
 
 void Collectives::broadcast_from_first(const std::vector<at::Tensor>& tensors) {
   at::NoGradGuard no_grad;
@@ -120,10 +143,13 @@ void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
 }
 
 std::vector<double> Collectives::sum(const std::vector<double>& values) {
+  // On the group's device (NCCL reduces CUDA tensors only); back on the host after the wait,
+  // which orders the copy after the all-reduce.
   std::vector<at::Tensor> tensor{
-      at::tensor(at::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble))};
+      at::tensor(at::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble)).to(device())};
   group_->finish(group_->backend->allreduce(tensor), "all-reduce");
-  const double* summed = tensor[0].data_ptr<double>();
+  const at::Tensor on_host = tensor[0].cpu();
+  const double* summed = on_host.data_ptr<double>();
   return std::vector<double>(summed, summed + values.size());
 }
 
