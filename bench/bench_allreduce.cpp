@@ -1,18 +1,19 @@
 // dedpo_bench_allreduce [--device cpu|cuda|cuda:N] [--unet CONFIG.json] [--ranks 1,2] [--steps S]
-//                       [--warmup W] [--dpo-steps N] [--batch B]
+//                       [--warmup W] [--dpo-steps N] [--batch B] [--threads T]
 //
 // What data parallelism costs (docs/distributed.md), a figure and not a timed test:
 //  (a) the gradient all-reduce alone: Collectives::average_gradients, as the trainer calls it (a
 //      small all-reduce of which gradients exist, then one per bucket of up to 25 MiB), on float32
 //      gradients shaped like the UNet's parameters (default: the tiny SD1.5 UNet that
 //      dedpo_make_tiny_sd writes for the tests; --unet another diffusers config), ms per step
-//      (median of S after W warm-ups) for each world size of --ranks. The ranks are threads of this
-//      process, each a member of the group through its own TCPStore client, as in
-//      tests/distributed. Every run checks the result: rank r gives (r + 1) x the same gradients,
-//      so each must end as (world + 1) / 2 x them, and sum() must give the world size.
+//      (median of S after W warm-ups) for each world size of --ranks, T intra-op threads per rank
+//      (default 1). The ranks are threads of this process, each a member of the group through its
+//      own TCPStore client, as in tests/distributed. Every run checks the result: rank r gives
+//      (r + 1) x the same gradients, so each must end as (world + 1) / 2 x them, and sum() must
+//      give the world size.
 //  (b) (CPU only; --dpo-steps 0 skips it) the scaling efficiency of a data-parallel DPO step:
 //      `dedpo run --nproc 1` and `--nproc 2` (real processes, the launcher users run) of a DPO
-//      experiment on the tiny SD1.5 folder, the same batch B per rank and one thread per rank. A
+//      experiment on the tiny SD1.5 folder, the same batch B per rank and T threads per rank. A
 //      step's time is (wall time of 2 + N steps - wall time of 2 steps) / N, so start-up and
 //      preparation cancel; efficiency t1 / t2 is weak scaling (1 = perfect).
 // --device cuda (or cuda:N) runs (a) alone on one rank: a 1-rank NCCL group on that GPU
@@ -135,7 +136,8 @@ AllReduceFigures time_allreduce(const std::vector<std::vector<std::int64_t>>& sh
 }
 
 // A DPO experiment on the tiny SD1.5 folder with `pairs` random 16x16 image pairs.
-fs::path write_dpo_experiment(const fs::path& scratch, const fs::path& tiny, int pairs, int batch) {
+fs::path write_dpo_experiment(const fs::path& scratch, const fs::path& tiny, int pairs, int batch,
+                               int threads) {
   const fs::path data = scratch / "data";
   fs::create_directories(data);
   std::ofstream manifest(data / "pairs.jsonl");
@@ -156,7 +158,7 @@ fs::path write_dpo_experiment(const fs::path& scratch, const fs::path& tiny, int
 name = "allreduce"
 output = "{}"
 device = "cpu"
-threads = 1
+threads = {}
 [backbone]
 plugin = "sd15"
 path = "{}"
@@ -173,7 +175,7 @@ checkpoint_every = 0
 [eval]
 every = 0
 )",
-                                     (scratch / "runs").string(), tiny.string(),
+                                     (scratch / "runs").string(), threads, tiny.string(),
                                      (data / "pairs.jsonl").string(), batch);
   return file;
 }
@@ -185,7 +187,7 @@ int main(int argc, char** argv) try {
   c10::Device device(c10::kCPU);
   fs::path unet_config;
   std::vector<int> worlds;
-  int steps = 20, warmup = 3, dpo_steps = 20, batch = 2;
+  int steps = 20, warmup = 3, dpo_steps = 20, batch = 2, threads = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -224,12 +226,18 @@ int main(int argc, char** argv) try {
       dpo_steps = positive(0);
     } else if (arg == "--batch") {
       batch = positive(1);
+    } else if (arg == "--threads") {
+      threads = positive(1);
     } else {
       std::cout << "usage: dedpo_bench_allreduce [--device cpu|cuda|cuda:N] [--unet CONFIG.json] "
-                   "[--ranks 1,2] [--steps S] [--warmup W] [--dpo-steps N] [--batch B]\n";
+                   "[--ranks 1,2] [--steps S] [--warmup W] [--dpo-steps N] [--batch B] [--threads T]\n";
       return arg == "--help" || arg == "-h" ? 0 : 2;
     }
   }
+  // Intra-op threads of each rank: the ranks of (a) share this process's setting. More than the
+  // cores left over slows a rank down at OpenMP's barriers (on a loaded 2-core machine, a 1-rank
+  // all-reduce went from 2 to 143 ms/step with 2 threads).
+  at::set_num_threads(threads);
   if (worlds.empty()) worlds = device.is_cuda() ? std::vector<int>{1} : std::vector<int>{1, 2};
   if (device.is_cuda() && worlds != std::vector<int>{1}) {
     throw dedpo::Error("--device " + device.str() + " runs one NCCL rank (one GPU per rank): give --ranks 1");
@@ -260,10 +268,10 @@ int main(int argc, char** argv) try {
     }
   }
   std::cout << fmt::format("(a) gradient all-reduce (Collectives::average_gradients), {} gradients "
-                           "of {}: {} tensors, {} floats ({:.2f} MiB), median of {} steps after {}\n",
+                           "of {}: {} tensors, {} floats ({:.2f} MiB), median of {} steps after {}, {} thread(s) per rank\n",
                            device.is_cuda() ? "on " + device.str() : "on the CPU",
                            unet_config.string(), shapes.size(), floats,
-                           static_cast<double>(floats) * 4 / (1 << 20), steps, warmup);
+                           static_cast<double>(floats) * 4 / (1 << 20), steps, warmup, threads);
   bool all_right = true;
   double one_rank_ms = 0;
   for (const int world : worlds) {
@@ -286,7 +294,7 @@ int main(int argc, char** argv) try {
   // (b) the scaling of a data-parallel DPO step, on the CPU.
   if (!device.is_cuda() && dpo_steps > 0) {
     const int base_steps = 2;
-    const fs::path experiment = write_dpo_experiment(scratch, tiny, 8, batch);
+    const fs::path experiment = write_dpo_experiment(scratch, tiny, 8, batch, threads);
     auto timed_run = [&](int processes, int run_steps, const std::string& name) {
       const Clock::time_point start = Clock::now();
       run_command(fmt::format("{} run {} --nproc {} --no-progress --run-dir {} --set train.steps={}",
@@ -297,10 +305,10 @@ int main(int argc, char** argv) try {
     };
     timed_run(1, 1, "caches");  // latents and prompt encodings, which every later run reads
     std::cout << fmt::format("(b) data-parallel DPO step: `dedpo run --nproc W` of the tiny SD1.5 "
-                             "UNet at 16x16 (8x8 latents), batch_size {} pairs per rank, 1 thread "
-                             "per rank, weak scaling; a step = (wall time of {} steps - wall time of "
+                             "UNet at 16x16 (8x8 latents), batch_size {} pairs per rank, {} "
+                             "thread(s) per rank, weak scaling; a step = (wall time of {} steps - wall time of "
                              "{} steps) / {}\n",
-                             batch, base_steps + dpo_steps, base_steps, dpo_steps);
+                             batch, threads, base_steps + dpo_steps, base_steps, dpo_steps);
     double t1 = 0;
     for (const int processes : {1, 2}) {
       const double short_run = timed_run(processes, base_steps, fmt::format("w{}-short", processes));
