@@ -303,7 +303,8 @@ Experiment on_rank_device(const Experiment& experiment, const WorldPlacement& wo
     placed.run.device = data_parallel_device(experiment.run.device_request, world.local_rank,
                                              available_cuda_devices());
   } catch (const Error& error) {
-    throw Error(experiment.file.string() + " [run] device: " + error.what());
+    const std::string file = experiment.file.empty() ? "" : experiment.file.string() + " ";
+    throw Error(file + "[run]: option 'device': " + error.what());
   }
   if (placed.run.device.is_cuda()) at::accelerator::setDeviceIndex(placed.run.device.index());
   return placed;
