@@ -4,7 +4,7 @@
 # Packs what scripts/gpu_check.sh --no-build needs from a build made on this machine, for a GPU
 # machine that has the same torch wheel (the build links its LibTorch) but none of the Debian
 # libraries dedpo links (Boost, toml++, libcurl, protobuf-lite, Cairo and what they pull in):
-#   OUT_DIR/build/bin   dedpo, dedpo_make_tiny_sd, test_sd, dedpo_bench_dpo_step
+#   OUT_DIR/build/bin   dedpo, dedpo_make_tiny_sd, test_sd, dedpo_bench_dpo_step, dedpo_bench_allreduce
 #   OUT_DIR/build/lib   libdedpo*.so and the plugins (the layout the programs look for plugins in)
 #   OUT_DIR/syslib      the shared libraries these load besides LibTorch, CUDA and the C/C++ runtime
 # There, with T the torch package folder (python3 -c 'import torch; print(torch.__path__[0])'):
@@ -17,7 +17,7 @@ set -euo pipefail
 (($# == 2)) || { sed -n '2,3p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2; exit 2; }
 build=$(realpath "$1")
 out=$(realpath -m "$2")
-programs=(dedpo dedpo_make_tiny_sd test_sd dedpo_bench_dpo_step)
+programs=(dedpo dedpo_make_tiny_sd test_sd dedpo_bench_dpo_step dedpo_bench_allreduce)
 for program in "${programs[@]}"; do
   [[ -x $build/bin/$program ]] || { echo "gpu_bundle: $build/bin/$program is not built" >&2; exit 1; }
 done

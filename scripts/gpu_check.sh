@@ -9,7 +9,10 @@
 #   2. short DeDPO trainings (`dedpo run`, run.device = the device, train.precision = "bf16") on
 #      the tiny SD1.5 and SDXL models of dedpo_make_tiny_sd, three seeds on a GPU (one on the CPU):
 #      the loss, averaged over the seeds, must go down;
-#   3. the DPO-step bench (bench/dpo_step_side_by_side.py): the real SD1.5 UNet config at 64x64
+#   3. the gradient all-reduce on a 1-rank process group (bench/bench_allreduce.cpp): NCCL on the
+#      GPU (Gloo on the CPU) all-reduces the tiny SD1.5 UNet's gradient buckets, which must come back
+#      equal to the input; ms per step;
+#   4. the DPO-step bench (bench/dpo_step_side_by_side.py): the real SD1.5 UNet config at 64x64
 #      latents, bf16, P = 1, 2, 4, 8 (ms/step, pairs/s, peak GPU memory, TFLOP/s, and diffusers on
 #      the same GPU with the ratio where that python imports diffusers); then the real SDXL UNet at
 #      128x128, LoRA r = 16 on a bf16 base with gradient checkpointing, P = 1.
@@ -18,7 +21,7 @@
 # --python: the python whose torch to build against (default python3); the build needs the Debian
 # packages scripts/setup.sh installs. --no-build: use the build folder --build as it is; for a GPU
 # machine without those packages, build here and carry what scripts/gpu_bundle.sh packs.
-# --no-bench: checks 1 and 2 alone, a rerun that fits in a few minutes of a lent GPU.
+# --no-bench: checks 1 to 3 alone, a rerun that fits in a few minutes of a lent GPU.
 # Exit status: 0 when every check passed, 1 otherwise.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,7 +77,7 @@ if ((no_build)); then
 elif cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$prefix_path" \
      "-DDEDPO_PYTHON=$(command -v "$python")" "${cmake_flags[@]}" > "$work/configure.log" 2>&1 &&
    cmake --build "$build" -j "$jobs" --target dedpo dedpo_all_plugins dedpo_make_tiny_sd test_sd \
-     dedpo_bench_dpo_step > "$work/build.log" 2>&1; then
+     dedpo_bench_dpo_step dedpo_bench_allreduce > "$work/build.log" 2>&1; then
   record "build against torch $torch_version" ok "$((SECONDS - start)) s, $jobs jobs, $build"
 else
   tail -n 30 "$work/configure.log" "$work/build.log" >&2
@@ -178,7 +181,18 @@ EOF
   record "$check" "${verdict%%|*}" "${verdict#*|}"
 done
 
-# --- 3. the DPO-step bench ---------------------------------------------------------------------------
+# --- 3. the gradient all-reduce on a 1-rank process group --------------------------------------------
+backend=NCCL
+[[ $device == cpu ]] && backend=Gloo
+check="gradient all-reduce, 1-rank $backend group on $device, tiny SD1.5 UNet's gradients"
+if "$bin/dedpo_bench_allreduce" --device "$device" --ranks 1 --dpo-steps 0 > "$work/allreduce.log" 2>&1; then
+  record "$check" ok "$(grep -o '[0-9.]* ms/step' "$work/allreduce.log"); the buckets came back equal to the input"
+else
+  tail -n 5 "$work/allreduce.log" >&2
+  record "$check" failed "$(tail -n 1 "$work/allreduce.log")"
+fi
+
+# --- 4. the DPO-step bench ---------------------------------------------------------------------------
 bench_args=(--bench "$bin/dedpo_bench_dpo_step" --device "$device" --dtype bf16 --environments default
             --rows-out "$rows" --rounds 1)
 if [[ $device == cpu ]]; then

@@ -108,6 +108,8 @@ TEST(Device, EveryFormParses) {
   EXPECT_EQ(dedpo::parse_device("cuda").kind, Kind::cuda);
   EXPECT_EQ(dedpo::parse_device("cuda").index, 0);
   EXPECT_EQ(dedpo::parse_device("cuda:3").index, 3);
+  EXPECT_FALSE(dedpo::parse_device("cuda").index_given);
+  EXPECT_TRUE(dedpo::parse_device("cuda:0").index_given);
   for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "cuda:99999", ""}) {
     EXPECT_THAT([&] { dedpo::parse_device(bad); },
                 testing::ThrowsMessage<dedpo::Error>(HasSubstr(
@@ -137,6 +139,29 @@ TEST(Device, ResolvesAgainstTheDevicesAMachineHas) {
                   "or \"cpu\""));
   EXPECT_THAT([&] { resolve("cuda:2", 2); },
               testing::ThrowsMessage<dedpo::Error>(HasSubstr("has 2 CUDA devices, cuda:0 to cuda:1")));
+}
+
+TEST(Device, ADataParallelRankOnCudaGetsTheGpuOfItsLocalRank) {
+  const c10::Device cpu(c10::kCPU);
+  auto device = [](const char* text, int local_rank, int cuda_devices) {
+    return dedpo::data_parallel_device(dedpo::parse_device(text), local_rank, cuda_devices);
+  };
+  EXPECT_EQ(device("cuda", 1, 2), c10::Device(c10::kCUDA, 1));
+  EXPECT_EQ(device("auto", 3, 8), c10::Device(c10::kCUDA, 3));
+  EXPECT_EQ(device("auto", 1, 0), cpu);
+  EXPECT_EQ(device("cpu", 1, 2), cpu);
+  // One visible GPU: the launcher gave this rank its own (CUDA_VISIBLE_DEVICES per rank).
+  EXPECT_EQ(device("cuda", 5, 1), c10::Device(c10::kCUDA, 0));
+  EXPECT_THAT([&] { device("cuda:1", 1, 2); },
+              testing::ThrowsMessage<dedpo::Error>(
+                  "\"cuda:1\" puts every rank on one GPU, but a data-parallel run puts each rank on "
+                  "its own, cuda:LOCAL_RANK; use \"cuda\" or \"auto\""));
+  EXPECT_THAT([&] { device("cuda", 2, 2); },
+              testing::ThrowsMessage<dedpo::Error>(
+                  "the rank with LOCAL_RANK 2 has no GPU of its own (cuda:LOCAL_RANK): this machine "
+                  "has 2 CUDA devices, cuda:0 to cuda:1; start at most one rank per GPU on a node"));
+  EXPECT_THAT([&] { device("cuda", 0, 0); },
+              testing::ThrowsMessage<dedpo::Error>(HasSubstr("asked for cuda:0, but this machine has no CUDA device")));
 }
 
 TEST_F(SettingsTest, DeviceIsResolvedWhenTheExperimentLoads) {

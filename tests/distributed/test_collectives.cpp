@@ -1,5 +1,5 @@
 // The collectives on a real c10d Gloo process group: two ranks as two threads of this process,
-// meeting at a TCPStore on a free local port.
+// meeting at a TCPStore on a free local port; NCCL on one rank where there is a GPU.
 #include <array>
 #include <chrono>
 #include <functional>
@@ -15,6 +15,7 @@
 #include "dedpo/error.hpp"
 #include "dedpo/host/distributed.hpp"
 #include "distributed/gradient_reducer.hpp"
+#include "dedpo/host/settings.hpp"
 
 namespace {
 
@@ -205,6 +206,35 @@ TEST(Collectives, TheStoreGoneWithTheFirstRankNamesTheFirstRank) {
               testing::AllOf(testing::HasSubstr("collective #2 (union of names) failed on rank 1 of "
                                                 "2: the TCPStore on rank 0 (127.0.0.1:"),
                              testing::HasSubstr("): rank 0 failed; ")));
+}
+
+TEST(Collectives, ADeviceWithoutAProcessGroupIsNamed) {
+  dedpo::WorldPlacement world{0, 1, 0, "127.0.0.1", dedpo::free_local_port(), "test"};
+  EXPECT_THAT([&] { dedpo::Collectives group(world, kTimeout, c10::Device(c10::kMeta)); },
+              testing::ThrowsMessage<dedpo::Error>(
+                  "data-parallel runs have no process group for meta (Gloo for the CPU, NCCL for CUDA)"));
+}
+
+// NCCL on one rank, on the first GPU: runs wherever LibTorch sees one (scripts/gpu_check.sh's
+// all-reduce check runs the same group on a lent GPU).
+TEST(Collectives, NcclOnOneRankReducesCudaTensors) {
+  if (dedpo::available_cuda_devices() == 0) GTEST_SKIP() << "no CUDA device: NCCL cannot run here";
+  const c10::Device gpu(c10::kCUDA, 0);
+  dedpo::WorldPlacement world{0, 1, 0, "127.0.0.1", dedpo::free_local_port(), "test"};
+  dedpo::Collectives collectives(world, kTimeout, gpu);
+  EXPECT_EQ(collectives.device(), gpu);
+  const at::TensorOptions on_gpu = at::TensorOptions().device(gpu);
+  at::Tensor weights = at::full({3}, 2.0, on_gpu);
+  collectives.broadcast_from_first({weights});
+  EXPECT_TRUE(at::equal(weights.cpu(), at::full({3}, 2.0)));
+  at::Tensor a = at::zeros({4}, on_gpu);
+  at::Tensor unused = at::zeros({2}, on_gpu);
+  a.mutable_grad() = at::arange(4, on_gpu.dtype(at::kFloat));
+  collectives.average_gradients({a, unused});
+  EXPECT_EQ(a.grad().device(), gpu);
+  EXPECT_TRUE(at::equal(a.grad().cpu(), at::arange(4, at::kFloat)));
+  EXPECT_FALSE(unused.grad().defined());
+  EXPECT_EQ(collectives.sum({1.5, -2.0}), (std::vector<double>{1.5, -2.0}));
 }
 
 }  // namespace

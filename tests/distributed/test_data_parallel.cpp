@@ -3,6 +3,7 @@
 // under an external launcher), and resuming with the same and with another number of processes.
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -31,6 +32,7 @@ name = "dp"
 seed = 7
 output = "runs"
 threads = 1
+device = "cpu"
 
 [backbone]
 plugin = "toy"
@@ -148,7 +150,10 @@ TEST_F(DataParallel, TwoRanksReachTheWeightsOfOneProcessAccumulatingTheirMicroBa
   EXPECT_EQ(results(run("two"))["world_size"], 2);
   EXPECT_EQ(results(run("two"))["global_batch_size"], 24);
   EXPECT_EQ(results(run("one"))["global_batch_size"], 24);
-  EXPECT_TRUE(fs::exists(run("two") / "log-rank1.txt"));
+  std::ifstream rank1_log(run("two") / "log-rank1.txt");
+  const std::string rank1((std::istreambuf_iterator<char>(rank1_log)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(rank1, testing::HasSubstr("data parallel: rank 1 of 2 (torchrun launch) on cpu (LOCAL_RANK 1, Gloo); "
+                                        "global batch 24 = 2 ranks x batch_size 12 x grad_accum 1"));
 }
 
 TEST_F(DataParallel, LauncherOptionsAreChecked) {

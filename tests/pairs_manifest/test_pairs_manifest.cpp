@@ -665,11 +665,13 @@ TEST_F(EndToEnd, TwoRanksOnTinySdReachTheWeightsOfOneProcessAccumulatingTheirMic
   text.replace(text.find(beta), beta.size(), beta + "lambda = \"auto\"\nlambda_warmup = 2\n");
   write_file(file, text);
   const fs::path two = dir_ / "runs" / "parallel-two", one = dir_ / "runs" / "parallel-one";
+  // On the CPU wherever the test runs (two ranks cannot share one GPU under NCCL).
+  const std::string cpu = " --set run.device='\"cpu\"'";
   const auto parallel = dedpo::test::run_dedpo("run --nproc 2 '" + file.string() + "' --run-dir '" +
-                                               two.string() + "'");
+                                               two.string() + "'" + cpu);
   ASSERT_EQ(parallel.exit_code, 0) << parallel.output;
   const auto alone = dedpo::test::run_dedpo("run '" + file.string() + "' --set train.grad_accum=2 " +
-                                            "--no-progress --run-dir '" + one.string() + "'");
+                                            "--no-progress --run-dir '" + one.string() + "'" + cpu);
   ASSERT_EQ(alone.exit_code, 0) << alone.output;
   EXPECT_EQ(results(two).at("world_size"), 2);
   EXPECT_EQ(results(one).at("global_batch_size"), 4);

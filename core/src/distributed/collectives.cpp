@@ -1,4 +1,4 @@
-// The collectives of a data-parallel run on c10d: TCPStore rendezvous, Gloo process group.
+// The collectives of a data-parallel run on c10d: TCPStore rendezvous, Gloo or NCCL process group.
 #include <algorithm>
 #include <exception>
 #include <map>
@@ -13,7 +13,7 @@
 #include "dedpo/error.hpp"
 #include "dedpo/error_message.hpp"
 #include "dedpo/host/distributed.hpp"
-#include "distributed/gloo_backend.hpp"
+#include "distributed/backends.hpp"
 
 namespace dedpo {
 
@@ -32,10 +32,28 @@ std::string from_bytes(const std::vector<std::uint8_t>& bytes) {
 
 std::string progress_key(int rank) { return "dedpo/progress/" + std::to_string(rank); }
 
+// The process group for tensors on `device`.
+c10::intrusive_ptr<c10d::Backend> make_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                               const WorldPlacement& placement,
+                                               std::chrono::milliseconds timeout, c10::Device device) {
+  if (device.is_cpu()) return make_gloo_backend(store, placement.rank, placement.world_size, timeout);
+  if (device.is_cuda()) {
+#ifdef DEDPO_WITH_NCCL
+    return make_nccl_backend(store, placement.rank, placement.world_size, timeout, device);
+#else
+    throw Error("data-parallel runs on " + device.str() + " need NCCL, which this build lacks: "
+                "its LibTorch is not a CUDA build");
+#endif
+  }
+  throw Error("data-parallel runs have no process group for " + device.str() +
+              " (Gloo for the CPU, NCCL for CUDA)");
+}
+
 }  // namespace
 
 struct Collectives::Group {
   WorldPlacement placement;
+  c10::Device device = c10::Device(c10::kCPU);  // where the reduced tensors live
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
@@ -138,9 +156,11 @@ struct Collectives::Group {
   }
 };
 
-Collectives::Collectives(const WorldPlacement& placement, std::chrono::milliseconds timeout)
+Collectives::Collectives(const WorldPlacement& placement, std::chrono::milliseconds timeout,
+                         c10::Device device)
     : group_(std::make_unique<Group>()) {
   group_->placement = placement;
+  group_->device = device;
   group_->timeout = timeout;
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(placement.master_port);
@@ -150,7 +170,9 @@ Collectives::Collectives(const WorldPlacement& placement, std::chrono::milliseco
   const std::string where = placement.master_addr + ":" + std::to_string(placement.master_port);
   try {
     group_->store = c10::make_intrusive<c10d::TCPStore>(placement.master_addr, options);
-    group_->backend = make_gloo_backend(group_->store, placement.rank, placement.world_size, timeout);
+    group_->backend = make_backend(group_->store, placement, timeout, device);
+  } catch (const Error&) {
+    throw;  // ours: no process group for the device
   } catch (const std::exception& failure) {
     throw Error("rank " + std::to_string(placement.rank) + " of " +
                 std::to_string(placement.world_size) + " could not meet the others at " + where +
@@ -163,6 +185,7 @@ Collectives::~Collectives() = default;
 
 int Collectives::rank() const { return group_->placement.rank; }
 int Collectives::world_size() const { return group_->placement.world_size; }
+c10::Device Collectives::device() const { return group_->device; }
 
 void Collectives::begin_step(std::int64_t step) {
   group_->step = step;
@@ -231,15 +254,23 @@ void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
 }
 
 std::vector<double> Collectives::sum(const std::vector<double>& values) {
+  // On the group's device (NCCL reduces CUDA tensors only); back on the host after the wait,
+  // which orders the copy after the all-reduce.
   std::vector<at::Tensor> tensor{
-      at::tensor(at::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble))};
+      at::tensor(at::ArrayRef<double>(values), at::TensorOptions().dtype(at::kDouble)).to(device())};
   group_->enter("all-reduce");
   group_->finish(group_->backend->allreduce(tensor));
-  const double* summed = tensor[0].data_ptr<double>();
+  const at::Tensor on_host = tensor[0].cpu();
+  const double* summed = on_host.data_ptr<double>();
   return std::vector<double>(summed, summed + values.size());
 }
 
-void Collectives::sum_in_place(const at::Tensor& tensor) { start_sum_in_place(tensor)(); }
+void Collectives::sum_in_place(const at::Tensor& tensor) {
+  // On the group's device (NCCL reduces CUDA tensors only), then back where it was.
+  const at::Tensor on_device = tensor.to(device());
+  start_sum_in_place(on_device)();
+  if (!on_device.is_same(tensor)) tensor.copy_(on_device);
+}
 
 std::function<void()> Collectives::start_sum_in_place(const at::Tensor& tensor,
                                                       const char* collective) {

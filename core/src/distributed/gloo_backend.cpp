@@ -3,7 +3,7 @@
 // declarations only. This file therefore calls only what libtorch_cpu.so defines (the Options and
 // process group constructors, createDefaultDevice) and instantiates nothing of Gloo's own (no
 // GlooStore, no algorithm): the code that touches Gloo's classes is all libtorch's.
-#include "distributed/gloo_backend.hpp"
+#include "distributed/backends.hpp"
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 

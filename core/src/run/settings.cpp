@@ -203,7 +203,7 @@ DeviceRequest parse_device(std::string_view text) {
   if (text == "cuda") return {DeviceRequest::Kind::cuda, 0};
   if (text.starts_with("cuda:") && text.size() > 5 && text.size() <= 8 &&
       std::all_of(text.begin() + 5, text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    return {DeviceRequest::Kind::cuda, std::stoi(std::string(text.substr(5)))};
+    return {DeviceRequest::Kind::cuda, std::stoi(std::string(text.substr(5))), true};
   }
   throw Error("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + std::string(text) +
               "\"");
@@ -225,6 +225,23 @@ c10::Device resolve_device(const DeviceRequest& request, int cuda_devices) {
   throw Error("unknown device request");
 }
 
+c10::Device data_parallel_device(const DeviceRequest& request, int local_rank, int cuda_devices) {
+  const c10::Device device = resolve_device(request, cuda_devices);
+  if (!device.is_cuda()) return device;
+  if (request.index_given) {
+    throw Error("\"cuda:" + std::to_string(request.index) +
+                "\" puts every rank on one GPU, but a data-parallel run puts each rank on its own, "
+                "cuda:LOCAL_RANK; use \"cuda\" or \"auto\"");
+  }
+  if (cuda_devices == 1) return c10::Device(c10::kCUDA, 0);
+  if (local_rank >= cuda_devices) {
+    throw Error("the rank with LOCAL_RANK " + std::to_string(local_rank) +
+                " has no GPU of its own (cuda:LOCAL_RANK): " + cuda_devices_text(cuda_devices) +
+                "; start at most one rank per GPU on a node");
+  }
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+}
+
 int available_cuda_devices() {
   return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
 }
@@ -243,7 +260,8 @@ RunSettings read_run_settings(const Options& run, int cuda_devices) {
   const std::int64_t threads = non_negative(run, "threads");
   settings.threads = static_cast<int>(threads);
   try {
-    settings.device = resolve_device(parse_device(run.string("device")), cuda_devices);
+    settings.device_request = parse_device(run.string("device"));
+    settings.device = resolve_device(settings.device_request, cuda_devices);
   } catch (const Error& error) {
     run.fail("device", error.what());
   }

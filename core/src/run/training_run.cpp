@@ -5,6 +5,7 @@
 #include <optional>
 
 #include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -329,6 +330,21 @@ void finish_run(const Experiment& experiment, Assembly& parts, Trainer& trainer,
   log.line(summary);
 }
 
+// The experiment as this data-parallel rank runs it: on its own device (cuda:LOCAL_RANK on GPUs),
+// made the current one so that nothing of this process lands on another rank's GPU.
+Experiment on_rank_device(const Experiment& experiment, const WorldPlacement& world) {
+  Experiment placed = experiment;
+  try {
+    placed.run.device = data_parallel_device(experiment.run.device_request, world.local_rank,
+                                             available_cuda_devices());
+  } catch (const Error& error) {
+    const std::string file = experiment.file.empty() ? "" : experiment.file.string() + " ";
+    throw Error(file + "[run]: option 'device': " + error.what());
+  }
+  if (placed.run.device.is_cuda()) at::accelerator::setDeviceIndex(placed.run.device.index());
+  return placed;
+}
+
 }  // namespace
 
 Figures evaluate_metrics(std::vector<std::shared_ptr<Metric>>& metrics, Backbone& backbone,
@@ -354,12 +370,15 @@ json figure_titles(const std::vector<std::shared_ptr<Metric>>& metrics, const Fi
   return titles;
 }
 
-RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
-                      const RunControl& control, RunStart start) {
+RunResult execute_run(const Experiment& given, PluginRegistry& registry, const RunControl& control,
+                      RunStart start) {
   RunClock clock;
   const WorldPlacement& world = control.world;
+  const Experiment experiment = world.distributed() ? on_rank_device(given, world) : given;
   std::unique_ptr<Collectives> collectives;
-  if (world.distributed()) collectives = std::make_unique<Collectives>(world, control.collective_timeout);
+  if (world.distributed()) {
+    collectives = std::make_unique<Collectives>(world, control.collective_timeout, experiment.run.device);
+  }
   // Rank 0 alone writes the run folder; the others learn which folder it is from rank 0.
   const bool writes_run_folder = world.rank == 0;
   fs::path run_dir;
@@ -375,9 +394,11 @@ RunResult execute_run(const Experiment& experiment, PluginRegistry& registry,
   try {
     log.line((start == RunStart::resume ? "resuming " : "starting ") + run_dir.string());
     if (collectives) {
-      log.line(fmt::format("data parallel: rank {} of {} ({} launch); global batch {} = {} ranks x "
-                           "batch_size {} x grad_accum {}",
+      log.line(fmt::format("data parallel: rank {} of {} ({} launch) on {} (LOCAL_RANK {}, {}); "
+                           "global batch {} = {} ranks x batch_size {} x grad_accum {}",
                            world.rank, world.world_size, world.launcher,
+                           experiment.run.device.str(), world.local_rank,
+                           experiment.run.device.is_cuda() ? "NCCL" : "Gloo",
                            global_batch_size(experiment.train, world.world_size), world.world_size,
                            experiment.train.batch_size, experiment.train.grad_accum));
     }

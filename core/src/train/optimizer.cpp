@@ -21,7 +21,24 @@ class AdamWOptimizer final : public Optimizer {
     optimizer_.step();
   }
   void save(torch::serialize::OutputArchive& archive) const override { optimizer_.save(archive); }
-  void load(torch::serialize::InputArchive& archive) override { optimizer_.load(archive); }
+  void load(torch::serialize::InputArchive& archive) override {
+    optimizer_.load(archive);
+    // The moments come back on the device they were saved from: rank 0's GPU (cuda:0) for every
+    // rank of a data-parallel run, whose parameters are on cuda:LOCAL_RANK. (Adafactor copies its
+    // state into tensors of its own.)
+    for (const auto& group : optimizer_.param_groups()) {
+      for (const at::Tensor& param : group.params()) {
+        const auto found = optimizer_.state().find(param.unsafeGetTensorImpl());
+        if (found == optimizer_.state().end()) continue;
+        auto& moments = static_cast<torch::optim::AdamWParamState&>(*found->second);
+        moments.exp_avg(moments.exp_avg().to(param.device()));
+        moments.exp_avg_sq(moments.exp_avg_sq().to(param.device()));
+        if (moments.max_exp_avg_sq().defined()) {
+          moments.max_exp_avg_sq(moments.max_exp_avg_sq().to(param.device()));
+        }
+      }
+    }
+  }
 
  private:
   torch::optim::AdamW optimizer_;

@@ -1,7 +1,7 @@
 #pragma once
 // Data-parallel runs (docs/distributed.md): where this process stands in the run, read once from
 // the launcher's environment (torchrun's or Slurm's variables), and the collectives the trainer
-// needs, on a c10d process group (Gloo on the CPU) met through c10d's TCPStore.
+// needs, on a c10d process group (Gloo on the CPU, NCCL on CUDA) met through c10d's TCPStore.
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 namespace dedpo {
 
@@ -60,24 +61,28 @@ int free_local_port();
 // after a failure.
 class Collectives {
  public:
-  // Meets the other ranks at the placement's TCPStore and builds the process group (Gloo for
-  // CPU tensors). `timeout` bounds the rendezvous and every collective: a rank that dies or hangs
-  // ends the others' collectives with an Error instead of a wait forever.
-  Collectives(const WorldPlacement& placement, std::chrono::milliseconds timeout);
+  // Meets the other ranks at the placement's TCPStore and builds the process group of `device`,
+  // where the tensors it reduces live: Gloo for the CPU, NCCL for a CUDA device (this rank's own,
+  // cuda:LOCAL_RANK; a CUDA build of LibTorch only). `timeout` bounds the rendezvous and every
+  // collective: a rank that dies or hangs ends the others' collectives with an Error on Gloo, and
+  // ends the waiting processes on NCCL (its watchdog: docs/distributed.md), instead of a wait forever.
+  Collectives(const WorldPlacement& placement, std::chrono::milliseconds timeout,
+              c10::Device device = c10::Device(c10::kCPU));
   ~Collectives();
   Collectives(const Collectives&) = delete;
   Collectives& operator=(const Collectives&) = delete;
 
   int rank() const;
   int world_size() const;
+  c10::Device device() const;
 
   // Records in the TCPStore that this rank begins training step `step` (counted from 1, as in
   // metrics.jsonl): one store write per step, read only when a collective fails. Not a collective.
   void begin_step(std::int64_t step);
-  // Every rank's tensors take rank 0's values (in place).
+  // Every rank's tensors (on device()) take rank 0's values (in place).
   void broadcast_from_first(const std::vector<at::Tensor>& tensors);
-  // Every parameter's gradient becomes the mean over the ranks of its gradients, all-reduced in
-  // flattened buckets of one dtype; a gradient only some ranks have counts as zeros on the others
+  // Every parameter's gradient (on device()) becomes the mean over the ranks of its gradients,
+  // all-reduced in flattened buckets of one dtype; a gradient only some ranks have counts as zeros on the others
   // (and is allocated there), so every rank reduces the same buckets.
   void average_gradients(const std::vector<at::Tensor>& parameters);
   // The element-wise sums over the ranks of `values` (each rank gives as many).

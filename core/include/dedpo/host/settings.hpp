@@ -31,13 +31,20 @@ std::span<const OptionSpec> launcher_options_schema();
 struct DeviceRequest {
   enum class Kind { automatic, cpu, cuda };
   Kind kind = Kind::automatic;
-  int index = 0;  // for cuda
+  int index = 0;             // for cuda
+  bool index_given = false;  // "cuda:N" rather than "cuda"
 };
 // Error naming the accepted forms when `text` is none of them.
 DeviceRequest parse_device(std::string_view text);
 // The device a request gets on a machine with `cuda_devices` CUDA devices; an Error that names
 // the device asked for and what the machine has when it cannot be had.
 c10::Device resolve_device(const DeviceRequest& request, int cuda_devices);
+// The device of a data-parallel rank (docs/distributed.md): the request's, except that CUDA
+// ("cuda", or "auto" on a machine with GPUs) is the rank's own GPU, cuda:`local_rank` (LOCAL_RANK),
+// or cuda:0 where the process sees a single GPU (its launcher gave each rank one, as Slurm's
+// --gpus-per-task does). An Error for "cuda:N" (one GPU for every rank) and for a local rank past
+// the GPUs the process sees.
+c10::Device data_parallel_device(const DeviceRequest& request, int local_rank, int cuda_devices);
 // The CUDA devices LibTorch sees here (0 without CUDA).
 int available_cuda_devices();
 
@@ -47,6 +54,7 @@ struct RunSettings {
   std::filesystem::path output;   // absolute
   int threads = 0;                // LibTorch intra-op threads; 0 = one per core
   c10::Device device = c10::Device(c10::kCPU);  // resolved on this machine
+  DeviceRequest device_request;                 // as written (a data-parallel rank's device)
   bool deterministic = false;     // deterministic kernels only (dedpo/host/accelerator.hpp)
   bool tf32 = false;              // TF32 tensor cores for float32 matmuls and convolutions on CUDA
 };
