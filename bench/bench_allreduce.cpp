@@ -2,8 +2,9 @@
 //                       [--warmup W] [--dpo-steps N] [--batch B] [--threads T]
 //
 // What data parallelism costs (docs/distributed.md), a figure and not a timed test:
-//  (a) the gradient all-reduce alone: Collectives::average_gradients, as the trainer calls it (a
-//      small all-reduce of which gradients exist, then one per bucket of up to 25 MiB), on float32
+//  (a) the gradient all-reduce alone: GradientReducer::finish, as the trainer calls it after the
+//      backward pass (one all-reduce per bucket of up to 25 MiB, in reverse parameter order, each
+//      with its presence flags; no backward pass here, so none overlaps), on float32
 //      gradients shaped like the UNet's parameters (default: the tiny SD1.5 UNet that
 //      dedpo_make_tiny_sd writes for the tests; --unet another diffusers config), ms per step
 //      (median of S after W warm-ups) for each world size of --ranks, T intra-op threads per rank
@@ -42,6 +43,7 @@
 #include "dedpo/error.hpp"
 #include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/distributed.hpp"
+#include "dedpo/host/gradient_reducer.hpp"
 #include "dedpo/host/settings.hpp"
 #include "dedpo/sd/unet.hpp"
 
@@ -104,9 +106,10 @@ AllReduceFigures time_allreduce(const std::vector<std::vector<std::int64_t>>& sh
         parameters.push_back(parameter);
         expected.push_back(base * ((world + 1) / 2.0));
       }
+      dedpo::GradientReducer reducer(collectives, parameters, dedpo::kGradientBucketBytes);
       for (int step = 0; step < warmup + steps; ++step) {
         const Clock::time_point start = Clock::now();
-        collectives.average_gradients(parameters);
+        reducer.finish();
         if (device.is_cuda()) at::accelerator::synchronizeDevice(device.index());
         if (r == 0 && step >= warmup) rank0_ms.push_back(1000.0 * seconds_since(start));
       }
@@ -267,7 +270,7 @@ int main(int argc, char** argv) try {
       floats += parameter.numel();
     }
   }
-  std::cout << fmt::format("(a) gradient all-reduce (Collectives::average_gradients), {} gradients "
+  std::cout << fmt::format("(a) gradient all-reduce (GradientReducer::finish), {} gradients "
                            "of {}: {} tensors, {} floats ({:.2f} MiB), median of {} steps after {}, {} thread(s) per rank\n",
                            device.is_cuda() ? "on " + device.str() : "on the CPU",
                            unet_config.string(), shapes.size(), floats,

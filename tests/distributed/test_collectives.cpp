@@ -14,7 +14,7 @@
 
 #include "dedpo/error.hpp"
 #include "dedpo/host/distributed.hpp"
-#include "distributed/gradient_reducer.hpp"
+#include "dedpo/host/gradient_reducer.hpp"
 #include "dedpo/host/settings.hpp"
 
 namespace {
@@ -69,31 +69,37 @@ TEST(Collectives, BroadcastGivesEveryRankTheFirstRanksValues) {
   EXPECT_TRUE(at::equal(received[0], at::full({3, 2}, 1.0, at::kDouble)));
 }
 
-TEST(Collectives, AveragesGradientsAndZeroFillsOnesARankLacks) {
+// Gradients set outside any backward pass (as the masters of bfloat16 weights get theirs): every
+// bucket starts in finish().
+TEST(GradientReducer, AveragesAfterTheBackwardPassAndZeroFillsOnesARankLacks) {
   at::Tensor grads[2][3];
   on_two_ranks([&](dedpo::Collectives& collectives) {
     const int r = collectives.rank();
     at::Tensor a = at::zeros({4});
-    at::Tensor b = at::zeros({2, 2}, at::kDouble);  // another dtype: another bucket
-    at::Tensor unused = at::zeros({2});             // no gradient on any rank
+    at::Tensor b = at::zeros({2, 2});    // another bucket (16-byte buckets)
+    at::Tensor unused = at::zeros({2});  // no gradient on any rank
+    dedpo::GradientReducer reducer(collectives, {a, b, unused}, 4 * sizeof(float));
     a.mutable_grad() = at::arange(4, at::kFloat) * (r + 1);
-    if (r == 1) b.mutable_grad() = at::full({2, 2}, 4.0, at::kDouble);
-    collectives.average_gradients({a, b, unused});
+    if (r == 1) b.mutable_grad() = at::full({2, 2}, 4.0);
+    reducer.finish();
+    EXPECT_EQ(reducer.buckets(), 3u);
+    EXPECT_EQ(reducer.overlapped_buckets(), 0u);
     grads[r][0] = a.grad();
     grads[r][1] = b.grad();
     grads[r][2] = unused.grad();
   });
   for (int r = 0; r < 2; ++r) {
     EXPECT_TRUE(at::allclose(grads[r][0], at::arange(4, at::kFloat) * 1.5)) << "rank " << r;
-    EXPECT_TRUE(at::equal(grads[r][1], at::full({2, 2}, 2.0, at::kDouble))) << "rank " << r;
+    EXPECT_TRUE(at::equal(grads[r][1], at::full({2, 2}, 2.0))) << "rank " << r;
     EXPECT_FALSE(grads[r][2].defined()) << "rank " << r;
   }
 }
 
 // The reducer on a chain of layers, two micro-batches of which only the second is armed: its
-// averages equal average_gradients' bit for bit (a parameter only rank 1 uses and one nobody uses
-// included), and with a bucket per layer the layers' buckets start before the backward pass ends.
-TEST(GradientReducer, AveragesAsAverageGradientsWhileTheBackwardPassRuns) {
+// averages equal, bit for bit, those of a reducer over copies of the gradients taken after the
+// backward pass (a parameter only rank 1 uses and one nobody uses included), and with a bucket per
+// layer the layers' buckets start before the backward pass ends.
+TEST(GradientReducer, AveragesAsAfterTheBackwardPassWhileTheBackwardPassRuns) {
   constexpr int kLayers = 6, kCount = kLayers + 2;
   at::Tensor reduced[2][kCount], reference[2][kCount];
   std::size_t overlapped[2] = {}, buckets[2] = {};
@@ -120,9 +126,10 @@ TEST(GradientReducer, AveragesAsAverageGradientsWhileTheBackwardPassRuns) {
       if (p.grad().defined()) copy.mutable_grad() = p.grad().clone();
       copies.push_back(copy);
     }
-    overlapped[r] = reducer.overlapped_buckets();
+    dedpo::GradientReducer after(collectives, copies, 8 * 8 * sizeof(float));
     reducer.finish();
-    collectives.average_gradients(copies);
+    after.finish();
+    overlapped[r] = reducer.overlapped_buckets();
     buckets[r] = reducer.buckets();
     for (int k = 0; k < kCount; ++k) {
       reduced[r][k] = parameters[k].grad();
@@ -230,7 +237,8 @@ TEST(Collectives, NcclOnOneRankReducesCudaTensors) {
   at::Tensor a = at::zeros({4}, on_gpu);
   at::Tensor unused = at::zeros({2}, on_gpu);
   a.mutable_grad() = at::arange(4, on_gpu.dtype(at::kFloat));
-  collectives.average_gradients({a, unused});
+  dedpo::GradientReducer reducer(collectives, {a, unused}, dedpo::kGradientBucketBytes);
+  reducer.finish();
   EXPECT_EQ(a.grad().device(), gpu);
   EXPECT_TRUE(at::equal(a.grad().cpu(), at::arange(4, at::kFloat)));
   EXPECT_FALSE(unused.grad().defined());

@@ -1,7 +1,6 @@
 // The collectives of a data-parallel run on c10d: TCPStore rendezvous, Gloo or NCCL process group.
 #include <algorithm>
 #include <exception>
-#include <map>
 #include <sstream>
 #include <thread>
 
@@ -206,50 +205,6 @@ void Collectives::broadcast_from_first(const std::vector<at::Tensor>& tensors) {
   for (const at::Tensor& tensor : tensors) {
     std::vector<at::Tensor> one{tensor.detach()};
     group_->finish(group_->backend->broadcast(one));
-  }
-}
-
-void Collectives::average_gradients(const std::vector<at::Tensor>& parameters) {
-  at::NoGradGuard no_grad;
-  // Buckets of one dtype and device, each filled up to kGradientBucketBytes in parameter order (the same
-  // on every rank).
-  std::map<std::pair<at::ScalarType, std::string>, std::vector<std::vector<at::Tensor>>> buckets;
-  std::map<std::pair<at::ScalarType, std::string>, std::int64_t> filled;
-  // A gradient no rank has stays undefined (the optimiser skips its parameter, as on one rank);
-  // one that only some ranks have counts as zeros on the others.
-  std::vector<double> has_gradient;
-  for (const at::Tensor& parameter : parameters) has_gradient.push_back(parameter.grad().defined());
-  const std::vector<double> ranks_with_gradient = sum(has_gradient);
-  for (std::size_t k = 0; k < parameters.size(); ++k) {
-    const at::Tensor& parameter = parameters[k];
-    if (ranks_with_gradient[k] == 0.0) continue;
-    if (!parameter.grad().defined()) parameter.mutable_grad() = at::zeros_like(parameter);
-    const at::Tensor& grad = parameter.grad();
-    const auto key = std::make_pair(grad.scalar_type(), grad.device().str());
-    std::vector<std::vector<at::Tensor>>& list = buckets[key];
-    const std::int64_t bytes = grad.numel() * static_cast<std::int64_t>(grad.element_size());
-    if (list.empty() || filled[key] + bytes > kGradientBucketBytes) {
-      list.emplace_back();
-      filled[key] = 0;
-    }
-    list.back().push_back(grad);
-    filled[key] += bytes;
-  }
-  const double share = 1.0 / world_size();
-  group_->enter("gradient all-reduce");  // one collective for all the buckets: nothing per bucket
-  for (auto& [key, list] : buckets) {
-    for (const std::vector<at::Tensor>& bucket : list) {
-      std::vector<at::Tensor> flat;
-      for (const at::Tensor& grad : bucket) flat.push_back(grad.reshape({-1}));
-      std::vector<at::Tensor> joined{at::cat(flat)};
-      group_->finish(group_->backend->allreduce(joined));
-      joined[0].mul_(share);
-      std::int64_t offset = 0;
-      for (const at::Tensor& grad : bucket) {
-        grad.copy_(joined[0].narrow(0, offset, grad.numel()).view_as(grad));
-        offset += grad.numel();
-      }
-    }
   }
 }
 

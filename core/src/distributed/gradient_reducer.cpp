@@ -1,4 +1,4 @@
-#include "distributed/gradient_reducer.hpp"
+#include "dedpo/host/gradient_reducer.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -58,23 +58,13 @@ GradientReducer::~GradientReducer() {
   }
 }
 
-void GradientReducer::arm() {
-  for (Bucket& bucket : buckets_) {
-    bucket.ready = 0;
-    bucket.flat = at::Tensor();
-    bucket.wait = nullptr;
-  }
-  next_ = 0;
-  overlapped_ = 0;
-  armed_ = true;
-}
+void GradientReducer::arm() { armed_ = true; }
 
 void GradientReducer::parameter_ready(std::size_t index) {
   if (!armed_) return;  // an earlier micro-batch of the step: its gradient keeps accumulating
   ++buckets_[bucket_of_[index]].ready;
   while (next_ < buckets_.size() && buckets_[next_].ready == buckets_[next_].members.size()) {
     start(buckets_[next_++]);
-    ++overlapped_;
   }
 }
 
@@ -96,6 +86,7 @@ void GradientReducer::start(Bucket& bucket) {
 void GradientReducer::finish() {
   at::NoGradGuard no_grad;
   armed_ = false;
+  overlapped_ = next_;  // the buckets the backward pass started
   while (next_ < buckets_.size()) start(buckets_[next_++]);
   const double share = 1.0 / collectives_.world_size();
   for (Bucket& bucket : buckets_) {
@@ -118,7 +109,9 @@ void GradientReducer::finish() {
     }
     bucket.flat = at::Tensor();
     bucket.wait = nullptr;
+    bucket.ready = 0;
   }
+  next_ = 0;  // ready for the next step
 }
 
 }  // namespace dedpo

@@ -38,10 +38,10 @@ ComputePath run_compute_path(const Experiment& experiment) {
   return compute_path(experiment.run.device, experiment.train.precision == Precision::bf16);
 }
 
-// What the trainer trains on; it must outlive the trainer, which points into it.
 // The stage of a data-parallel run that rank 0 does before the others (Collectives::first_done).
 constexpr const char* kPreparingTheData = "preparing the run's data";
 
+// What the trainer trains on; it must outlive the trainer, which points into it.
 struct TrainingData {
   std::optional<PairDataset> pairs;
   std::optional<SampleDataset> samples;

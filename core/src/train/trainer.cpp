@@ -54,8 +54,11 @@ Trainer::Trainer(Backbone& backbone, const TrainSettings& settings, c10::Device 
       masters_(params_),
       optimizer_(make_optimizer(masters_.masters(), settings_)),
       ema_(params_, settings_.ema_decay) {
-  if (collectives_ != nullptr && !masters_.has_copies()) {
-    reducer_ = std::make_unique<GradientReducer>(*collectives_, params_, kGradientBucketBytes);
+  // On the float32 masters: where they are the weights themselves their hooks fire in the
+  // backward pass and the buckets start during it; bfloat16 weights' masters get their gradients
+  // after it (gradients_to_masters), so their buckets all start in finish().
+  if (collectives_ != nullptr) {
+    reducer_ = std::make_unique<GradientReducer>(*collectives_, masters_.masters(), kGradientBucketBytes);
   }
 }
 
@@ -167,13 +170,9 @@ StepReport Trainer::step() {
   }
   if (collectives_ != nullptr) {
     // Before clipping and the guard: every rank clips and decides on the same gradients and loss.
-    if (reducer_) {
-      reducer_->finish();
-      report.overlapped_buckets = reducer_->overlapped_buckets();
-      report.gradient_buckets = reducer_->buckets();
-    } else {
-      collectives_->average_gradients(masters_.masters());
-    }
+    reducer_->finish();
+    report.overlapped_buckets = reducer_->overlapped_buckets();
+    report.gradient_buckets = reducer_->buckets();
     sums = collectives_->sum(sums);
     diagnostics.reduce_over(*collectives_);
   }

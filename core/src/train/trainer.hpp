@@ -15,7 +15,7 @@
 #include "dedpo/host/distributed.hpp"
 #include "dedpo/host/settings.hpp"
 #include "dedpo/loss.hpp"
-#include "distributed/gradient_reducer.hpp"
+#include "dedpo/host/gradient_reducer.hpp"
 #include "train/ema.hpp"
 #include "train/master_weights.hpp"
 #include "train/optimizer.hpp"
@@ -89,8 +89,8 @@ class Trainer {
   std::int64_t total_steps_;
   std::uint64_t seed_;
   Collectives* collectives_;
-  // Overlaps the gradient all-reduce with the backward pass where the weights are their own
-  // float32 masters; null otherwise (then average_gradients after the backward passes).
+  // Averages the masters' gradients over the ranks (data parallel; null for one process),
+  // during the backward pass where the weights are their own float32 masters.
   std::unique_ptr<GradientReducer> reducer_;
   int rank_ = 0, world_size_ = 1;
   at::Generator noise_;  // reseeded for each micro-batch (derive_seed's parts)

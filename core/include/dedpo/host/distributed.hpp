@@ -81,10 +81,6 @@ class Collectives {
   void begin_step(std::int64_t step);
   // Every rank's tensors (on device()) take rank 0's values (in place).
   void broadcast_from_first(const std::vector<at::Tensor>& tensors);
-  // Every parameter's gradient (on device()) becomes the mean over the ranks of its gradients,
-  // all-reduced in flattened buckets of one dtype; a gradient only some ranks have counts as zeros on the others
-  // (and is allocated there), so every rank reduces the same buckets.
-  void average_gradients(const std::vector<at::Tensor>& parameters);
   // The element-wise sums over the ranks of `values` (each rank gives as many).
   std::vector<double> sum(const std::vector<double>& values);
   // `tensor` (contiguous, the same shape and dtype on every rank) becomes its element-wise sum

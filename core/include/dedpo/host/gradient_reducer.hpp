@@ -1,6 +1,7 @@
 #pragma once
-// Gradient averaging overlapped with the backward pass, as PyTorch DDP's reducer does: the C++
-// frontend has no DistributedDataParallel, so this is ours, on a Collectives process group.
+// How a data-parallel run averages its gradients over the ranks, overlapped with the backward pass
+// where it can be, as PyTorch DDP's reducer does: the C++ frontend has no DistributedDataParallel,
+// so this is ours, on a Collectives process group (core/src/distributed/gradient_reducer.cpp).
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -19,8 +20,10 @@ namespace dedpo {
 // ready is flattened and its all-reduce started at once, while the backward pass goes on.
 // Buckets start strictly in order, so every rank issues the same collectives in the same order.
 // Each bucket carries one presence flag per parameter, summed with the gradients: a gradient
-// only some ranks have counts as zeros on the others, one no rank has stays undefined, exactly as
-// Collectives::average_gradients, and the averages are bit for bit the same.
+// only some ranks have counts as zeros on the others, one no rank has stays undefined (the
+// optimiser skips it, as on one process). Parameters outside the autograd graph (float32 masters
+// of bfloat16 weights) never fire their hooks: their buckets all start in finish(), after the
+// backward pass, with the same arithmetic.
 class GradientReducer {
  public:
   // `parameters`: float32 leaf tensors on one device, the same list on every rank.
@@ -33,7 +36,8 @@ class GradientReducer {
   // The next backward pass is the step's last: its buckets are all-reduced as they fill.
   void arm();
   // After the step's backward passes: starts the buckets the backward pass did not (in order),
-  // waits for every bucket and leaves each gradient the mean over the ranks.
+  // waits for every bucket and leaves each gradient the mean over the ranks; then the reducer is
+  // ready for the next step (unarmed).
   void finish();
   // Buckets of the last finish() whose all-reduce started during the backward pass.
   std::size_t overlapped_buckets() const { return overlapped_; }
