@@ -6,7 +6,8 @@
 // as bench/dpo_step_diffusers.py (../shared/bench/README.md): trainable UNet forward + backward on
 // 2P noisy latents (both sides of P pairs, shared timestep and noise per pair), frozen reference
 // forward on the same 2P under inference mode, the DPO loss, gradient-norm clipping at 1.0 and an
-// AdamW step. Random weights and inputs (77-token conditioning; an SDXL-layout config,
+// AdamW step, both as the trainer runs them (dedpo/host/optimizer.hpp: ATen's fused AdamW kernel,
+// the clipping folded into it). Random weights and inputs (77-token conditioning; an SDXL-layout config,
 // addition_embed_type "text_time", also gets random pooled text_embeds and the fixed time_ids
 // (R, R, 0, 0, R, R), R = 8 · latent). --dtype bf16: autocast to bfloat16 around both forwards,
 // the reference stored in bfloat16, the trainable UNet (or LoRA's adapters) in float32.
@@ -29,9 +30,6 @@
 #include <c10/core/InferenceMode.h>
 #include <malloc.h>
 #include <sys/resource.h>
-#include <torch/types.h>  // before clip_grad.h, which assumes it
-#include <torch/nn/utils/clip_grad.h>
-#include <torch/optim/adamw.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -52,6 +50,7 @@
 #include "dedpo/autocast.hpp"
 #include "dedpo/host/accelerator.hpp"
 #include "dedpo/host/allocator_policy.hpp"
+#include "dedpo/host/optimizer.hpp"
 #include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
@@ -413,7 +412,13 @@ int main(int argc, char** argv) {
       if (!c) return std::nullopt;
       return dedpo::sd::UNetAddedCond{c->text_embeds.slice(0, 0, 1), c->time_ids.slice(0, 0, 1)};
     };
-    torch::optim::AdamW optimizer(models.trainable, torch::optim::AdamWOptions(1e-5));
+    // The trainer's optimiser and clipping (dedpo/host/optimizer.hpp), with torch.optim.AdamW's
+    // defaults as on the diffusers side.
+    dedpo::TrainSettings optimizer_settings;
+    optimizer_settings.lr = 1e-5;
+    optimizer_settings.weight_decay = 1e-2;
+    optimizer_settings.max_grad_norm = 1.0;
+    const std::unique_ptr<dedpo::Optimizer> optimizer = dedpo::make_optimizer(models.trainable, optimizer_settings);
 
     auto step = [&] {
       const at::Tensor t = at::randint(0, scheduler_config.num_train_timesteps, {pairs}, on_device.dtype(at::kLong));
@@ -436,10 +441,10 @@ int main(int argc, char** argv) {
       const at::Tensor diff = (err.slice(0, 0, pairs) - ref.slice(0, 0, pairs)) -
                               (err.slice(0, pairs, n) - ref.slice(0, pairs, n));
       const at::Tensor loss = -at::log_sigmoid(-0.5 * o.beta * diff).mean();
-      optimizer.zero_grad();
+      for (at::Tensor& p : models.trainable) p.mutable_grad().reset();
       loss.backward();
-      torch::nn::utils::clip_grad_norm_(models.trainable, 1.0);
-      optimizer.step();
+      const double grad_norm = dedpo::gradient_norm(models.trainable);
+      optimizer->step(optimizer_settings.lr, dedpo::clipping_divisor(grad_norm, optimizer_settings.max_grad_norm));
     };
 
     const at::Tensor t500 = at::full({n}, 500, on_device.dtype(at::kLong));

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
+#include <sstream>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -12,9 +14,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 
 #include "dedpo/host/experiment.hpp"
+#include "dedpo/host/optimizer.hpp"
 #include "dedpo/host/registry.hpp"
 #include "dedpo/host/runner.hpp"
 #include "dedpo/host/trainer.hpp"
@@ -26,7 +30,7 @@ using namespace dedpo;
 using namespace dedpo::trainer_test;
 
 // ---------------------------------------------------------------------------------------------
-// Unit: schedule and Adafactor
+// Unit: schedule, AdamW, the gradient norm and Adafactor
 
 TEST(Schedule, WarmupThenDecay) {
   EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 4, 14, LrSchedule::constant, 0), 0.25);
@@ -37,6 +41,141 @@ TEST(Schedule, WarmupThenDecay) {
   EXPECT_NEAR(scheduled_lr(1.0, 0, 10, LrSchedule::cosine, 5), 0.5, 1e-12);
   EXPECT_NEAR(scheduled_lr(2.0, 0, 10, LrSchedule::cosine, 0), 2.0, 1e-12);
   EXPECT_NEAR(scheduled_lr(1.0, 0, 10, LrSchedule::linear, 10), 0.0, 1e-12);
+}
+
+namespace {
+
+std::vector<at::Tensor> adamw_test_params() {
+  at::manual_seed(3);
+  return {at::randn({7, 5}).requires_grad_(true), at::randn({5}).requires_grad_(true),
+          at::randn({3, 2, 2}).requires_grad_(true)};
+}
+
+std::vector<at::Tensor> detached_copies(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& p : params) out.push_back(p.detach().clone().requires_grad_(true));
+  return out;
+}
+
+}  // namespace
+
+// dedpo's AdamW runs ATen's fused kernel on torch::optim::AdamW's state: the same update as
+// torch::optim::AdamW up to float rounding, with a parameter that misses its gradient in some
+// steps (its step count then lags, as in torch's) and clipping folded in as a divisor.
+TEST(AdamW, FusedStepMatchesTorchAdamWWithClippingAndMissingGradients) {
+  TrainSettings settings;
+  settings.lr = 1e-2;
+  settings.weight_decay = 0.05;
+  settings.adam_beta1 = 0.8;
+  settings.adam_beta2 = 0.95;
+  settings.adam_eps = 1e-6;
+  std::vector<at::Tensor> ours = adamw_test_params();
+  std::vector<at::Tensor> theirs = detached_copies(ours);
+  std::unique_ptr<Optimizer> fused = make_optimizer(ours, settings);
+  torch::optim::AdamW reference(theirs, torch::optim::AdamWOptions(settings.lr)
+                                            .betas({settings.adam_beta1, settings.adam_beta2})
+                                            .eps(settings.adam_eps)
+                                            .weight_decay(settings.weight_decay));
+  for (int step = 0; step < 6; ++step) {
+    const double divisor = step % 2 == 0 ? 1.0 : 3.5;
+    const double lr = settings.lr * (step + 1) / 6.0;
+    for (std::size_t i = 0; i < ours.size(); ++i) {
+      const bool missing = i == 1 && (step == 1 || step == 4);
+      if (missing) {
+        ours[i].mutable_grad().reset();
+        theirs[i].mutable_grad().reset();
+        continue;
+      }
+      const at::Tensor g = at::randn(ours[i].sizes());
+      ours[i].mutable_grad() = g.clone();
+      theirs[i].mutable_grad() = g / divisor;
+    }
+    fused->step(lr, divisor);
+    for (auto& group : reference.param_groups()) group.options().set_lr(lr);
+    reference.step();
+    for (std::size_t i = 0; i < ours.size(); ++i) {
+      EXPECT_TRUE(at::allclose(ours[i].detach(), theirs[i].detach(), 1e-6, 1e-7))
+          << "parameter " << i << " after step " << step << ": max difference "
+          << (ours[i] - theirs[i]).abs().max().item<double>();
+      if (ours[i].grad().defined()) {
+        EXPECT_TRUE(at::allclose(ours[i].grad(), theirs[i].grad(), 1e-6, 0.0)) << "divided gradient " << i;
+      }
+    }
+  }
+}
+
+// The checkpoint format stays torch::optim::AdamW's: state written by dedpo's optimiser loads into
+// torch::optim::AdamW with every moment and step count, and training continues from it alike.
+TEST(AdamW, CheckpointIsTorchAdamWsFormat) {
+  TrainSettings settings;
+  settings.lr = 1e-2;
+  std::vector<at::Tensor> ours = adamw_test_params();
+  std::unique_ptr<Optimizer> fused = make_optimizer(ours, settings);
+  for (int step = 0; step < 3; ++step) {
+    for (const at::Tensor& p : ours) p.mutable_grad() = at::randn(p.sizes());
+    fused->step(settings.lr);
+  }
+  torch::serialize::OutputArchive out;
+  fused->save(out);
+  std::ostringstream bytes;
+  out.save_to(bytes);
+
+  std::vector<at::Tensor> theirs = detached_copies(ours);
+  torch::optim::AdamW loaded(theirs, torch::optim::AdamWOptions(settings.lr));
+  torch::serialize::InputArchive in;
+  std::istringstream read(bytes.str());
+  in.load_from(read);
+  loaded.load(in);
+  ASSERT_EQ(loaded.state().size(), ours.size());
+  for (const at::Tensor& p : theirs) {
+    const auto& state = static_cast<const torch::optim::AdamWParamState&>(*loaded.state().at(p.unsafeGetTensorImpl()));
+    EXPECT_EQ(state.step(), 3);
+    EXPECT_GT(state.exp_avg_sq().abs().sum().item<double>(), 0.0);
+  }
+  std::vector<at::Tensor> again = detached_copies(ours);
+  std::unique_ptr<Optimizer> resumed = make_optimizer(again, settings);
+  torch::serialize::InputArchive in_again;
+  std::istringstream read_again(bytes.str());
+  in_again.load_from(read_again);
+  resumed->load(in_again);
+  for (std::size_t i = 0; i < ours.size(); ++i) {
+    const at::Tensor g = at::randn(ours[i].sizes());
+    ours[i].mutable_grad() = g.clone();
+    again[i].mutable_grad() = g.clone();
+    theirs[i].mutable_grad() = g.clone();
+  }
+  fused->step(settings.lr);
+  resumed->step(settings.lr);
+  loaded.step();
+  for (std::size_t i = 0; i < ours.size(); ++i) {
+    EXPECT_TRUE(at::equal(ours[i], again[i])) << "resumed parameter " << i;
+    EXPECT_TRUE(at::allclose(ours[i].detach(), theirs[i].detach(), 1e-6, 1e-7)) << "torch parameter " << i;
+  }
+}
+
+TEST(GradientNorm, EqualsTheDoubleNormAndTellsOverflowFromInfinity) {
+  at::manual_seed(5);
+  std::vector<at::Tensor> params = {at::zeros({1000}).requires_grad_(true), at::zeros({30, 7}).requires_grad_(true),
+                                    at::zeros({4}).requires_grad_(true)};
+  EXPECT_EQ(gradient_norm(params), 0.0);  // no gradient at all
+  params[0].mutable_grad() = at::randn({1000});
+  params[1].mutable_grad() = at::randn({30, 7}, at::kFloat).to(at::kBFloat16).to(at::kFloat);
+  auto double_norm = [&] {
+    double squared = 0.0;
+    for (const at::Tensor& p : params) {
+      if (p.grad().defined()) squared += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+    }
+    return std::sqrt(squared);
+  };
+  EXPECT_NEAR(gradient_norm(params), double_norm(), 1e-6 * double_norm());  // params[2] has none
+  // 1e30 is a finite float whose square is not: the norm is still finite and right.
+  params[2].mutable_grad() = at::full({4}, 1e30f);
+  EXPECT_TRUE(std::isfinite(gradient_norm(params)));
+  EXPECT_NEAR(gradient_norm(params), 2e30, 1e-6 * 2e30);
+  params[2].mutable_grad()[1] = std::numeric_limits<float>::infinity();
+  EXPECT_TRUE(std::isinf(gradient_norm(params)));
+  params[2].mutable_grad()[1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_TRUE(std::isnan(gradient_norm(params)));
 }
 
 TEST(Adafactor, FactoredAndFullUpdatesMatchTheFormulas) {

@@ -1,11 +1,11 @@
-// Adafactor (Shazeer & Stern 2018), as described in dedpo/host/trainer.hpp.
+// Adafactor (Shazeer & Stern 2018), as described in dedpo/host/optimizer.hpp.
 #include <cmath>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
 #include "dedpo/error.hpp"
-#include "dedpo/host/trainer.hpp"
+#include "dedpo/host/optimizer.hpp"
 
 namespace dedpo {
 

@@ -1,24 +1,74 @@
-#include "train/optimizer.hpp"
+#include "dedpo/host/optimizer.hpp"
 
+#include <cmath>
+#include <map>
 #include <string>
+#include <tuple>
+#include <utility>
 
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/optim/adamw.h>
-
-#include "dedpo/host/trainer.hpp"
 
 namespace dedpo {
 namespace {
 
+// Tensors of one device and dtype: `_fused_adamw_` and `_foreach_norm` take one such list.
+using DeviceDtype = std::pair<std::string, at::ScalarType>;
+DeviceDtype device_dtype(const at::Tensor& t) { return {t.device().str(), t.scalar_type()}; }
+
 class AdamWOptimizer final : public Optimizer {
  public:
   AdamWOptimizer(std::vector<at::Tensor> params, const TrainSettings& s)
-      : optimizer_(std::move(params), torch::optim::AdamWOptions(s.lr)
+      : params_(params),
+        settings_(s),
+        optimizer_(std::move(params), torch::optim::AdamWOptions(s.lr)
                                           .betas({s.adam_beta1, s.adam_beta2})
                                           .eps(s.adam_eps)
                                           .weight_decay(s.weight_decay)) {}
-  void step(double lr) override {
-    for (auto& group : optimizer_.param_groups()) group.options().set_lr(lr);
-    optimizer_.step();
+
+  // torch::optim::AdamW's update (same state, lazily created on a parameter's first gradient, and
+  // the same per-parameter step count) in ATen's fused kernel: one pass instead of about eight,
+  // with the clipping division folded in.
+  void step(double lr, double gradient_divisor) override {
+    at::NoGradGuard no_grad;
+    struct Lists {
+      std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+      std::map<std::int64_t, at::Tensor> step_tensors;  // one scalar per step count
+    };
+    std::map<DeviceDtype, Lists> lists;
+    for (const at::Tensor& param : params_) {
+      if (!param.grad().defined()) continue;
+      auto& slot = optimizer_.state()[param.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->step(0);
+        fresh->exp_avg(at::zeros_like(param, at::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(at::zeros_like(param, at::MemoryFormat::Preserve));
+        slot = std::move(fresh);
+      }
+      auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+      state.step(state.step() + 1);
+      Lists& l = lists[device_dtype(param)];
+      l.params.push_back(param);
+      l.grads.push_back(param.grad());
+      l.exp_avgs.push_back(state.exp_avg());
+      l.exp_avg_sqs.push_back(state.exp_avg_sq());
+      at::Tensor& step = l.step_tensors[state.step()];
+      if (!step.defined()) {
+        step = at::scalar_tensor(static_cast<double>(state.step()), param.options().dtype(at::kFloat));
+      }
+      l.steps.push_back(step);
+    }
+    for (auto& [key, l] : lists) {
+      std::optional<at::Tensor> divisor;
+      if (gradient_divisor != 1.0) {
+        divisor = at::scalar_tensor(gradient_divisor, l.params.front().options().dtype(at::kFloat));
+      }
+      at::_fused_adamw_(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, /*max_exp_avg_sqs=*/{}, l.steps, lr,
+                        settings_.adam_beta1, settings_.adam_beta2, settings_.weight_decay, settings_.adam_eps,
+                        /*amsgrad=*/false, /*maximize=*/false, divisor, /*found_inf=*/std::nullopt);
+    }
   }
   void save(torch::serialize::OutputArchive& archive) const override { optimizer_.save(archive); }
   void load(torch::serialize::InputArchive& archive) override {
@@ -26,29 +76,34 @@ class AdamWOptimizer final : public Optimizer {
     // The moments come back on the device they were saved from: rank 0's GPU (cuda:0) for every
     // rank of a data-parallel run, whose parameters are on cuda:LOCAL_RANK. (Adafactor copies its
     // state into tensors of its own.)
-    for (const auto& group : optimizer_.param_groups()) {
-      for (const at::Tensor& param : group.params()) {
-        const auto found = optimizer_.state().find(param.unsafeGetTensorImpl());
-        if (found == optimizer_.state().end()) continue;
-        auto& moments = static_cast<torch::optim::AdamWParamState&>(*found->second);
-        moments.exp_avg(moments.exp_avg().to(param.device()));
-        moments.exp_avg_sq(moments.exp_avg_sq().to(param.device()));
-        if (moments.max_exp_avg_sq().defined()) {
-          moments.max_exp_avg_sq(moments.max_exp_avg_sq().to(param.device()));
-        }
-      }
+    for (const at::Tensor& param : params_) {
+      const auto found = optimizer_.state().find(param.unsafeGetTensorImpl());
+      if (found == optimizer_.state().end()) continue;
+      auto& moments = static_cast<torch::optim::AdamWParamState&>(*found->second);
+      moments.exp_avg(moments.exp_avg().to(param.device()));
+      moments.exp_avg_sq(moments.exp_avg_sq().to(param.device()));
     }
   }
 
  private:
-  torch::optim::AdamW optimizer_;
+  std::vector<at::Tensor> params_;
+  TrainSettings settings_;
+  torch::optim::AdamW optimizer_;  // holds the state and writes and reads checkpoints
 };
 
 class AdafactorOptimizer final : public Optimizer {
  public:
   AdafactorOptimizer(std::vector<at::Tensor> params, const TrainSettings& s)
-      : optimizer_(std::move(params), Adafactor::Options{.weight_decay = s.weight_decay}) {}
-  void step(double lr) override { optimizer_.step(lr); }
+      : params_(params), optimizer_(std::move(params), Adafactor::Options{.weight_decay = s.weight_decay}) {}
+  void step(double lr, double gradient_divisor) override {
+    if (gradient_divisor != 1.0) {
+      at::NoGradGuard no_grad;
+      for (const at::Tensor& p : params_) {
+        if (p.grad().defined()) p.grad().div_(gradient_divisor);
+      }
+    }
+    optimizer_.step(lr);
+  }
   void save(torch::serialize::OutputArchive& archive) const override {
     archive.write("steps", c10::IValue(optimizer_.steps()));
     std::vector<at::Tensor> state = optimizer_.state();
@@ -70,6 +125,7 @@ class AdafactorOptimizer final : public Optimizer {
   }
 
  private:
+  std::vector<at::Tensor> params_;
   Adafactor optimizer_;
 };
 
@@ -84,6 +140,35 @@ std::unique_ptr<Optimizer> make_optimizer(std::vector<at::Tensor> params,
       break;
   }
   return std::make_unique<AdamWOptimizer>(std::move(params), settings);
+}
+
+double gradient_norm(const std::vector<at::Tensor>& params) {
+  at::NoGradGuard no_grad;
+  std::map<DeviceDtype, std::vector<at::Tensor>> grads;
+  for (const at::Tensor& p : params) {
+    if (p.grad().defined()) grads[device_dtype(p.grad())].push_back(p.grad());
+  }
+  double squared = 0.0;
+  for (const auto& [key, list] : grads) {
+    // bfloat16 or half gradients are reduced in float.
+    const std::optional<at::ScalarType> in = at::isReducedFloatingType(key.second)
+                                                 ? std::optional<at::ScalarType>(at::kFloat)
+                                                 : std::nullopt;
+    squared += at::stack(at::_foreach_norm(list, 2, in)).to(at::kDouble).pow(2).sum().item<double>();
+  }
+  if (std::isinf(squared)) {
+    // Float overflow, or a gradient holds inf: the double sum tells which.
+    squared = 0.0;
+    for (const auto& [key, list] : grads) {
+      for (const at::Tensor& g : list) squared += g.to(at::kDouble).pow(2).sum().item<double>();
+    }
+  }
+  return std::sqrt(squared);
+}
+
+double clipping_divisor(double grad_norm, double max_grad_norm) {
+  if (max_grad_norm <= 0.0 || grad_norm <= max_grad_norm) return 1.0;
+  return (grad_norm + 1e-6) / max_grad_norm;
 }
 
 }  // namespace dedpo

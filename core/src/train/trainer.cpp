@@ -195,15 +195,7 @@ StepReport Trainer::step() {
 // max_grad_norm, the optimiser step and the EMA update.
 void Trainer::clip_or_skip(StepReport& report) {
   const std::vector<at::Tensor>& masters = masters_.masters();
-  // Summed on the gradients' device in the same order as before, read back once: one device
-  // synchronisation per step instead of one per parameter.
-  at::Tensor squared;
-  for (const at::Tensor& p : masters) {
-    if (!p.grad().defined()) continue;
-    const at::Tensor term = p.grad().to(at::kDouble).pow(2).sum();
-    squared = squared.defined() ? squared + term : term;
-  }
-  report.grad_norm = squared.defined() ? std::sqrt(squared.item<double>()) : 0.0;
+  report.grad_norm = gradient_norm(masters);
   if (!std::isfinite(report.loss) || !std::isfinite(report.grad_norm)) {
     report.skipped = true;
     ++skipped_;
@@ -212,14 +204,8 @@ void Trainer::clip_or_skip(StepReport& report) {
     }
     return;
   }
-  if (settings_.max_grad_norm > 0.0 && report.grad_norm > settings_.max_grad_norm) {
-    at::NoGradGuard no_grad;
-    double scale = settings_.max_grad_norm / (report.grad_norm + 1e-6);
-    for (const at::Tensor& p : masters) {
-      if (p.grad().defined()) p.grad().mul_(scale);
-    }
-  }
-  optimizer_->step(report.lr);
+  // Clipping divides the gradients inside the optimiser's own pass over them.
+  optimizer_->step(report.lr, clipping_divisor(report.grad_norm, settings_.max_grad_norm));
   masters_.masters_to_weights();
   ema_.update();
 }

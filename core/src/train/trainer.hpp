@@ -18,7 +18,7 @@
 #include "dedpo/host/gradient_reducer.hpp"
 #include "train/ema.hpp"
 #include "train/master_weights.hpp"
-#include "train/optimizer.hpp"
+#include "dedpo/host/optimizer.hpp"
 #include "train/sampler.hpp"
 
 namespace dedpo {

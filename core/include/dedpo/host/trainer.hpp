@@ -1,13 +1,10 @@
 #pragma once
 // Pieces of the trainer that are useful on their own (and unit-tested): the learning-rate
-// schedule, the Adafactor optimiser and the names of the files in a run folder. The trainer
-// itself lives in core/src/train/ (the step loop and its parts) and core/src/run/ (run folders,
-// checkpoints, caches, the run/resume/eval drivers).
+// schedule and the names of the files in a run folder (the optimisers: dedpo/host/optimizer.hpp).
+// The trainer itself lives in core/src/train/ (the step loop and its parts) and core/src/run/ (run
+// folders, checkpoints, caches, the run/resume/eval drivers).
 #include <cstdint>
 #include <string>
-#include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "dedpo/host/settings.hpp"
 
@@ -38,34 +35,5 @@ inline constexpr const char* kInputsFile = "inputs.json";
 // `total`.
 double scheduled_lr(double peak_lr, std::int64_t warmup_steps, std::int64_t total_steps,
                     LrSchedule schedule, std::int64_t step);
-
-// Adafactor (Shazeer & Stern 2018) without relative step sizes and without parameter scaling:
-// the given lr is the step size. Second moments are factored over the last two dimensions of
-// parameters with ≥ 2 dimensions (row and column means), kept whole for the others; decay
-// β̂₂ₜ = 1 − t^decay_rate; updates are clipped to RMS ≤ clip_threshold; decoupled weight decay.
-class Adafactor {
- public:
-  struct Options {
-    double eps1 = 1e-30;          // added to the squared gradient
-    double clip_threshold = 1.0;  // update RMS clip
-    double decay_rate = -0.8;
-    double weight_decay = 0.0;
-  };
-  Adafactor(std::vector<at::Tensor> params, Options options);
-
-  void step(double lr);  // parameters with an undefined grad are left alone
-  std::int64_t steps() const { return step_; }
-
-  // Every state tensor in a fixed order (row, col or full second moment per parameter), for
-  // checkpoints; set_state takes the same list back.
-  std::vector<at::Tensor> state() const;
-  void set_state(std::int64_t steps, const std::vector<at::Tensor>& state);
-
- private:
-  std::vector<at::Tensor> params_;
-  Options options_;
-  std::vector<at::Tensor> row_, col_, full_;
-  std::int64_t step_ = 0;
-};
 
 }  // namespace dedpo
