@@ -62,8 +62,13 @@ ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu) 
   if (!bf16) return {"fp32"};
   if (!device.is_cpu()) return {"bf16 autocast on " + device.str()};
   if (cpu.amx_bf16) return {"bf16 autocast, AMX BF16"};
-  if (cpu.avx512_bf16) return {"bf16 autocast, AVX-512 BF16"};
-  return {"bf16 autocast, emulated (this CPU has neither AVX-512 BF16 nor AMX: slower than fp32)", true};
+  if (cpu.avx512_bf16) {
+    return {"bf16 autocast, AVX-512 BF16 without AMX",
+            "precision = \"bf16\" runs on AVX-512 BF16 without AMX on this CPU, where bf16 matmuls and "
+            "convolutions reach about half the fp32 rate; precision = \"fp32\" runs faster here"};
+  }
+  return {"bf16 autocast, emulated (this CPU has neither AVX-512 BF16 nor AMX)",
+          "precision = \"bf16\" is emulated on this CPU; precision = \"fp32\" runs faster here"};
 }
 
 MemoryPeaks memory_peaks(c10::Device device) {

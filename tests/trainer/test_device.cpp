@@ -68,7 +68,8 @@ TEST(Device, TheComputePathAndTheAllocatorAreInTheLogAndResults) {
     EXPECT_EQ(results["allocator"], describe(current_allocator_policy()));
     const std::string log = test::read_text(run_dir / kLogFile);
     EXPECT_NE(log.find("compute: " + expected.description + "; allocator: "), std::string::npos) << log;
-    EXPECT_EQ(log.find("is emulated on this CPU") != std::string::npos, expected.emulated) << log;
+    EXPECT_EQ(log.find("warning: precision") != std::string::npos, !expected.warning.empty()) << log;
+    if (!expected.warning.empty()) EXPECT_NE(log.find("warning: " + expected.warning), std::string::npos) << log;
   }
 }
 

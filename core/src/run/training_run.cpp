@@ -404,10 +404,9 @@ RunResult execute_run(const Experiment& given, PluginRegistry& registry, const R
     }
     const ComputePath compute = run_compute_path(experiment);
     log.line("compute: " + compute.description + "; allocator: " + describe(current_allocator_policy()));
-    if (compute.emulated && writes_run_folder) {
-      const std::string warning = "warning: precision = \"bf16\" is emulated on this CPU; precision = \"fp32\" runs faster here";
-      log.line(warning);
-      std::cerr << "dedpo: " << warning << "\n";
+    if (!compute.warning.empty() && writes_run_folder) {
+      log.line("warning: " + compute.warning);
+      std::cerr << "dedpo: warning: " << compute.warning << "\n";
     }
     // Rank 0 prepares first (an [init] run, the data and its caches); the others then find them
     // in the caches. Annotation is shared by all ranks (load_training_data).

@@ -48,12 +48,13 @@ struct CpuFeatures {
 CpuFeatures cpu_features();
 
 // Which path a run's compute takes on `device` with bf16 autocast on or off, said in the run log
-// and results.json ("compute"). On a CPU with neither AVX-512 BF16 nor AMX, bf16 is emulated:
-// every op converts to float32 and back, several times slower than fp32 (`emulated` is then true
-// and the run warns, but runs: the numerics are those of bf16 on any machine).
+// and results.json ("compute"). On a CPU bf16 pays off only with AMX: with AVX-512 BF16 alone,
+// oneDNN's bf16 matmuls and convolutions reach about half the fp32 rate (measured:
+// docs/performance.md), and with neither every op is emulated in float32. There `warning` says
+// so and the run goes on (the numerics are those of bf16 on any machine).
 struct ComputePath {
   std::string description;
-  bool emulated = false;
+  std::string warning;  // empty: nothing to warn about
 };
 ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu = cpu_features());
 
