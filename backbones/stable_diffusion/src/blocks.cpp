@@ -13,6 +13,27 @@ using torch::nn::Conv2dOptions;
 using torch::nn::GroupNormOptions;
 using torch::nn::LinearOptions;
 
+namespace {
+
+// A 1×1 convolution (stride 1, no padding, one group: the UNet's shortcuts and projections) on a
+// contiguous CPU tensor as one batched matmul over the pixels, [O, C] × [B, C, HW]: oneDNN
+// reorders the activations and the weight into its blocked layout at every call, which makes
+// these about 2× slower there, forward and backward (docs/performance.md). Elsewhere (a GPU, or
+// the VAE's channels-last activations, whose layout the module's output keeps and the next
+// convolutions depend on) the module runs as it is.
+at::Tensor pointwise_conv(torch::nn::Conv2d& conv, const at::Tensor& x) {
+  if (!x.device().is_cpu() || !x.is_contiguous()) return conv->forward(x);
+  const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = conv->weight.size(0);
+  const at::Tensor pixels = x.view({b, c, h * w});
+  const at::Tensor matrix = conv->weight.reshape({o, c}).expand({b, o, c});
+  const at::Tensor y = conv->bias.defined()
+                           ? at::baddbmm(conv->bias.reshape({1, o, 1}).expand({b, o, h * w}), matrix, pixels)
+                           : at::bmm(matrix, pixels);
+  return y.view({b, o, h, w});
+}
+
+}  // namespace
+
 at::Tensor scaled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
   std::optional<at::Tensor> additive_mask;
   if (mask.defined()) additive_mask = mask.to(q.scalar_type());  // a float mask must match q's dtype (autocast)
@@ -58,7 +79,7 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& tem
     h = h + linear(time_emb_proj, at::silu(temb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] -> [B, C, 1, 1]
   }
   h = conv2->forward(at::silu(norm2->forward(h)));
-  const at::Tensor skip = conv_shortcut ? conv_shortcut->forward(x) : x;
+  const at::Tensor skip = conv_shortcut ? pointwise_conv(conv_shortcut, x) : x;
   at::Tensor out = skip + h;
   if (options_.output_scale_factor() != 1.0) out = out / options_.output_scale_factor();
   return out;
@@ -173,13 +194,15 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
 at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   at::Tensor t = norm->forward(x);
-  if (proj_in_conv) t = proj_in_conv->forward(t);
-  t = t.permute({0, 2, 3, 1}).reshape({b, h * w, c});  // [B, HW, C]
+  if (proj_in_conv) t = pointwise_conv(proj_in_conv, t);
+  // Made contiguous once: the reshape alone is a view with channels-first strides, which every
+  // layer norm and linear of the blocks below would copy again (2–3% of a DPO step on sd15_small).
+  t = t.permute({0, 2, 3, 1}).reshape({b, h * w, c}).contiguous();  // [B, HW, C]
   if (proj_in_linear) t = linear(proj_in_linear, t);
   for (auto& block : transformer_blocks) t = block->forward(t, context);
   if (proj_out_linear) t = linear(proj_out_linear, t);
   t = t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
-  if (proj_out_conv) t = proj_out_conv->forward(t);
+  if (proj_out_conv) t = pointwise_conv(proj_out_conv, t);
   return t + x;
 }
 

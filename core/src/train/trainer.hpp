@@ -16,9 +16,9 @@
 #include "dedpo/host/settings.hpp"
 #include "dedpo/loss.hpp"
 #include "dedpo/host/gradient_reducer.hpp"
+#include "dedpo/host/optimizer.hpp"
 #include "train/ema.hpp"
 #include "train/master_weights.hpp"
-#include "dedpo/host/optimizer.hpp"
 #include "train/sampler.hpp"
 
 namespace dedpo {
