@@ -28,13 +28,14 @@ Adafactor::Adafactor(std::vector<at::Tensor> params, Options options)
   }
 }
 
-void Adafactor::step(double lr) {
+void Adafactor::step(double lr, double gradient_divisor) {
   at::NoGradGuard no_grad;
   ++step_;
   const double beta2 = 1.0 - std::pow(static_cast<double>(step_), options_.decay_rate);
   for (std::size_t i = 0; i < params_.size(); ++i) {
     at::Tensor p = params_[i];
     if (!p.grad().defined()) continue;
+    if (gradient_divisor != 1.0) p.grad().div_(gradient_divisor);
     at::Tensor grad = p.grad().to(at::kFloat);
     at::Tensor squared = grad * grad + options_.eps1;
     at::Tensor update;

@@ -14,15 +14,13 @@ namespace dedpo {
 namespace {
 
 // Tensors of one device and dtype: `_fused_adamw_` and `_foreach_norm` take one such list.
-using DeviceDtype = std::pair<std::string, at::ScalarType>;
-DeviceDtype device_dtype(const at::Tensor& t) { return {t.device().str(), t.scalar_type()}; }
+using DeviceDtype = std::tuple<c10::DeviceType, c10::DeviceIndex, at::ScalarType>;
+DeviceDtype device_dtype(const at::Tensor& t) { return {t.device().type(), t.device().index(), t.scalar_type()}; }
 
 class AdamWOptimizer final : public Optimizer {
  public:
   AdamWOptimizer(std::vector<at::Tensor> params, const TrainSettings& s)
-      : params_(params),
-        settings_(s),
-        optimizer_(std::move(params), torch::optim::AdamWOptions(s.lr)
+      : optimizer_(std::move(params), torch::optim::AdamWOptions(s.lr)
                                           .betas({s.adam_beta1, s.adam_beta2})
                                           .eps(s.adam_eps)
                                           .weight_decay(s.weight_decay)) {}
@@ -37,7 +35,10 @@ class AdamWOptimizer final : public Optimizer {
       std::map<std::int64_t, at::Tensor> step_tensors;  // one scalar per step count
     };
     std::map<DeviceDtype, Lists> lists;
-    for (const at::Tensor& param : params_) {
+    // One parameter group, whose options hold the betas, eps and weight decay.
+    auto& group = optimizer_.param_groups().front();
+    const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    for (const at::Tensor& param : group.params()) {
       if (!param.grad().defined()) continue;
       auto& slot = optimizer_.state()[param.unsafeGetTensorImpl()];
       if (!slot) {
@@ -66,8 +67,8 @@ class AdamWOptimizer final : public Optimizer {
         divisor = at::scalar_tensor(gradient_divisor, l.params.front().options().dtype(at::kFloat));
       }
       at::_fused_adamw_(l.params, l.grads, l.exp_avgs, l.exp_avg_sqs, /*max_exp_avg_sqs=*/{}, l.steps, lr,
-                        settings_.adam_beta1, settings_.adam_beta2, settings_.weight_decay, settings_.adam_eps,
-                        /*amsgrad=*/false, /*maximize=*/false, divisor, /*found_inf=*/std::nullopt);
+                        std::get<0>(options.betas()), std::get<1>(options.betas()), options.weight_decay(),
+                        options.eps(), /*amsgrad=*/false, /*maximize=*/false, divisor, /*found_inf=*/std::nullopt);
     }
   }
   void save(torch::serialize::OutputArchive& archive) const override { optimizer_.save(archive); }
@@ -76,7 +77,7 @@ class AdamWOptimizer final : public Optimizer {
     // The moments come back on the device they were saved from: rank 0's GPU (cuda:0) for every
     // rank of a data-parallel run, whose parameters are on cuda:LOCAL_RANK. (Adafactor copies its
     // state into tensors of its own.)
-    for (const at::Tensor& param : params_) {
+    for (const at::Tensor& param : optimizer_.param_groups().front().params()) {
       const auto found = optimizer_.state().find(param.unsafeGetTensorImpl());
       if (found == optimizer_.state().end()) continue;
       auto& moments = static_cast<torch::optim::AdamWParamState&>(*found->second);
@@ -86,24 +87,14 @@ class AdamWOptimizer final : public Optimizer {
   }
 
  private:
-  std::vector<at::Tensor> params_;
-  TrainSettings settings_;
-  torch::optim::AdamW optimizer_;  // holds the state and writes and reads checkpoints
+  torch::optim::AdamW optimizer_;  // holds the parameters, options and state, and the checkpoint format
 };
 
 class AdafactorOptimizer final : public Optimizer {
  public:
   AdafactorOptimizer(std::vector<at::Tensor> params, const TrainSettings& s)
-      : params_(params), optimizer_(std::move(params), Adafactor::Options{.weight_decay = s.weight_decay}) {}
-  void step(double lr, double gradient_divisor) override {
-    if (gradient_divisor != 1.0) {
-      at::NoGradGuard no_grad;
-      for (const at::Tensor& p : params_) {
-        if (p.grad().defined()) p.grad().div_(gradient_divisor);
-      }
-    }
-    optimizer_.step(lr);
-  }
+      : optimizer_(std::move(params), Adafactor::Options{.weight_decay = s.weight_decay}) {}
+  void step(double lr, double gradient_divisor) override { optimizer_.step(lr, gradient_divisor); }
   void save(torch::serialize::OutputArchive& archive) const override {
     archive.write("steps", c10::IValue(optimizer_.steps()));
     std::vector<at::Tensor> state = optimizer_.state();
@@ -125,7 +116,6 @@ class AdafactorOptimizer final : public Optimizer {
   }
 
  private:
-  std::vector<at::Tensor> params_;
   Adafactor optimizer_;
 };
 
@@ -151,7 +141,7 @@ double gradient_norm(const std::vector<at::Tensor>& params) {
   double squared = 0.0;
   for (const auto& [key, list] : grads) {
     // bfloat16 or half gradients are reduced in float.
-    const std::optional<at::ScalarType> in = at::isReducedFloatingType(key.second)
+    const std::optional<at::ScalarType> in = at::isReducedFloatingType(std::get<2>(key))
                                                  ? std::optional<at::ScalarType>(at::kFloat)
                                                  : std::nullopt;
     squared += at::stack(at::_foreach_norm(list, 2, in)).to(at::kDouble).pow(2).sum().item<double>();

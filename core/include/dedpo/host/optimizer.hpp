@@ -52,7 +52,9 @@ class Adafactor {
   };
   Adafactor(std::vector<at::Tensor> params, Options options);
 
-  void step(double lr);  // parameters with an undefined grad are left alone
+  // Parameters with an undefined grad are left alone; each gradient is divided by
+  // `gradient_divisor` in place first (clipping, as Optimizer::step).
+  void step(double lr, double gradient_divisor = 1.0);
   std::int64_t steps() const { return step_; }
 
   // Every state tensor in a fixed order (row, col or full second moment per parameter), for
