@@ -9,6 +9,7 @@
 #include <cmath>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include "dedpo/autocast.hpp"
 #include "dedpo/digest.hpp"
@@ -546,7 +547,14 @@ at::Tensor DiffusionBackbone::encode_images(const at::Tensor& images) {
   // uint8 [0, 255] -> [-1, 1], channels first. The posterior mean, not a draw: cached latents
   // stay deterministic (the draw's noise is ~1e-2 of the latent scale for SD VAEs).
   const at::Tensor x = (images.to(vae_device()).permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0).to(frozen_dtype_);
-  return (vae_->encode(x).mean * vae_->config().scaling_factor).to(at::kCPU, at::kFloat);
+  // One image per VAE call: convolution libraries pick their kernels by batch size (oneDNN on an
+  // AMD EPYC gives an image's 3×3 convolutions up to 2e-5 apart alone and in a batch of 4), and an
+  // image's latent must not depend on the images it was encoded with: a cache entry encoded again
+  // alone equals the one written from its batch.
+  std::vector<at::Tensor> latents;
+  latents.reserve(static_cast<std::size_t>(x.size(0)));
+  for (int64_t i = 0; i < x.size(0); ++i) latents.push_back(vae_->encode(x.narrow(0, i, 1)).mean);
+  return (at::cat(latents) * vae_->config().scaling_factor).to(at::kCPU, at::kFloat);
 }
 
 at::Tensor DiffusionBackbone::decode_samples(const at::Tensor& samples) const {

@@ -72,7 +72,8 @@ class Backbone : public Plugin {
   //
   // Side length of the square images encode_images() takes (0: not an image backbone).
   virtual std::int64_t image_resolution() const;
-  // uint8 [N, R, R, 3] RGB images, R = image_resolution() -> backbone space [N, ...].
+  // uint8 [N, R, R, 3] RGB images, R = image_resolution() -> backbone space [N, ...]. Row i depends
+  // on image i alone, to the bit: latent caches encode an image again on its own.
   virtual at::Tensor encode_images(const at::Tensor& images);
   // Backbone-space samples [N, ...] -> uint8 [N, H, W, 3] RGB images on the CPU.
   virtual at::Tensor decode_samples(const at::Tensor& samples) const;
