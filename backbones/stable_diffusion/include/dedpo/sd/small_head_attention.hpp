@@ -1,0 +1,23 @@
+#pragma once
+// Multi-head attention for heads of 8 channels on CPUs with AVX-512 (unet_sd15_small's, and the
+// tiny test UNets'): ATen's CPU flash kernel computes the scores with matrix products whose inner
+// dimension is the head dimension, and at 8 those run at 30–50 GFLOP/s here. These kernels
+// vectorise over the keys instead, 16 per instruction, with the exponential inline, and never
+// materialise the scores either: forward 2×, forward + backward 3× faster on unet_sd15_small's
+// self-attention (bench/bench_attention.cpp, docs/performance.md). At 16 channels they lost to
+// ATen's kernel in the backward and are not used. softmax(q·kᵀ/√D)·v, no mask.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace dedpo::sd {
+
+// Whether small_head_attention serves these inputs: float32 CPU tensors of at least one key, a head
+// dimension C / heads of 8, and a CPU and build with AVX-512F.
+bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, int64_t heads);
+
+// q: [B, Sq, C], k / v: [B, Sk, C], `heads` heads of D = C / heads -> [B, Sq, C]; differentiable
+// with respect to q, k and v. Requires small_head_attention_applies.
+at::Tensor small_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
+
+}  // namespace dedpo::sd

@@ -1,0 +1,126 @@
+#include "dedpo/sd/small_head_attention.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <torch/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "small_head_attention_kernels.hpp"
+
+namespace dedpo::sd {
+
+namespace {
+
+constexpr int64_t kKeyLanes = 16;
+constexpr int64_t kQueriesPerTask = 64;
+
+struct Shape {
+  int64_t batch, queries, keys, keys_padded, channels, heads, head_dim;
+  float scale;
+};
+
+Shape make_shape(int64_t batch, int64_t queries, int64_t keys, int64_t channels, int64_t heads) {
+  const int64_t head_dim = channels / heads;
+  return {batch, queries, keys, (keys + kKeyLanes - 1) / kKeyLanes * kKeyLanes, channels, heads, head_dim,
+          static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)))};
+}
+
+// [B, Sk, C] -> [B, H, D, Sk padded with zero columns to a multiple of 16]: the layout in which a
+// key's channel c is contiguous across keys, for the kernels' 16-key vectors.
+at::Tensor transposed_padded(const at::Tensor& x, const Shape& s) {
+  at::Tensor out = at::zeros({s.batch, s.heads, s.head_dim, s.keys_padded}, x.options());
+  out.narrow(3, 0, s.keys).copy_(x.reshape({s.batch, s.keys, s.heads, s.head_dim}).permute({0, 2, 3, 1}));
+  return out;
+}
+
+// The inverse of transposed_padded: [B, H, D, Sk padded] -> [B, Sk, C].
+at::Tensor untransposed(const at::Tensor& x, const Shape& s) {
+  return x.narrow(3, 0, s.keys).permute({0, 3, 1, 2}).reshape({s.batch, s.keys, s.channels});
+}
+
+avx512::AttentionHead head_at(const at::Tensor& keys_t, const at::Tensor& values_t, const Shape& s, int64_t bh) {
+  const int64_t offset = bh * s.head_dim * s.keys_padded;
+  return {s.head_dim, s.keys, s.keys_padded, keys_t.data_ptr<float>() + offset, values_t.data_ptr<float>() + offset};
+}
+
+// Offset of (sample, head)'s first row in a [B, S, C] tensor whose rows are C floats apart.
+int64_t row_offset(const Shape& s, int64_t bh, int64_t rows) {
+  return (bh / s.heads) * rows * s.channels + (bh % s.heads) * s.head_dim;
+}
+
+class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, int64_t heads) {
+    const Shape s = make_shape(q.size(0), q.size(1), k.size(1), q.size(2), heads);
+    const at::Tensor scaled_q = (q * s.scale).contiguous();  // [B, Sq, C]
+    const at::Tensor keys_t = transposed_padded(k, s);       // [B, H, D, Skp]
+    const at::Tensor values_t = transposed_padded(v, s);     // [B, H, D, Skp]
+    at::Tensor out = at::empty({s.batch, s.queries, s.channels}, q.options());
+    at::Tensor log_sum_exp = at::empty({s.batch * s.heads, s.queries}, q.options());
+    const int64_t blocks = (s.queries + kQueriesPerTask - 1) / kQueriesPerTask;
+    at::parallel_for(0, s.batch * s.heads * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(static_cast<size_t>(avx512::forward_scratch_floats(s.keys_padded)));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bh = task / blocks, first = (task % blocks) * kQueriesPerTask;
+        const int64_t rows = row_offset(s, bh, s.queries);
+        avx512::attention_forward(head_at(keys_t, values_t, s, bh), scaled_q.data_ptr<float>() + rows, s.channels,
+                                  first, std::min(first + kQueriesPerTask, s.queries), out.data_ptr<float>() + rows,
+                                  s.channels, log_sum_exp.data_ptr<float>() + bh * s.queries, scratch.data());
+      }
+    });
+    ctx->save_for_backward({scaled_q, keys_t, values_t, out, log_sum_exp});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["keys"] = s.keys;
+    return out;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &scaled_q = saved[0], &keys_t = saved[1], &values_t = saved[2], &out = saved[3],
+                     &log_sum_exp = saved[4];
+    const Shape s = make_shape(scaled_q.size(0), scaled_q.size(1), ctx->saved_data["keys"].toInt(),
+                               scaled_q.size(2), ctx->saved_data["heads"].toInt());
+    const at::Tensor dout = grads[0].contiguous();
+    at::Tensor dq = at::empty_like(scaled_q);
+    at::Tensor dkeys_t = at::zeros_like(keys_t), dvalues_t = at::zeros_like(values_t);
+    // One task per (sample, head): a head's key and value gradients sum over all its queries.
+    at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t rows = row_offset(s, bh, s.queries);
+        const int64_t offset = bh * s.head_dim * s.keys_padded;
+        avx512::attention_backward(head_at(keys_t, values_t, s, bh), scaled_q.data_ptr<float>() + rows,
+                                   out.data_ptr<float>() + rows, dout.data_ptr<float>() + rows,
+                                   log_sum_exp.data_ptr<float>() + bh * s.queries, s.channels, s.queries,
+                                   dq.data_ptr<float>() + rows, dkeys_t.data_ptr<float>() + offset,
+                                   dvalues_t.data_ptr<float>() + offset);
+      }
+    });
+    dq.mul_(s.scale);  // the kernels differentiate with respect to the scaled queries
+    return {dq, untransposed(dkeys_t, s), untransposed(dvalues_t, s), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, int64_t heads) {
+  static const bool cpu_has_kernels = avx512::available();
+  if (!cpu_has_kernels || !q.device().is_cpu() || q.scalar_type() != at::kFloat || k.scalar_type() != at::kFloat)
+    return false;
+  if (q.dim() != 3 || k.dim() != 3 || k.size(1) == 0 || heads <= 0 || q.size(2) % heads != 0) return false;
+  return avx512::supports_head_dim(q.size(2) / heads);
+}
+
+at::Tensor small_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
+  TORCH_CHECK(small_head_attention_applies(q, k, heads), "small_head_attention: inputs it does not serve");
+  // Named for profilers and for the FLOP count of bench/bench_dpo_step.cpp, which sees aten ops only.
+  RECORD_FUNCTION("dedpo::small_head_attention", std::vector<c10::IValue>({q, k}));
+  return SmallHeadAttention::apply(q, k, v, heads);
+}
+
+}  // namespace dedpo::sd

@@ -1,0 +1,222 @@
+// Compiled with -mavx512f on x86-64 (CMakeLists.txt); see small_head_attention_kernels.hpp for
+// why nothing here may include ATen or instantiate a standard-library template.
+#include "small_head_attention_kernels.hpp"
+
+#if defined(__x86_64__) && defined(__AVX512F__)
+
+#include <immintrin.h>
+
+#include <math.h>
+
+namespace dedpo::sd::avx512 {
+
+namespace {
+
+constexpr int kLanes = 16;
+// Queries per sweep over the keys at D = 8, the fastest measured (bench/bench_attention.cpp): the
+// forward keeps 2 × 8 output accumulators in registers, the backward 4 × 8 dq accumulators.
+constexpr int kForwardQueries = 2;
+constexpr int kBackwardQueries = 4;
+
+// exp(x) for x <= 0 (the scores minus their maximum or their log-sum-exp): x = n·ln2 + r with
+// |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error below 2e-7, float's own
+// rounding), 2^n applied exactly by scalef. Below float's range the result is 0, as expf gives; a
+// NaN stays NaN, so that a NaN score poisons its row as it does in ATen's kernels (and the
+// trainer's non-finite check sees it).
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lowest = _mm512_set1_ps(-87.33654f);
+  const __mmask16 in_range = _mm512_cmp_ps_mask(x, lowest, _CMP_GE_OQ);
+  const __mmask16 not_a_number = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __m512 nan_lanes = x;
+  x = _mm512_max_ps(x, lowest);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 split in two for exactness
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(in_range, _mm512_scalef_ps(p, n)), not_a_number, nan_lanes);
+}
+
+// The lanes of the 16-key chunk starting at j that hold real keys.
+inline __mmask16 key_mask(int64_t j, int64_t keys) {
+  const int64_t left = keys - j;
+  return left >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+// Q queries share each sweep over the keys (one load of a Kᵀ or Vᵀ chunk per Q queries);
+// scores: Q rows of keys_padded floats.
+template <int D, int Q>
+void forward_queries(const float* keys_t, const float* values_t, int64_t keys, int64_t padded, const float* q_rows,
+                     int64_t query_stride, int64_t count, float* out_rows, int64_t out_stride, float* log_sum_exp,
+                     float* scores) {
+  float q[Q][D];
+  for (int r = 0; r < Q; ++r) {
+    const int64_t row = r < count ? r : count - 1;  // a short last group repeats its last query
+    for (int c = 0; c < D; ++c) q[r][c] = q_rows[row * query_stride + c];
+  }
+  // Pass 1: the scores and their maxima; the padding lanes score -inf.
+  __m512 running_max[Q];
+  for (int r = 0; r < Q; ++r) running_max[r] = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const __mmask16 real = key_mask(j, keys);
+    __m512 k[D];
+    for (int c = 0; c < D; ++c) k[c] = _mm512_loadu_ps(keys_t + c * padded + j);
+    for (int r = 0; r < Q; ++r) {
+      __m512 s = _mm512_mul_ps(_mm512_set1_ps(q[r][0]), k[0]);
+      for (int c = 1; c < D; ++c) s = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c]), k[c], s);
+      s = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), real, s);
+      _mm512_storeu_ps(scores + r * padded + j, s);
+      running_max[r] = _mm512_max_ps(running_max[r], s);
+    }
+  }
+  // Pass 2: p = exp(s - max), its sum, and Σ_j p_j·V[j] per output channel.
+  __m512 shift[Q], sum[Q], acc[Q][D];
+  for (int r = 0; r < Q; ++r) {
+    shift[r] = _mm512_set1_ps(_mm512_reduce_max_ps(running_max[r]));
+    sum[r] = _mm512_setzero_ps();
+    for (int c = 0; c < D; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    __m512 p[Q];
+    for (int r = 0; r < Q; ++r) {
+      p[r] = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + r * padded + j), shift[r]));
+      sum[r] = _mm512_add_ps(sum[r], p[r]);
+    }
+    for (int c = 0; c < D; ++c) {
+      const __m512 v = _mm512_loadu_ps(values_t + c * padded + j);
+      for (int r = 0; r < Q; ++r) acc[r][c] = _mm512_fmadd_ps(p[r], v, acc[r][c]);
+    }
+  }
+  for (int r = 0; r < Q && r < count; ++r) {
+    const float total = _mm512_reduce_add_ps(sum[r]);
+    const float inverse = 1.0f / total;
+    for (int c = 0; c < D; ++c) out_rows[r * out_stride + c] = _mm512_reduce_add_ps(acc[r][c]) * inverse;
+    log_sum_exp[r] = _mm512_reduce_max_ps(shift[r]) + logf(total);
+  }
+}
+
+template <int D, int Q>
+void forward(const AttentionHead& head, const float* queries, int64_t query_stride, int64_t first, int64_t end,
+             float* out, int64_t out_stride, float* log_sum_exp, float* scores) {
+  for (int64_t i = first; i < end; i += Q) {
+    forward_queries<D, Q>(head.keys_t, head.values_t, head.keys, head.keys_padded, queries + i * query_stride,
+                          query_stride, end - i < Q ? end - i : Q, out + i * out_stride, out_stride, log_sum_exp + i,
+                          scores);
+  }
+}
+
+// With P = softmax(S) and dP = dO·Vᵀ: dS = P ⊙ (dP − rowsum(dO ⊙ O)), dq = dS·K, dK = dSᵀ·q,
+// dV = Pᵀ·dO, P recomputed from the saved log-sum-exp chunk by chunk. Q queries share each sweep
+// over the keys, so that a chunk of Kᵀ and Vᵀ is loaded, and one of dKᵀ and dVᵀ read and written,
+// once per Q queries instead of once per query; the Q·D dq accumulators stay in registers.
+template <int D, int Q>
+void backward_queries(const float* keys_t, const float* values_t, int64_t keys, int64_t padded, const float* q_rows,
+                      const float* o_rows, const float* do_rows, const float* log_sum_exp, int64_t query_stride,
+                      int64_t count, float* dq_rows, float* dkeys_t, float* dvalues_t) {
+  float q[Q][D], g[Q][D];
+  __m512 lse[Q], delta[Q], dq[Q][D];
+  for (int r = 0; r < Q; ++r) {
+    // Rows past `count` (the last group of an odd count) repeat the last query with a zero upstream
+    // gradient, which adds nothing to dK and dV.
+    const int64_t row = r < count ? r : count - 1;
+    float row_delta = 0.0f;
+    for (int c = 0; c < D; ++c) {
+      q[r][c] = q_rows[row * query_stride + c];
+      g[r][c] = r < count ? do_rows[row * query_stride + c] : 0.0f;
+      row_delta += g[r][c] * o_rows[row * query_stride + c];
+      dq[r][c] = _mm512_setzero_ps();
+    }
+    lse[r] = _mm512_set1_ps(log_sum_exp[row]);
+    delta[r] = _mm512_set1_ps(row_delta);
+  }
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const __mmask16 real = key_mask(j, keys);
+    __m512 k[D];
+    for (int c = 0; c < D; ++c) k[c] = _mm512_loadu_ps(keys_t + c * padded + j);
+    __m512 p[Q], dp[Q];
+    for (int r = 0; r < Q; ++r) {
+      __m512 s = _mm512_mul_ps(_mm512_set1_ps(q[r][0]), k[0]);
+      for (int c = 1; c < D; ++c) s = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c]), k[c], s);
+      p[r] = _mm512_maskz_mov_ps(real, exp_nonpositive(_mm512_sub_ps(s, lse[r])));
+      dp[r] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < D; ++c) {
+      const __m512 v = _mm512_loadu_ps(values_t + c * padded + j);
+      __m512 dv = _mm512_loadu_ps(dvalues_t + c * padded + j);
+      for (int r = 0; r < Q; ++r) {
+        const __m512 gc = _mm512_set1_ps(g[r][c]);
+        dv = _mm512_fmadd_ps(p[r], gc, dv);
+        dp[r] = _mm512_fmadd_ps(gc, v, dp[r]);
+      }
+      _mm512_storeu_ps(dvalues_t + c * padded + j, dv);
+    }
+    __m512 ds[Q];
+    for (int r = 0; r < Q; ++r) ds[r] = _mm512_mul_ps(p[r], _mm512_sub_ps(dp[r], delta[r]));
+    for (int c = 0; c < D; ++c) {
+      __m512 dk = _mm512_loadu_ps(dkeys_t + c * padded + j);
+      for (int r = 0; r < Q; ++r) {
+        dq[r][c] = _mm512_fmadd_ps(ds[r], k[c], dq[r][c]);
+        dk = _mm512_fmadd_ps(ds[r], _mm512_set1_ps(q[r][c]), dk);
+      }
+      _mm512_storeu_ps(dkeys_t + c * padded + j, dk);
+    }
+  }
+  for (int r = 0; r < Q && r < count; ++r) {
+    for (int c = 0; c < D; ++c) dq_rows[r * query_stride + c] = _mm512_reduce_add_ps(dq[r][c]);
+  }
+}
+
+template <int D, int Q>
+void backward(const AttentionHead& head, const float* queries, const float* out, const float* dout,
+              const float* log_sum_exp, int64_t query_stride, int64_t queries_count, float* dq, float* dkeys_t,
+              float* dvalues_t) {
+  for (int64_t i = 0; i < queries_count; i += Q) {
+    const int64_t offset = i * query_stride;
+    backward_queries<D, Q>(head.keys_t, head.values_t, head.keys, head.keys_padded, queries + offset, out + offset,
+                           dout + offset, log_sum_exp + i, query_stride, queries_count - i < Q ? queries_count - i : Q,
+                           dq + offset, dkeys_t, dvalues_t);
+  }
+}
+
+}  // namespace
+
+bool available() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+bool supports_head_dim(int64_t head_dim) { return head_dim == 8; }
+
+int64_t forward_scratch_floats(int64_t keys_padded) { return kForwardQueries * keys_padded; }
+
+void attention_forward(const AttentionHead& head, const float* queries, int64_t query_stride, int64_t first, int64_t end,
+                       float* out, int64_t out_stride, float* log_sum_exp, float* scratch) {
+  forward<8, kForwardQueries>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
+}
+
+void attention_backward(const AttentionHead& head, const float* queries, const float* out, const float* dout,
+                        const float* log_sum_exp, int64_t query_stride, int64_t queries_count, float* dq,
+                        float* dkeys_t, float* dvalues_t) {
+  backward<8, kBackwardQueries>(head, queries, out, dout, log_sum_exp, query_stride, queries_count, dq, dkeys_t, dvalues_t);
+}
+
+}  // namespace dedpo::sd::avx512
+
+#else  // no AVX-512 kernels in this build: the callers keep at::scaled_dot_product_attention
+
+namespace dedpo::sd::avx512 {
+bool available() { return false; }
+bool supports_head_dim(int64_t) { return false; }
+int64_t forward_scratch_floats(int64_t) { return 0; }
+void attention_forward(const AttentionHead&, const float*, int64_t, int64_t, int64_t, float*, int64_t, float*, float*) {}
+void attention_backward(const AttentionHead&, const float*, const float*, const float*, const float*, int64_t, int64_t,
+                        float*, float*, float*) {}
+}  // namespace dedpo::sd::avx512
+
+#endif

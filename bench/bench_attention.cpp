@@ -1,0 +1,119 @@
+// dedpo_bench_attention [--batch B] [--threads T] [--reps N]
+//
+// Times dedpo_sd's small-head attention kernels (dedpo/sd/small_head_attention.hpp) against
+// at::scaled_dot_product_attention, the kernel diffusers reaches through
+// F.scaled_dot_product_attention on the same torch, on the attention calls of unet_sd15_small at
+// 32×32 latents (../shared/bench) that the kernels serve, those of its highest resolution:
+// self-attention over 1024 pixels and cross-attention over 77 text tokens, 8 heads of 8 channels.
+// Forward under inference mode (the frozen reference) and forward + backward (the trainable UNet),
+// the two implementations alternating rep by rep; prints the median ms and GFLOP/s (4·B·Sq·Sk·C
+// per forward, twice that for the backward).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dedpo/sd/blocks.hpp"
+#include "dedpo/sd/small_head_attention.hpp"
+
+namespace {
+
+struct Shape {
+  const char* what;
+  int64_t queries, keys, channels, heads;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double time_ms(const std::function<void()>& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// at::scaled_dot_product_attention on [B, S, C] inputs, as multi_head_attention calls it.
+at::Tensor aten_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
+  auto split = [heads](const at::Tensor& x) {
+    return x.reshape({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);  // [B, H, S, D]
+  };
+  return dedpo::sd::scaled_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(q.sizes());
+}
+
+int parse_int(const char* flag, const char* value) {
+  char* end = nullptr;
+  const long n = std::strtol(value, &end, 10);
+  if (end == value || *end != '\0' || n <= 0) {
+    std::fprintf(stderr, "dedpo_bench_attention: %s expects a positive integer, got '%s'\n", flag, value);
+    std::exit(2);
+  }
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int batch = 2, threads = 2, reps = 20;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc || (flag != "--batch" && flag != "--threads" && flag != "--reps")) {
+      std::fprintf(stderr, "usage: dedpo_bench_attention [--batch B] [--threads T] [--reps N]\n");
+      return 2;
+    }
+    const int value = parse_int(argv[i], argv[i + 1]);
+    ++i;
+    (flag == "--batch" ? batch : flag == "--threads" ? threads : reps) = value;
+  }
+  at::set_num_threads(threads);
+  const std::vector<Shape> shapes = {{"self, 32×32", 1024, 1024, 64, 8}, {"cross, 32×32", 1024, 77, 64, 8}};
+  if (!dedpo::sd::small_head_attention_applies(at::zeros({1, 1, 64}), at::zeros({1, 1, 64}), 8)) {
+    std::fprintf(stderr, "dedpo_bench_attention: this CPU has no AVX-512F, so the small-head kernels never run here\n");
+    return 1;
+  }
+  std::printf("batch %d, %d threads, median of %d alternating reps, float32\n\n", batch, threads, reps);
+  std::printf("| call | B×Sq×Sk, H×D | pass | aten ms | small-head ms | ratio | aten GFLOP/s | small-head GFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    at::manual_seed(0);
+    const at::Tensor q = at::randn({batch, s.queries, s.channels}).requires_grad_();
+    const at::Tensor k = at::randn({batch, s.keys, s.channels}).requires_grad_();
+    const at::Tensor v = at::randn({batch, s.keys, s.channels}).requires_grad_();
+    const at::Tensor upstream = at::randn({batch, s.queries, s.channels});
+    const double forward_flops = 4.0 * batch * s.queries * static_cast<double>(s.keys) * s.channels;
+    using Attention = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+    const Attention implementations[2] = {&aten_attention, &dedpo::sd::small_head_attention};
+    for (const bool backward : {false, true}) {
+      std::vector<double> ms[2];
+      for (int rep = -2; rep < reps; ++rep) {  // two warm-up reps
+        for (int impl = 0; impl < 2; ++impl) {
+          const double t = time_ms([&] {
+            if (backward) {
+              (implementations[impl](q, k, v, s.heads) * upstream).sum().backward();
+            } else {
+              c10::InferenceMode inference;
+              implementations[impl](q, k, v, s.heads);
+            }
+          });
+          if (rep >= 0) ms[impl].push_back(t);
+        }
+      }
+      const double flops = backward ? 3.0 * forward_flops : forward_flops;
+      const double aten = median(ms[0]), small = median(ms[1]);
+      std::printf("| %s | %d×%lld×%lld, %lld×%lld | %s | %.2f | %.2f | %.2f | %.0f | %.0f |\n", s.what, batch,
+                  static_cast<long long>(s.queries), static_cast<long long>(s.keys), static_cast<long long>(s.heads),
+                  static_cast<long long>(s.channels / s.heads), backward ? "fwd+bwd" : "fwd", aten, small,
+                  small / aten, flops / (aten * 1e6), flops / (small * 1e6));
+    }
+  }
+  return 0;
+}

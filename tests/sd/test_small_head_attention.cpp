@@ -1,0 +1,125 @@
+// The AVX-512 small-head attention against the definition softmax(q·kᵀ/√D)·v evaluated in double,
+// forward and backward, on shapes that exercise the 16-key tail, cross-attention lengths, one key,
+// and scores large enough that the softmax depends on subtracting the maximum.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <string>
+
+#include "dedpo/sd/blocks.hpp"
+#include "dedpo/sd/small_head_attention.hpp"
+
+namespace {
+
+using namespace dedpo::sd;
+
+struct Case {
+  int64_t batch, queries, keys, heads, head_dim;
+  double magnitude;  // standard deviation of q and k: 4 gives scores in the tens
+};
+
+// [B, S, C] -> [B, H, S, D]
+at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+  return x.reshape({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
+}
+
+at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2) / heads));
+  const at::Tensor p = at::softmax(at::matmul(split_heads(q, heads), split_heads(k, heads).transpose(-1, -2)) * scale, -1);
+  return at::matmul(p, split_heads(v, heads)).transpose(1, 2).reshape(q.sizes());
+}
+
+void expect_close(const char* what, const at::Tensor& got, const at::Tensor& want) {
+  const double tolerance = 2e-5 * std::max(1.0, want.abs().max().item<double>());
+  const double error = (got.to(at::kDouble) - want).abs().max().item<double>();
+  EXPECT_LE(error, tolerance) << what << ": largest difference " << error;
+}
+
+class SmallHeadAttentionParity : public testing::TestWithParam<Case> {};
+
+TEST_P(SmallHeadAttentionParity, ForwardAndGradientsEqualTheDefinitionInDouble) {
+  const Case c = GetParam();
+  if (!small_head_attention_applies(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), 1))
+    GTEST_SKIP() << "this CPU has no AVX-512F: multi_head_attention keeps at::scaled_dot_product_attention";
+  at::manual_seed(static_cast<uint64_t>(c.queries * 131 + c.keys));
+  const int64_t channels = c.heads * c.head_dim;
+  const at::Tensor q = (at::randn({c.batch, c.queries, channels}) * c.magnitude).requires_grad_();
+  const at::Tensor k = (at::randn({c.batch, c.keys, channels}) * c.magnitude).requires_grad_();
+  const at::Tensor v = at::randn({c.batch, c.keys, channels}).requires_grad_();
+  const at::Tensor upstream = at::randn({c.batch, c.queries, channels});
+  ASSERT_TRUE(small_head_attention_applies(q, k, c.heads));
+
+  const at::Tensor out = small_head_attention(q, k, v, c.heads);
+  (out * upstream).sum().backward();
+
+  const at::Tensor qd = q.detach().to(at::kDouble).requires_grad_(), kd = k.detach().to(at::kDouble).requires_grad_(),
+                   vd = v.detach().to(at::kDouble).requires_grad_();
+  const at::Tensor want = reference_attention(qd, kd, vd, c.heads);
+  (want * upstream.to(at::kDouble)).sum().backward();
+
+  expect_close("output", out, want.detach());
+  expect_close("dq", q.grad(), qd.grad());
+  expect_close("dk", k.grad(), kd.grad());
+  expect_close("dv", v.grad(), vd.grad());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,
+                         testing::Values(Case{2, 64, 64, 8, 8, 1.0},    // self-attention, keys a multiple of 16
+                                         Case{2, 37, 77, 2, 8, 1.0},    // cross-attention on 77 text tokens
+                                         Case{3, 100, 17, 3, 8, 1.0},   // a one-key tail chunk
+                                         Case{1, 5, 1, 1, 8, 1.0},      // a single key, fewer queries than a sweep takes
+                                         Case{2, 70, 300, 4, 8, 4.0},   // peaked softmax, scores in the tens
+                                         Case{1, 129, 45, 2, 8, 4.0}));  // a last sweep of 1 query
+
+TEST(SmallHeadAttention, InferenceModeGivesTheSameOutputWithoutAGraph) {
+  if (!small_head_attention_applies(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), 1)) GTEST_SKIP() << "no AVX-512F";
+  at::manual_seed(3);
+  const at::Tensor q = at::randn({2, 40, 32}), k = at::randn({2, 50, 32}), v = at::randn({2, 50, 32});
+  const at::Tensor with_grad_mode = small_head_attention(q, k, v, 4);
+  c10::InferenceMode inference;
+  const at::Tensor inferred = small_head_attention(q, k, v, 4);
+  EXPECT_TRUE(at::equal(inferred, with_grad_mode));
+  EXPECT_FALSE(inferred.requires_grad());
+}
+
+TEST(SmallHeadAttention, ANanKeyMakesItsHeadNanAsInScaledDotProductAttention) {
+  if (!small_head_attention_applies(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), 1)) GTEST_SKIP() << "no AVX-512F";
+  at::manual_seed(4);
+  const at::Tensor q = at::randn({1, 20, 16}), k = at::randn({1, 40, 16}), v = at::randn({1, 40, 16});
+  k[0][33][3] = std::nan("");  // head 0 (channels 0..7) of key 33
+  const at::Tensor out = small_head_attention(q, k, v, 2);
+  EXPECT_TRUE(out.narrow(2, 0, 8).isnan().all().item<bool>());
+  EXPECT_TRUE(out.narrow(2, 8, 8).isfinite().all().item<bool>());
+  const at::Tensor sdpa = scaled_attention(split_heads(q, 2), split_heads(k, 2), split_heads(v, 2));
+  EXPECT_TRUE(sdpa.select(1, 0).isnan().all().item<bool>());
+}
+
+TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8OnAvx512) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
+  }
+  ASSERT_FALSE(line.empty()) << "no flags line in /proc/cpuinfo";
+  const bool avx512f = (line + " ").find(" avx512f ") != std::string::npos;
+  const at::Tensor q = at::zeros({1, 4, 64});
+  EXPECT_EQ(small_head_attention_applies(q, q, 8), avx512f) << "D = 8";
+  EXPECT_FALSE(small_head_attention_applies(q, q, 4)) << "D = 16";
+  EXPECT_FALSE(small_head_attention_applies(q, q, 2)) << "D = 32";
+  EXPECT_FALSE(small_head_attention_applies(q, q, 5)) << "64 channels do not split into 5 heads";
+  EXPECT_FALSE(small_head_attention_applies(q.to(at::kBFloat16), q.to(at::kBFloat16), 8)) << "bf16";
+  EXPECT_FALSE(small_head_attention_applies(q, at::zeros({1, 0, 64}), 8)) << "no keys";
+}
+
+TEST(SmallHeadAttention, MultiHeadAttentionAgreesWithScaledDotProductAttention) {
+  at::manual_seed(5);
+  const at::Tensor q = at::randn({2, 33, 64}), k = at::randn({2, 77, 64}), v = at::randn({2, 77, 64});
+  const at::Tensor via_sdpa = scaled_attention(split_heads(q, 8), split_heads(k, 8), split_heads(v, 8))
+                                  .transpose(1, 2)
+                                  .reshape({2, 33, 64});
+  EXPECT_TRUE(at::allclose(multi_head_attention(q, k, v, 8), via_sdpa, 1e-5, 1e-5));
+}
+
+}  // namespace
