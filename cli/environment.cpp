@@ -52,7 +52,14 @@ void print_environment(std::ostream& out) {
   out << "CPU: " << std::thread::hardware_concurrency() << " hardware threads, LibTorch uses "
       << at::get_num_threads() << "; AVX-512 " << yes_no(cpu.avx512) << ", AVX-512 BF16 "
       << yes_no(cpu.avx512_bf16) << ", AMX BF16 " << yes_no(cpu.amx_bf16) << "\n";
-  out << "bf16 on the CPU: " << dedpo::compute_path(c10::Device(c10::kCPU), true, cpu).description << "\n";
+  const dedpo::ComputePath cpu_bf16 = dedpo::compute_path(c10::Device(c10::kCPU), true, cpu);
+  out << "bf16 on the CPU: " << cpu_bf16.description << "\n";
+  if (cpu.avx512_bf16 || cpu.amx_bf16) {
+    const dedpo::CpuMatmulRates& rates = dedpo::cpu_matmul_rates();
+    out << "CPU matmul rate (512^3): fp32 " << static_cast<long>(rates.fp32_gflops) << " GFLOP/s, bf16 "
+        << static_cast<long>(rates.bf16_gflops) << " GFLOP/s\n";
+  }
+  if (!cpu_bf16.warning.empty()) out << "warning: " << cpu_bf16.warning << "\n";
   out << "allocator: " << dedpo::describe(dedpo::current_allocator_policy()) << "\n";
 }
 

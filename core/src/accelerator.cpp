@@ -1,6 +1,8 @@
 #include "dedpo/host/accelerator.hpp"
 
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -8,8 +10,13 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
+
+#include <fmt/format.h>
 
 namespace dedpo {
 
@@ -58,17 +65,48 @@ CpuFeatures cpu_features() {
   return {flag("avx512_f"), flag("avx512_bf16"), flag("amx_bf16")};  // LibTorch's keys, not /proc/cpuinfo's
 }
 
-ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu) {
+namespace {
+
+double matmul_gflops(at::ScalarType dtype) {
+  constexpr int64_t n = 512;
+  const at::Tensor a = at::randn({n, n}).to(dtype), b = at::randn({n, n}).to(dtype);
+  std::vector<double> seconds;
+  for (int rep = 0; rep < 7; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    at::mm(a, b);
+    if (rep >= 2) seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::nth_element(seconds.begin(), seconds.begin() + 2, seconds.end());
+  return 2.0 * n * n * n / (seconds[2] * 1e9);
+}
+
+}  // namespace
+
+const CpuMatmulRates& cpu_matmul_rates() {
+  static const CpuMatmulRates rates = [] {
+    at::NoGradGuard no_grad;
+    return CpuMatmulRates{matmul_gflops(at::kFloat), matmul_gflops(at::kBFloat16)};
+  }();
+  return rates;
+}
+
+ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu,
+                         const std::optional<CpuMatmulRates>& rates) {
   if (!bf16) return {"fp32"};
   if (!device.is_cpu()) return {"bf16 autocast on " + device.str()};
-  if (cpu.amx_bf16) return {"bf16 autocast, AMX BF16"};
-  if (cpu.avx512_bf16) {
-    return {"bf16 autocast, AVX-512 BF16 without AMX",
-            "precision = \"bf16\" runs on AVX-512 BF16 without AMX on this CPU, where bf16 matmuls and "
-            "convolutions reach about half the fp32 rate; precision = \"fp32\" runs faster here"};
+  if (!cpu.amx_bf16 && !cpu.avx512_bf16) {
+    return {"bf16 autocast, emulated (this CPU has neither AVX-512 BF16 nor AMX)",
+            "precision = \"bf16\" is emulated on this CPU; precision = \"fp32\" runs faster here"};
   }
-  return {"bf16 autocast, emulated (this CPU has neither AVX-512 BF16 nor AMX)",
-          "precision = \"bf16\" is emulated on this CPU; precision = \"fp32\" runs faster here"};
+  ComputePath path{cpu.amx_bf16 ? "bf16 autocast, AMX BF16" : "bf16 autocast, AVX-512 BF16 without AMX"};
+  const CpuMatmulRates measured = rates ? *rates : cpu_matmul_rates();
+  if (measured.bf16_gflops < measured.fp32_gflops) {
+    path.warning = fmt::format(
+        "precision = \"bf16\" is slower than fp32 on this CPU: a bf16 matmul reaches {:.0f} GFLOP/s against "
+        "{:.0f} in fp32 (measured at start-up); precision = \"fp32\" runs faster here",
+        measured.bf16_gflops, measured.fp32_gflops);
+  }
+  return path;
 }
 
 MemoryPeaks memory_peaks(c10::Device device) {

@@ -34,21 +34,38 @@ TEST(Accelerator, TheHostHasNoAllocatorPeak) {
   dedpo::reset_peak_device_memory(c10::Device(c10::kCPU));  // nothing to reset, nothing fails
 }
 
-// bf16 on a CPU is faster than fp32 only with AMX: the run warns on AVX-512 BF16 alone (half the
-// fp32 matmul rate) and where it is emulated, never for fp32, AMX or a GPU.
-TEST(Accelerator, Bf16WarnsWithoutAmx) {
+// bf16 on a CPU warns where it is slower than fp32: emulated, or with a measured bf16 matmul rate
+// below the fp32 rate, whatever the instruction set; never for fp32 or a GPU.
+TEST(Accelerator, Bf16WarnsWhereItIsSlowerThanFp32) {
   const c10::Device cpu(c10::kCPU);
+  const dedpo::CpuMatmulRates bf16_faster{.fp32_gflops = 230, .bf16_gflops = 950};
+  const dedpo::CpuMatmulRates bf16_slower{.fp32_gflops = 263, .bf16_gflops = 143};
   EXPECT_EQ(dedpo::compute_path(cpu, false, {}).description, "fp32");
   EXPECT_EQ(dedpo::compute_path(cpu, false, {}).warning, "");
-  const dedpo::ComputePath emulated = dedpo::compute_path(cpu, true, {.avx512 = true});
+  const dedpo::ComputePath emulated = dedpo::compute_path(cpu, true, {.avx512 = true}, bf16_faster);
   EXPECT_NE(emulated.warning.find("is emulated on this CPU"), std::string::npos) << emulated.warning;
-  const dedpo::ComputePath avx512_bf16 = dedpo::compute_path(cpu, true, {.avx512 = true, .avx512_bf16 = true});
-  EXPECT_EQ(avx512_bf16.description, "bf16 autocast, AVX-512 BF16 without AMX");
-  EXPECT_NE(avx512_bf16.warning.find("half the fp32 rate"), std::string::npos) << avx512_bf16.warning;
-  const dedpo::ComputePath amx = dedpo::compute_path(cpu, true, {.avx512 = true, .avx512_bf16 = true, .amx_bf16 = true});
-  EXPECT_EQ(amx.description, "bf16 autocast, AMX BF16");
-  EXPECT_EQ(amx.warning, "");
+  const dedpo::CpuFeatures avx512_bf16{.avx512 = true, .avx512_bf16 = true};
+  const dedpo::ComputePath slower = dedpo::compute_path(cpu, true, avx512_bf16, bf16_slower);
+  EXPECT_EQ(slower.description, "bf16 autocast, AVX-512 BF16 without AMX");
+  EXPECT_NE(slower.warning.find("slower than fp32 on this CPU: a bf16 matmul reaches 143 GFLOP/s against 263"),
+            std::string::npos)
+      << slower.warning;
+  const dedpo::ComputePath faster = dedpo::compute_path(cpu, true, avx512_bf16, bf16_faster);
+  EXPECT_EQ(faster.description, "bf16 autocast, AVX-512 BF16 without AMX");
+  EXPECT_EQ(faster.warning, "");
+  const dedpo::CpuFeatures amx{.avx512 = true, .avx512_bf16 = true, .amx_bf16 = true};
+  EXPECT_EQ(dedpo::compute_path(cpu, true, amx, bf16_faster).description, "bf16 autocast, AMX BF16");
+  EXPECT_EQ(dedpo::compute_path(cpu, true, amx, bf16_faster).warning, "");
+  EXPECT_NE(dedpo::compute_path(cpu, true, amx, bf16_slower).warning, "");
   EXPECT_EQ(dedpo::compute_path(c10::Device(c10::kCUDA, 0), true, {}).warning, "");
+}
+
+// The rates come from one measurement per process, so the log and results.json agree.
+TEST(Accelerator, TheCpuMatmulRatesAreMeasuredOnce) {
+  const dedpo::CpuMatmulRates& rates = dedpo::cpu_matmul_rates();
+  EXPECT_GT(rates.fp32_gflops, 0.1);
+  EXPECT_GT(rates.bf16_gflops, 0.01);
+  EXPECT_EQ(&dedpo::cpu_matmul_rates(), &rates);
 }
 
 TEST(Accelerator, TheCpuFeaturesAreLibTorchsCapabilities) {

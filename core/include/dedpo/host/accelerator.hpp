@@ -47,15 +47,27 @@ struct CpuFeatures {
 };
 CpuFeatures cpu_features();
 
+// The CPU's matmul rates in fp32 and bf16 on LibTorch's current threads, GFLOP/s: a 512³ matmul,
+// median of 5 after 2 warm-ups, measured once per process (about 10 ms) at the first call. The
+// instruction set does not tell whether bf16 pays off: with AVX-512 BF16 and no AMX, bf16 matmuls
+// reached half the fp32 rate on a Xeon and four times it on an AMD EPYC (Zen 5) of this project's
+// machines (docs/performance.md).
+struct CpuMatmulRates {
+  double fp32_gflops = 0;
+  double bf16_gflops = 0;
+};
+const CpuMatmulRates& cpu_matmul_rates();
+
 // Which path a run's compute takes on `device` with bf16 autocast on or off, said in the run log
-// and results.json ("compute"). On a CPU bf16 pays off only with AMX: with AVX-512 BF16 alone,
-// oneDNN's bf16 matmuls and convolutions reach about half the fp32 rate (measured:
-// docs/performance.md), and with neither every op is emulated in float32. There `warning` says
-// so and the run goes on (the numerics are those of bf16 on any machine).
+// and results.json ("compute"). On a CPU `warning` says when bf16 runs slower than fp32 would:
+// where it is emulated (neither AVX-512 BF16 nor AMX), or where the measured bf16 matmul rate is
+// below the fp32 rate (`rates`, by default cpu_matmul_rates()). The run goes on either way (the
+// numerics are those of bf16 on any machine).
 struct ComputePath {
   std::string description;
   std::string warning;  // empty: nothing to warn about
 };
-ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu = cpu_features());
+ComputePath compute_path(c10::Device device, bool bf16, const CpuFeatures& cpu = cpu_features(),
+                         const std::optional<CpuMatmulRates>& rates = std::nullopt);
 
 }  // namespace dedpo
