@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   }
   at::set_num_threads(threads);
   const std::vector<Shape> shapes = {{"self, 32×32", 1024, 1024, 64, 8}, {"cross, 32×32", 1024, 77, 64, 8}};
-  if (!dedpo::sd::small_head_attention_applies(at::zeros({1, 1, 64}), at::zeros({1, 1, 64}), 8)) {
+  if (const at::Tensor x = at::zeros({1, 1, 64}); !dedpo::sd::small_head_attention_applies(x, x, x, 8)) {
     std::fprintf(stderr, "dedpo_bench_attention: this CPU has no AVX-512F, so the small-head kernels never run here\n");
     return 1;
   }

@@ -32,6 +32,13 @@ at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k, const a
   return at::matmul(p, split_heads(v, heads)).transpose(1, 2).reshape(q.sizes());
 }
 
+// Whether this CPU runs the kernels at all (AVX-512F): where not, multi_head_attention keeps
+// at::scaled_dot_product_attention and the kernel tests skip.
+bool kernels_run_here() {
+  const at::Tensor x = at::zeros({1, 1, 8});
+  return small_head_attention_applies(x, x, x, 1);
+}
+
 void expect_close(const char* what, const at::Tensor& got, const at::Tensor& want) {
   const double tolerance = 2e-5 * std::max(1.0, want.abs().max().item<double>());
   const double error = (got.to(at::kDouble) - want).abs().max().item<double>();
@@ -42,15 +49,14 @@ class SmallHeadAttentionParity : public testing::TestWithParam<Case> {};
 
 TEST_P(SmallHeadAttentionParity, ForwardAndGradientsEqualTheDefinitionInDouble) {
   const Case c = GetParam();
-  if (!small_head_attention_applies(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), 1))
-    GTEST_SKIP() << "this CPU has no AVX-512F: multi_head_attention keeps at::scaled_dot_product_attention";
+  if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
   at::manual_seed(static_cast<uint64_t>(c.queries * 131 + c.keys));
   const int64_t channels = c.heads * c.head_dim;
   const at::Tensor q = (at::randn({c.batch, c.queries, channels}) * c.magnitude).requires_grad_();
   const at::Tensor k = (at::randn({c.batch, c.keys, channels}) * c.magnitude).requires_grad_();
   const at::Tensor v = at::randn({c.batch, c.keys, channels}).requires_grad_();
   const at::Tensor upstream = at::randn({c.batch, c.queries, channels});
-  ASSERT_TRUE(small_head_attention_applies(q, k, c.heads));
+  ASSERT_TRUE(small_head_attention_applies(q, k, v, c.heads));
 
   const at::Tensor out = small_head_attention(q, k, v, c.heads);
   (out * upstream).sum().backward();
@@ -75,7 +81,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,
                                          Case{1, 129, 45, 2, 8, 4.0}));  // a last sweep of 1 query
 
 TEST(SmallHeadAttention, InferenceModeGivesTheSameOutputWithoutAGraph) {
-  if (!small_head_attention_applies(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), 1)) GTEST_SKIP() << "no AVX-512F";
+  if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
   at::manual_seed(3);
   const at::Tensor q = at::randn({2, 40, 32}), k = at::randn({2, 50, 32}), v = at::randn({2, 50, 32});
   const at::Tensor with_grad_mode = small_head_attention(q, k, v, 4);
@@ -86,7 +92,7 @@ TEST(SmallHeadAttention, InferenceModeGivesTheSameOutputWithoutAGraph) {
 }
 
 TEST(SmallHeadAttention, ANanKeyMakesItsHeadNanAsInScaledDotProductAttention) {
-  if (!small_head_attention_applies(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), 1)) GTEST_SKIP() << "no AVX-512F";
+  if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
   at::manual_seed(4);
   const at::Tensor q = at::randn({1, 20, 16}), k = at::randn({1, 40, 16}), v = at::randn({1, 40, 16});
   k[0][33][3] = std::nan("");  // head 0 (channels 0..7) of key 33
@@ -105,12 +111,35 @@ TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8OnAvx512) {
   ASSERT_FALSE(line.empty()) << "no flags line in /proc/cpuinfo";
   const bool avx512f = (line + " ").find(" avx512f ") != std::string::npos;
   const at::Tensor q = at::zeros({1, 4, 64});
-  EXPECT_EQ(small_head_attention_applies(q, q, 8), avx512f) << "D = 8";
-  EXPECT_FALSE(small_head_attention_applies(q, q, 4)) << "D = 16";
-  EXPECT_FALSE(small_head_attention_applies(q, q, 2)) << "D = 32";
-  EXPECT_FALSE(small_head_attention_applies(q, q, 5)) << "64 channels do not split into 5 heads";
-  EXPECT_FALSE(small_head_attention_applies(q.to(at::kBFloat16), q.to(at::kBFloat16), 8)) << "bf16";
-  EXPECT_FALSE(small_head_attention_applies(q, at::zeros({1, 0, 64}), 8)) << "no keys";
+  EXPECT_EQ(small_head_attention_applies(q, q, q, 8), avx512f) << "D = 8";
+  const at::Tensor bf16 = q.to(at::kBFloat16);
+  EXPECT_EQ(small_head_attention_applies(bf16, bf16, bf16, 8), avx512f) << "bf16";
+  EXPECT_FALSE(small_head_attention_applies(q, q, q, 4)) << "D = 16";
+  EXPECT_FALSE(small_head_attention_applies(q, q, q, 2)) << "D = 32";
+  EXPECT_FALSE(small_head_attention_applies(q, q, q, 5)) << "64 channels do not split into 5 heads";
+  EXPECT_FALSE(small_head_attention_applies(q, q, bf16, 8)) << "mixed dtypes";
+  EXPECT_FALSE(small_head_attention_applies(q.to(at::kDouble), q.to(at::kDouble), q.to(at::kDouble), 8)) << "double";
+  const at::Tensor no_keys = at::zeros({1, 0, 64});
+  EXPECT_FALSE(small_head_attention_applies(q, no_keys, no_keys, 8)) << "no keys";
+}
+
+// Under bf16 autocast the projections hand over bfloat16: computed in float32, returned and
+// differentiated in bfloat16.
+TEST(SmallHeadAttention, Bfloat16InputsAreComputedInFloat32) {
+  if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  at::manual_seed(6);
+  const at::Tensor q = at::randn({2, 50, 32}).to(at::kBFloat16).requires_grad_();
+  const at::Tensor k = at::randn({2, 77, 32}).to(at::kBFloat16).requires_grad_();
+  const at::Tensor v = at::randn({2, 77, 32}).to(at::kBFloat16).requires_grad_();
+  const at::Tensor out = small_head_attention(q, k, v, 4);
+  EXPECT_EQ(out.scalar_type(), at::kBFloat16);
+  out.sum().backward();
+  EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(k.grad().scalar_type(), at::kBFloat16);
+  const at::Tensor want = reference_attention(q.detach().to(at::kDouble), k.detach().to(at::kDouble),
+                                              v.detach().to(at::kDouble), 4);
+  // The float32 result rounded once to bfloat16: within bfloat16's half-ulp (2^-9 relative).
+  EXPECT_LE((out.detach().to(at::kDouble) - want).abs().max().item<double>(), 4e-3 * want.abs().max().item<double>());
 }
 
 TEST(SmallHeadAttention, MultiHeadAttentionAgreesWithScaledDotProductAttention) {

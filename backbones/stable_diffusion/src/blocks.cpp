@@ -42,7 +42,7 @@ at::Tensor scaled_attention(const at::Tensor& q, const at::Tensor& k, const at::
 }
 
 at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  if (small_head_attention_applies(q, k, heads)) return small_head_attention(q, k, v, heads);
+  if (small_head_attention_applies(q, k, v, heads)) return small_head_attention(q, k, v, heads);
   const int64_t b = q.size(0), sq = q.size(1), sk = k.size(1), c = q.size(2), d = c / heads;
   const at::Tensor qh = q.reshape({b, sq, heads, d}).transpose(1, 2);  // [B, H, Sq, D]
   const at::Tensor kh = k.reshape({b, sk, heads, d}).transpose(1, 2);  // [B, H, Sk, D]

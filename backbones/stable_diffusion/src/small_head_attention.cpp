@@ -108,19 +108,23 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
 
 }  // namespace
 
-bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, int64_t heads) {
+bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
   static const bool cpu_has_kernels = avx512::available();
-  if (!cpu_has_kernels || !q.device().is_cpu() || q.scalar_type() != at::kFloat || k.scalar_type() != at::kFloat)
+  if (!cpu_has_kernels || !q.device().is_cpu()) return false;
+  const at::ScalarType dtype = q.scalar_type();
+  if ((dtype != at::kFloat && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype) return false;
+  if (q.dim() != 3 || k.dim() != 3 || v.sizes() != k.sizes() || k.size(1) == 0 || heads <= 0 || q.size(2) % heads != 0)
     return false;
-  if (q.dim() != 3 || k.dim() != 3 || k.size(1) == 0 || heads <= 0 || q.size(2) % heads != 0) return false;
   return avx512::supports_head_dim(q.size(2) / heads);
 }
 
 at::Tensor small_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  TORCH_CHECK(small_head_attention_applies(q, k, heads), "small_head_attention: inputs it does not serve");
+  TORCH_CHECK(small_head_attention_applies(q, k, v, heads), "small_head_attention: inputs it does not serve");
   // Named for profilers and for the FLOP count of bench/bench_dpo_step.cpp, which sees aten ops only.
   RECORD_FUNCTION("dedpo::small_head_attention", std::vector<c10::IValue>({q, k}));
-  return SmallHeadAttention::apply(q, k, v, heads);
+  if (q.scalar_type() == at::kFloat) return SmallHeadAttention::apply(q, k, v, heads);
+  // bf16 (autocast): computed in float32, the copies into the kernels' layout doing the casts.
+  return SmallHeadAttention::apply(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), heads).to(q.scalar_type());
 }
 
 }  // namespace dedpo::sd

@@ -12,12 +12,13 @@
 
 namespace dedpo::sd {
 
-// Whether small_head_attention serves these inputs: float32 CPU tensors of at least one key, a head
-// dimension C / heads of 8, and a CPU and build with AVX-512F.
-bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, int64_t heads);
+// Whether small_head_attention serves these inputs: float32 or bfloat16 CPU tensors (all three of
+// one dtype) of at least one key, a head dimension C / heads of 8, and a CPU and build with AVX-512F.
+bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
 
-// q: [B, Sq, C], k / v: [B, Sk, C], `heads` heads of D = C / heads -> [B, Sq, C]; differentiable
-// with respect to q, k and v. Requires small_head_attention_applies.
+// q: [B, Sq, C], k / v: [B, Sk, C], `heads` heads of D = C / heads -> [B, Sq, C] in q's dtype;
+// differentiable with respect to q, k and v. bfloat16 inputs (bf16 autocast) are computed in
+// float32. Requires small_head_attention_applies.
 at::Tensor small_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
 
 }  // namespace dedpo::sd
