@@ -16,9 +16,10 @@
 // work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step (wall clock
 // and CPU time of all threads), minor page faults per step, the peak
 // memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
-// (counted per aten op: convolution, mm/addmm = linear, bmm and fused attention = attention; a step
+// (counted per op: convolution, mm/addmm and oneDNN's linear = linear, bmm and fused attention = attention; a step
 // is 3 forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
-// device's matmul rate in the compute dtype, measured before the models exist. --json prints one
+// device's matmul rate in the compute dtype (the faster of at::mm and, in float32 on a CPU, oneDNN's
+// matmul), measured before the models exist. --json prints one
 // JSON line instead, for bench/dpo_step_side_by_side.py. --lora-rank R > 0 trains LoRA adapters of
 // rank R (dedpo_sd's, beside the frozen weights) on the attention projections instead of the UNet;
 // the reference is then the same UNet without them.
@@ -52,6 +53,7 @@
 #include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/optimizer.hpp"
 #include "dedpo/sd/lora.hpp"
+#include "dedpo/sd/onednn_linear.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
 
@@ -90,6 +92,10 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
   } else if (name == "aten::addmm") {
     const auto a = sizes(1), b = sizes(2);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
+  } else if (name == "mkldnn::_linear_pointwise") {
+    // dedpo_sd's onednn_linear (AMD CPUs): x [N, in] · W [out, in]ᵀ
+    const auto a = sizes(0), w = sizes(1);
+    g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(w[0]);
   } else if (name == "aten::bmm") {
     const auto a = sizes(0), b = sizes(1);
     g_count->attention += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
@@ -169,22 +175,39 @@ void reset_peak_memory(const at::Device& device) {
   std::ofstream("/proc/self/clear_refs") << "5";
 }
 
-// Median rate over 10 runs of a square matmul in the compute dtype, GFLOP/s.
-double matmul_peak_gflops(const at::Device& device, at::ScalarType dtype) {
+// Median rate over 10 runs of a square matmul in the compute dtype, GFLOP/s: at::mm, and on a CPU
+// in float32 also oneDNN's matmul (dedpo_sd's onednn_linear, what the UNets' linear layers run on
+// AMD CPUs, where ATen's MKL path reaches about half of it). The peak is the faster of the two.
+struct MatmulPeak {
+  double gflops = 0;
+  double aten_mm_gflops = 0;
+  double onednn_gflops = 0;  // 0: not measured
+};
+
+MatmulPeak matmul_peak_gflops(const at::Device& device, at::ScalarType dtype) {
   const int64_t size = device.is_cpu() ? 2048 : 8192;
   const auto options = at::TensorOptions().device(device).dtype(dtype);
   const at::Tensor a = at::randn({size, size}, options), b = at::randn({size, size}, options);
-  at::mm(a, b);
-  synchronize(device);
-  std::vector<double> ms;
-  for (int i = 0; i < 10; ++i) {
-    const double t0 = now_ms();
-    at::Tensor c = at::mm(a, b);
-    synchronize(device);
-    ms.push_back(now_ms() - t0);
-  }
   const auto n = static_cast<double>(size);
-  return 2.0 * n * n * n / (median(ms) * 1e6);
+  auto rate = [&](const std::function<at::Tensor()>& matmul) {
+    matmul();
+    synchronize(device);
+    std::vector<double> ms;
+    for (int i = 0; i < 10; ++i) {
+      const double t0 = now_ms();
+      matmul();
+      synchronize(device);
+      ms.push_back(now_ms() - t0);
+    }
+    return 2.0 * n * n * n / (median(ms) * 1e6);
+  };
+  MatmulPeak peak;
+  peak.aten_mm_gflops = rate([&] { return at::mm(a, b); });
+  if (device.is_cpu() && dtype == at::kFloat && at::hasMKLDNN()) {
+    peak.onednn_gflops = rate([&] { return dedpo::sd::onednn_linear(a, b, {}); });
+  }
+  peak.gflops = std::max(peak.aten_mm_gflops, peak.onednn_gflops);
+  return peak;
 }
 
 // The trainer's default LoRA targets (lora_targets): the attention projections.
@@ -320,7 +343,7 @@ std::pair<double, double> cpu_ms_and_faults() {
 }
 
 void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& config, int64_t n_params,
-                 const FlopCount& one, double step_flops, double peak, double setup_mib,
+                 const FlopCount& one, double step_flops, const MatmulPeak& peak, double setup_mib,
                  const std::vector<Timing>& runs, const at::Device& device) {
   const int64_t n = 2 * o.pairs;
   std::printf("config            %s\n", o.config_path.c_str());
@@ -334,7 +357,11 @@ void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& confi
   std::printf("forward GFLOP, batch 1: %.3f (conv %.3f, linear %.3f, attention %.3f)\n", one.total() / 1e9,
               one.conv / 1e9, one.linear / 1e9, one.attention / 1e9);
   std::printf("step GFLOP        %.2f (4 x forward on 2P)\n", step_flops / 1e9);
-  std::printf("%s matmul peak  %.1f GFLOP/s (median of 10, before the models were built)\n", o.dtype.c_str(), peak);
+  std::printf("%s matmul peak  %.1f GFLOP/s (median of 10, before the models were built", o.dtype.c_str(), peak.gflops);
+  if (peak.onednn_gflops > 0) {
+    std::printf("; at::mm %.1f, oneDNN %.1f", peak.aten_mm_gflops, peak.onednn_gflops);
+  }
+  std::printf(")\n");
   std::printf("memory before steps %.1f MiB (weights and reference)\n", setup_mib);
   auto row = [&](const char* label, const std::function<std::string(const Timing&)>& cell) {
     std::printf("%-28s", label);
@@ -360,7 +387,7 @@ void print_table(const Options& o, const dedpo::sd::UNet2DConditionConfig& confi
   row("  - before, grads, AdamW", [&](const Timing& r) { return fixed(r.peak_mib - setup_mib - step_state_mib, 1); });
   row("GFLOP/s (% of matmul peak)", [&](const Timing& r) {
     const double rate = step_flops / (median(r.ms) * 1e6);
-    return fixed(rate, 1) + " (" + fixed(100.0 * rate / peak, 0) + "%)";
+    return fixed(rate, 1) + " (" + fixed(100.0 * rate / peak.gflops, 0) + "%)";
   });
 }
 
@@ -383,7 +410,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("--device " + o.device + ": this LibTorch sees no CUDA device");
     }
     const bool bf16 = o.dtype == "bf16";
-    const double peak = matmul_peak_gflops(device, bf16 ? at::kBFloat16 : at::kFloat);
+    const MatmulPeak matmul_peak = matmul_peak_gflops(device, bf16 ? at::kBFloat16 : at::kFloat);
 
     at::manual_seed(0);
     const auto config = dedpo::sd::UNet2DConditionConfig::from_file(o.config_path);
@@ -492,7 +519,7 @@ int main(int argc, char** argv) {
     }
 
     if (!o.json) {
-      print_table(o, config, n_params, one, step_flops, peak, setup_mib, runs, device);
+      print_table(o, config, n_params, one, step_flops, matmul_peak, setup_mib, runs, device);
       return 0;
     }
     nlohmann::json out = {{"side", "dedpo"},
@@ -502,7 +529,9 @@ int main(int argc, char** argv) {
                           {"allocator", dedpo::describe(dedpo::current_allocator_policy())},
                           {"threads", at::get_num_threads()},
                           {"parameters", n_params},
-                          {"matmul_peak_gflops", peak},
+                          {"matmul_peak_gflops", matmul_peak.gflops},
+                          {"matmul_aten_mm_gflops", matmul_peak.aten_mm_gflops},
+                          {"matmul_onednn_gflops", matmul_peak.onednn_gflops},
                           {"step_gflop", step_flops / 1e9},
                           {"ms", runs.back().ms},
                           {"cpu_ms", runs.back().cpu_ms},

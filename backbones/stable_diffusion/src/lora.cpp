@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
+#include "dedpo/sd/onednn_linear.hpp"
+
 namespace dedpo::sd {
 
 namespace {
@@ -32,8 +34,9 @@ at::Tensor linear(const torch::nn::Linear& layer, const at::Tensor& x) {
   const auto& impl = *layer;
   // Under autocast at::linear casts for itself; without it, a weight of another dtype is cast here.
   const bool cast = !at::autocast::is_autocast_enabled(x.device().type()) && impl.weight.scalar_type() != x.scalar_type();
-  at::Tensor y = cast ? at::linear(x, in_dtype(impl.weight, x.scalar_type()), in_dtype(impl.bias, x.scalar_type()))
-                      : at::linear(x, impl.weight, impl.bias);
+  const at::Tensor weight = cast ? in_dtype(impl.weight, x.scalar_type()) : impl.weight;
+  const at::Tensor bias = cast ? in_dtype(impl.bias, x.scalar_type()) : impl.bias;
+  at::Tensor y = onednn_linear_applies(x, weight) ? onednn_linear(x, weight, bias) : at::linear(x, weight, bias);
   const LoraAdapter* adapter = active_adapters == nullptr ? nullptr : active_adapters->find(impl);
   if (adapter == nullptr) return y;
   const at::ScalarType dtype = y.scalar_type();

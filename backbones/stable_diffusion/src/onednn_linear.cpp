@@ -1,0 +1,83 @@
+#include "dedpo/sd/onednn_linear.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Config.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <torch/autograd.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dedpo::sd {
+
+namespace {
+
+bool amd_cpu() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
+// a [M, K], b [N, K] (both contiguous) -> a·bᵀ + bias, [M, N]: oneDNN's matmul through ATen's
+// mkldnn::_linear_pointwise, which takes plain strided tensors (the fused activation: none).
+at::Tensor matmul_transposed(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {}) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack{a, b, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
+                          c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
+ public:
+  // The bias as an optional: an undefined tensor is not a valid input of an autograd function.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias) {
+    const int64_t in = weight.size(1), out = weight.size(0);
+    const at::Tensor rows = x.reshape({-1, in}).contiguous();  // [N, in]
+    ctx->save_for_backward({rows, weight});
+    ctx->saved_data["bias"] = bias.has_value();
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = out;
+    return matmul_transposed(rows, weight.contiguous(), bias.value_or(at::Tensor())).view(shape);  // [..., out]
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &rows = saved[0], &weight = saved[1];
+    const int64_t in = weight.size(1), out = weight.size(0);
+    const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();  // [N, out]
+    at::Tensor dx, dweight, dbias;
+    if (ctx->needs_input_grad(0)) {
+      std::vector<int64_t> shape = grads[0].sizes().vec();
+      shape.back() = in;
+      dx = matmul_transposed(dy, weight.t().contiguous()).view(shape);  // dy·W: [N, in]
+    }
+    if (ctx->needs_input_grad(1)) dweight = matmul_transposed(dy.t().contiguous(), rows.t().contiguous());  // dyᵀ·x
+    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) dbias = dy.sum(0);  // no edge without a bias
+    return {dx, dweight, dbias};
+  }
+};
+
+}  // namespace
+
+bool onednn_linear_applies(const at::Tensor& x, const at::Tensor& weight) {
+  static const bool amd_with_onednn = amd_cpu() && at::hasMKLDNN();
+  // Under autocast at::linear runs in bfloat16, which is oneDNN's already.
+  return amd_with_onednn && !at::autocast::is_autocast_enabled(at::kCPU) && x.device().is_cpu() && weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         weight.scalar_type() == at::kFloat && weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1);
+}
+
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return OneDnnLinear::apply(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+}
+
+}  // namespace dedpo::sd

@@ -1,0 +1,90 @@
+// oneDNN's linear against at::linear in double, forward and the three gradients, on the input
+// ranks and options the UNets use. onednn_linear runs on any x86 CPU with oneDNN, so these run
+// everywhere; onednn_linear_applies decides where the layers take it (AMD CPUs).
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "dedpo/sd/onednn_linear.hpp"
+
+namespace {
+
+using dedpo::sd::onednn_linear;
+using dedpo::sd::onednn_linear_applies;
+
+void expect_close(const char* what, const at::Tensor& got, const at::Tensor& want) {
+  ASSERT_TRUE(got.defined()) << what;
+  EXPECT_EQ(got.sizes(), want.sizes()) << what;
+  const double tolerance = 1e-5 * std::max(1.0, want.abs().max().item<double>());
+  const double error = (got.to(at::kDouble) - want).abs().max().item<double>();
+  EXPECT_LE(error, tolerance) << what << ": largest difference " << error;
+}
+
+struct Case {
+  std::vector<int64_t> input;  // [..., in]
+  int64_t out;
+  bool bias;
+};
+
+class OneDnnLinearParity : public testing::TestWithParam<Case> {};
+
+TEST_P(OneDnnLinearParity, ForwardAndGradientsEqualAtLinearInDouble) {
+  const Case c = GetParam();
+  at::manual_seed(c.out);
+  const at::Tensor x = at::randn(c.input).requires_grad_();
+  const at::Tensor weight = at::randn({c.out, c.input.back()}).requires_grad_();
+  const at::Tensor bias = c.bias ? at::randn({c.out}).requires_grad_() : at::Tensor();
+  const at::Tensor upstream = at::randn(at::linear(x.detach(), weight.detach()).sizes());
+  const at::Tensor y = onednn_linear(x, weight, bias);
+  (y * upstream).sum().backward();
+
+  const at::Tensor xd = x.detach().to(at::kDouble).requires_grad_(), wd = weight.detach().to(at::kDouble).requires_grad_();
+  const at::Tensor bd = c.bias ? bias.detach().to(at::kDouble).requires_grad_() : at::Tensor();
+  const at::Tensor want = at::linear(xd, wd, bd);
+  (want * upstream.to(at::kDouble)).sum().backward();
+  expect_close("output", y, want.detach());
+  expect_close("dx", x.grad(), xd.grad());
+  expect_close("dweight", weight.grad(), wd.grad());
+  if (c.bias) expect_close("dbias", bias.grad(), bd.grad());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, OneDnnLinearParity,
+                         testing::Values(Case{{2, 1024, 64}, 64, true},   // attention projections, 3-D
+                                         Case{{2, 77, 768}, 64, false},   // to_k / to_v on the text
+                                         Case{{2, 320}, 1280, true},      // the time embedding, 2-D
+                                         Case{{3, 5, 7, 24}, 9, true}));  // 4-D, odd sizes
+
+TEST(OneDnnLinear, OnlyTheGradientsAskedForAreComputed) {
+  at::manual_seed(1);
+  const at::Tensor x = at::randn({4, 16}).requires_grad_();
+  const at::Tensor frozen_weight = at::randn({8, 16}), frozen_bias = at::randn({8});
+  onednn_linear(x, frozen_weight, frozen_bias).sum().backward();
+  expect_close("dx", x.grad(), at::ones({4, 8}, at::kDouble).mm(frozen_weight.to(at::kDouble)));
+  EXPECT_FALSE(frozen_weight.grad().defined());
+  c10::InferenceMode inference;
+  const at::Tensor y = onednn_linear(at::randn({4, 16}), frozen_weight, frozen_bias);
+  EXPECT_FALSE(y.requires_grad());
+}
+
+TEST(OneDnnLinear, AppliesToFloat32OnAmdCpusOnly) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  bool amd = false;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("vendor_id", 0) == 0) {
+      amd = line.find("AuthenticAMD") != std::string::npos;
+      break;
+    }
+  }
+  const at::Tensor x = at::zeros({2, 16}), weight = at::zeros({8, 16});
+  EXPECT_EQ(onednn_linear_applies(x, weight), amd && at::hasMKLDNN());
+  EXPECT_FALSE(onednn_linear_applies(x.to(at::kBFloat16), weight.to(at::kBFloat16)));
+  EXPECT_FALSE(onednn_linear_applies(x.to(at::kDouble), weight.to(at::kDouble)));
+  EXPECT_FALSE(onednn_linear_applies(at::zeros({2, 15}), weight)) << "in features differ";
+}
+
+}  // namespace
