@@ -33,6 +33,7 @@ struct Case {
 class OneDnnLinearParity : public testing::TestWithParam<Case> {};
 
 TEST_P(OneDnnLinearParity, ForwardAndGradientsEqualAtLinearInDouble) {
+  if (!at::hasMKLDNN()) GTEST_SKIP() << "this LibTorch has no oneDNN";
   const Case c = GetParam();
   at::manual_seed(c.out);
   const at::Tensor x = at::randn(c.input).requires_grad_();
@@ -58,7 +59,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, OneDnnLinearParity,
                                          Case{{2, 320}, 1280, true},      // the time embedding, 2-D
                                          Case{{3, 5, 7, 24}, 9, true}));  // 4-D, odd sizes
 
-TEST(OneDnnLinear, OnlyTheGradientsAskedForAreComputed) {
+// A frozen layer (the reference, LoRA's base): the input gets its gradient, the weight none, and
+// inference mode builds no graph.
+TEST(OneDnnLinear, FrozenWeightsGiveTheInputItsGradientAndTakeNone) {
+  if (!at::hasMKLDNN()) GTEST_SKIP() << "this LibTorch has no oneDNN";
   at::manual_seed(1);
   const at::Tensor x = at::randn({4, 16}).requires_grad_();
   const at::Tensor frozen_weight = at::randn({8, 16}), frozen_bias = at::randn({8});
@@ -85,6 +89,7 @@ TEST(OneDnnLinear, AppliesToFloat32OnAmdCpusOnly) {
   EXPECT_FALSE(onednn_linear_applies(x.to(at::kBFloat16), weight.to(at::kBFloat16)));
   EXPECT_FALSE(onednn_linear_applies(x.to(at::kDouble), weight.to(at::kDouble)));
   EXPECT_FALSE(onednn_linear_applies(at::zeros({2, 15}), weight)) << "in features differ";
+  EXPECT_FALSE(onednn_linear_applies(at::zeros({0, 16}), weight)) << "no rows";
 }
 
 }  // namespace

@@ -74,6 +74,7 @@ TEST_P(SmallHeadAttentionParity, ForwardAndGradientsEqualTheDefinitionInDouble) 
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,
                          testing::Values(Case{2, 64, 64, 8, 8, 1.0},    // self-attention, keys a multiple of 16
+                                         Case{1, 7, 33, 2, 8, 2.0},     // last sweeps of 3 (backward) and 1 (forward) queries
                                          Case{2, 37, 77, 2, 8, 1.0},    // cross-attention on 77 text tokens
                                          Case{3, 100, 17, 3, 8, 1.0},   // a one-key tail chunk
                                          Case{1, 5, 1, 1, 8, 1.0},      // a single key, fewer queries than a sweep takes
@@ -119,6 +120,11 @@ TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8OnAvx512) {
   EXPECT_FALSE(small_head_attention_applies(q, q, q, 5)) << "64 channels do not split into 5 heads";
   EXPECT_FALSE(small_head_attention_applies(q, q, bf16, 8)) << "mixed dtypes";
   EXPECT_FALSE(small_head_attention_applies(q.to(at::kDouble), q.to(at::kDouble), q.to(at::kDouble), 8)) << "double";
+  const at::Tensor other_batch = at::zeros({2, 4, 64}), other_channels = at::zeros({1, 4, 32});
+  EXPECT_FALSE(small_head_attention_applies(q, other_batch, other_batch, 8)) << "batch sizes differ";
+  EXPECT_FALSE(small_head_attention_applies(q, other_channels, other_channels, 8)) << "channels differ";
+  const at::Tensor elsewhere = at::zeros({1, 4, 64}, at::TensorOptions().device(at::kMeta));
+  EXPECT_FALSE(small_head_attention_applies(q, elsewhere, elsewhere, 8)) << "keys on another device";
   const at::Tensor no_keys = at::zeros({1, 0, 64});
   EXPECT_FALSE(small_head_attention_applies(q, no_keys, no_keys, 8)) << "no keys";
 }
@@ -143,6 +149,7 @@ TEST(SmallHeadAttention, Bfloat16InputsAreComputedInFloat32) {
 }
 
 TEST(SmallHeadAttention, MultiHeadAttentionAgreesWithScaledDotProductAttention) {
+  if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F: both sides would be ATen's kernel";
   at::manual_seed(5);
   const at::Tensor q = at::randn({2, 33, 64}), k = at::randn({2, 77, 64}), v = at::randn({2, 77, 64});
   const at::Tensor via_sdpa = scaled_attention(split_heads(q, 8), split_heads(k, 8), split_heads(v, 8))

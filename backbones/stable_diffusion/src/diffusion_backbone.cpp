@@ -554,7 +554,8 @@ at::Tensor DiffusionBackbone::encode_images(const at::Tensor& images) {
   std::vector<at::Tensor> latents;
   latents.reserve(static_cast<std::size_t>(x.size(0)));
   for (int64_t i = 0; i < x.size(0); ++i) latents.push_back(vae_->encode(x.narrow(0, i, 1)).mean);
-  return (at::cat(latents) * vae_->config().scaling_factor).to(at::kCPU, at::kFloat);
+  const at::Tensor mean = latents.empty() ? vae_->encode(x).mean : at::cat(latents);  // N = 0 passes through
+  return (mean * vae_->config().scaling_factor).to(at::kCPU, at::kFloat);
 }
 
 at::Tensor DiffusionBackbone::decode_samples(const at::Tensor& samples) const {

@@ -42,7 +42,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
                             const std::optional<at::Tensor>& bias) {
     const int64_t in = weight.size(1), out = weight.size(0);
     const at::Tensor rows = x.reshape({-1, in}).contiguous();  // [N, in]
-    ctx->save_for_backward({rows, weight});
+    // The input only where the weight's gradient needs it (a frozen layer keeps no activation).
+    ctx->save_for_backward({weight.requires_grad() ? rows : at::Tensor(), weight});
     ctx->saved_data["bias"] = bias.has_value();
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
@@ -73,7 +74,8 @@ bool onednn_linear_applies(const at::Tensor& x, const at::Tensor& weight) {
   static const bool amd_with_onednn = amd_cpu() && at::hasMKLDNN();
   // Under autocast at::linear runs in bfloat16, which is oneDNN's already.
   return amd_with_onednn && !at::autocast::is_autocast_enabled(at::kCPU) && x.device().is_cpu() && weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
-         weight.scalar_type() == at::kFloat && weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1);
+         weight.scalar_type() == at::kFloat && weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) &&
+         x.numel() > 0 && weight.numel() > 0;
 }
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

@@ -16,6 +16,17 @@ namespace dedpo::sd {
 namespace {
 
 constexpr int64_t kKeyLanes = 16;
+
+// Checked here, outside the -mavx512f translation unit.
+bool cpu_runs_avx512f() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
 constexpr int64_t kQueriesPerTask = 64;
 
 struct Shape {
@@ -109,11 +120,12 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
 }  // namespace
 
 bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  static const bool cpu_has_kernels = avx512::available();
-  if (!cpu_has_kernels || !q.device().is_cpu()) return false;
+  static const bool cpu_has_kernels = avx512::compiled() && cpu_runs_avx512f();
+  if (!cpu_has_kernels || !q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu()) return false;
   const at::ScalarType dtype = q.scalar_type();
   if ((dtype != at::kFloat && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype) return false;
-  if (q.dim() != 3 || k.dim() != 3 || v.sizes() != k.sizes() || k.size(1) == 0 || heads <= 0 || q.size(2) % heads != 0)
+  if (q.dim() != 3 || k.dim() != 3 || v.sizes() != k.sizes() || k.size(0) != q.size(0) || k.size(2) != q.size(2) ||
+      k.size(1) == 0 || heads <= 0 || q.size(2) % heads != 0)
     return false;
   return avx512::supports_head_dim(q.size(2) / heads);
 }

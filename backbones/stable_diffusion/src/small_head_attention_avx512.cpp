@@ -13,14 +13,15 @@ namespace dedpo::sd::avx512 {
 namespace {
 
 constexpr int kLanes = 16;
-// Queries per sweep over the keys at D = 8, the fastest measured (bench/bench_attention.cpp): the
-// forward keeps 2 × 8 output accumulators in registers, the backward 4 × 8 dq accumulators.
+// Queries per sweep over the keys at D = 8, the fastest measured (bench/bench_attention.cpp; the
+// backward's 4 × 8 dq accumulators spill some registers and still beat 2 queries per sweep).
 constexpr int kForwardQueries = 2;
 constexpr int kBackwardQueries = 4;
 
 // exp(x) for x <= 0 (the scores minus their maximum or their log-sum-exp): x = n·ln2 + r with
 // |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error below 2e-7, float's own
-// rounding), 2^n applied exactly by scalef. Below float's range the result is 0, as expf gives; a
+// rounding), 2^n applied exactly by scalef. Below e^-87.3 (float's normal range) the result is 0
+// where expf would give a subnormal, a difference below 1.2e-38 per probability; a
 // NaN stays NaN, so that a NaN score poisons its row as it does in ATen's kernels (and the
 // trainer's non-finite check sees it).
 inline __m512 exp_nonpositive(__m512 x) {
@@ -114,7 +115,7 @@ void forward(const AttentionHead& head, const float* queries, int64_t query_stri
 // With P = softmax(S) and dP = dO·Vᵀ: dS = P ⊙ (dP − rowsum(dO ⊙ O)), dq = dS·K, dK = dSᵀ·q,
 // dV = Pᵀ·dO, P recomputed from the saved log-sum-exp chunk by chunk. Q queries share each sweep
 // over the keys, so that a chunk of Kᵀ and Vᵀ is loaded, and one of dKᵀ and dVᵀ read and written,
-// once per Q queries instead of once per query; the Q·D dq accumulators stay in registers.
+// once per Q queries instead of once per query.
 template <int D, int Q>
 void backward_queries(const float* keys_t, const float* values_t, int64_t keys, int64_t padded, const float* q_rows,
                       const float* o_rows, const float* do_rows, const float* log_sum_exp, int64_t query_stride,
@@ -186,10 +187,7 @@ void backward(const AttentionHead& head, const float* queries, const float* out,
 
 }  // namespace
 
-bool available() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-}
+bool compiled() { return true; }
 
 bool supports_head_dim(int64_t head_dim) { return head_dim == 8; }
 
@@ -211,7 +209,7 @@ void attention_backward(const AttentionHead& head, const float* queries, const f
 #else  // no AVX-512 kernels in this build: the callers keep at::scaled_dot_product_attention
 
 namespace dedpo::sd::avx512 {
-bool available() { return false; }
+bool compiled() { return false; }
 bool supports_head_dim(int64_t) { return false; }
 int64_t forward_scratch_floats(int64_t) { return 0; }
 void attention_forward(const AttentionHead&, const float*, int64_t, int64_t, int64_t, float*, int64_t, float*, float*) {}

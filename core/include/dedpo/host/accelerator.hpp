@@ -47,8 +47,8 @@ struct CpuFeatures {
 };
 CpuFeatures cpu_features();
 
-// The CPU's matmul rates in fp32 and bf16 on LibTorch's current threads, GFLOP/s: a 512³ matmul,
-// median of 5 after 2 warm-ups, measured once per process (about 10 ms) at the first call. The
+// The CPU's matmul rates in fp32 and bf16, GFLOP/s: a 512³ matmul, median of 5 after 2 warm-ups,
+// measured once per process (about 20 ms) on the threads LibTorch has at the first call. The
 // instruction set does not tell whether bf16 pays off: with AVX-512 BF16 and no AMX, bf16 matmuls
 // reached half the fp32 rate on a Xeon and four times it on an AMD EPYC (Zen 5) of this project's
 // machines (docs/performance.md).

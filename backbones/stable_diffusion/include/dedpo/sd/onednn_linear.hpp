@@ -9,7 +9,7 @@
 namespace dedpo::sd {
 
 // Whether onednn_linear serves x·Wᵀ here: an AMD CPU, LibTorch built with oneDNN, float32 CPU
-// tensors, a 2-D weight, no CPU autocast.
+// tensors, a 2-D weight, no empty operand, no CPU autocast.
 bool onednn_linear_applies(const at::Tensor& x, const at::Tensor& weight);
 
 // x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out], as at::linear, and

@@ -13,7 +13,8 @@
 namespace dedpo::sd {
 
 // Whether small_head_attention serves these inputs: float32 or bfloat16 CPU tensors (all three of
-// one dtype) of at least one key, a head dimension C / heads of 8, and a CPU and build with AVX-512F.
+// one dtype) of one batch size and channel count, at least one key, a head dimension C / heads of
+// 8, and a CPU and build with AVX-512F.
 bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
 
 // q: [B, Sq, C], k / v: [B, Sk, C], `heads` heads of D = C / heads -> [B, Sq, C] in q's dtype;
