@@ -62,7 +62,12 @@ CpuFeatures cpu_features() {
     const auto it = capabilities.find(key);
     return it != capabilities.end() && it->second.isBool() && it->second.toBool();
   };
-  return {flag("avx512_f"), flag("avx512_bf16"), flag("amx_bf16")};  // LibTorch's keys, not /proc/cpuinfo's
+  bool amd = false;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  amd = __builtin_cpu_is("amd");
+#endif
+  return {flag("avx512_f"), flag("avx512_bf16"), flag("amx_bf16"), amd};  // LibTorch's keys, not /proc/cpuinfo's
 }
 
 namespace {

@@ -79,6 +79,11 @@ TEST(Accelerator, TheCpuFeaturesAreLibTorchsCapabilities) {
   const dedpo::CpuFeatures cpu = dedpo::cpu_features();
   EXPECT_EQ(cpu.avx512, has("avx512f"));
   EXPECT_EQ(cpu.avx512_bf16, has("avx512_bf16"));
+  std::ifstream vendor_info("/proc/cpuinfo");
+  std::string vendor;
+  while (std::getline(vendor_info, vendor) && vendor.rfind("vendor_id", 0) != 0) {
+  }
+  EXPECT_EQ(cpu.amd, vendor.find("AuthenticAMD") != std::string::npos) << vendor;
   // AMX also needs the kernel's permission for its tile state, which LibTorch asks for.
   if (cpu.amx_bf16) EXPECT_TRUE(has("amx_bf16"));
 }

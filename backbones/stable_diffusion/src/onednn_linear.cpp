@@ -7,6 +7,8 @@
 #include <ATen/core/stack.h>
 #include <torch/autograd.h>
 
+#include "dedpo/host/accelerator.hpp"
+
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,15 +16,6 @@
 namespace dedpo::sd {
 
 namespace {
-
-bool amd_cpu() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_is("amd");
-#else
-  return false;
-#endif
-}
 
 // a [M, K], b [N, K] (both contiguous) -> a·bᵀ + bias, [M, N]: oneDNN's matmul through ATen's
 // mkldnn::_linear_pointwise, which takes plain strided tensors (the fused activation: none).
@@ -71,7 +64,7 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 }  // namespace
 
 bool onednn_linear_applies(const at::Tensor& x, const at::Tensor& weight) {
-  static const bool amd_with_onednn = amd_cpu() && at::hasMKLDNN();
+  static const bool amd_with_onednn = cpu_features().amd && at::hasMKLDNN();
   // Under autocast at::linear runs in bfloat16, which is oneDNN's already.
   return amd_with_onednn && !at::autocast::is_autocast_enabled(at::kCPU) && x.device().is_cpu() && weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
          weight.scalar_type() == at::kFloat && weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) &&

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "dedpo/host/accelerator.hpp"
 #include "small_head_attention_kernels.hpp"
 
 namespace dedpo::sd {
@@ -16,16 +17,6 @@ namespace dedpo::sd {
 namespace {
 
 constexpr int64_t kKeyLanes = 16;
-
-// Checked here, outside the -mavx512f translation unit.
-bool cpu_runs_avx512f() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
 
 constexpr int64_t kQueriesPerTask = 64;
 
@@ -120,7 +111,7 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
 }  // namespace
 
 bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  static const bool cpu_has_kernels = avx512::compiled() && cpu_runs_avx512f();
+  static const bool cpu_has_kernels = avx512::compiled() && cpu_features().avx512;
   if (!cpu_has_kernels || !q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu()) return false;
   const at::ScalarType dtype = q.scalar_type();
   if ((dtype != at::kFloat && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype) return false;

@@ -39,11 +39,13 @@ MemoryPeaks memory_peaks(c10::Device device);
 std::int64_t resident_bytes();
 
 // The CPU's instructions that carry bfloat16 matmuls and convolutions (oneDNN uses them), as
-// LibTorch's CPU capability query reports them.
+// LibTorch's CPU capability query reports them, and its vendor (MKL, ATen's float32 matmul, runs a
+// slower code path on AMD CPUs: dedpo/sd/onednn_linear.hpp).
 struct CpuFeatures {
   bool avx512 = false;
   bool avx512_bf16 = false;  // VDPBF16PS: bf16 dot products at twice the fp32 rate
   bool amx_bf16 = false;     // AMX tiles
+  bool amd = false;
 };
 CpuFeatures cpu_features();
 
