@@ -53,7 +53,6 @@
 #include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/host/optimizer.hpp"
 #include "dedpo/sd/lora.hpp"
-#include "dedpo/sd/onednn_linear.hpp"
 #include "dedpo/sd/schedulers.hpp"
 #include "dedpo/sd/unet.hpp"
 
@@ -176,7 +175,7 @@ void reset_peak_memory(const at::Device& device) {
 }
 
 // Median rate over 10 runs of a square matmul in the compute dtype, GFLOP/s: at::mm, and on a CPU
-// in float32 also oneDNN's matmul (dedpo_sd's onednn_linear, what the UNets' linear layers run on
+// in float32 also oneDNN's matmul (onednn_matmul_transposed, what the UNets' linear layers run on
 // AMD CPUs, where ATen's MKL path reaches about half of it). The peak is the faster of the two.
 struct MatmulPeak {
   double gflops = 0;
@@ -204,7 +203,7 @@ MatmulPeak matmul_peak_gflops(const at::Device& device, at::ScalarType dtype) {
   MatmulPeak peak;
   peak.aten_mm_gflops = rate([&] { return at::mm(a, b); });
   if (device.is_cpu() && dtype == at::kFloat && at::hasMKLDNN()) {
-    peak.onednn_gflops = rate([&] { return dedpo::sd::onednn_linear(a, b, {}); });
+    peak.onednn_gflops = rate([&] { return dedpo::onednn_matmul_transposed(a, b); });
   }
   peak.gflops = std::max(peak.aten_mm_gflops, peak.onednn_gflops);
   return peak;

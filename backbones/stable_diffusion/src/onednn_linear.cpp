@@ -3,30 +3,16 @@
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
 #include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 #include <torch/autograd.h>
 
 #include "dedpo/host/accelerator.hpp"
 
 #include <optional>
-#include <string>
 #include <vector>
 
 namespace dedpo::sd {
 
 namespace {
-
-// a [M, K], b [N, K] (both contiguous) -> a·bᵀ + bias, [M, N]: oneDNN's matmul through ATen's
-// mkldnn::_linear_pointwise, which takes plain strided tensors (the fused activation: none).
-at::Tensor matmul_transposed(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {}) {
-  static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-  torch::jit::Stack stack{a, b, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
-                          c10::List<std::optional<at::Scalar>>(), c10::IValue()};
-  op.callBoxed(&stack);
-  return stack[0].toTensor();
-}
 
 class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
  public:
@@ -40,7 +26,7 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     ctx->saved_data["bias"] = bias.has_value();
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
-    return matmul_transposed(rows, weight.contiguous(), bias.value_or(at::Tensor())).view(shape);  // [..., out]
+    return onednn_matmul_transposed(rows, weight.contiguous(), bias.value_or(at::Tensor())).view(shape);  // [..., out]
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -53,9 +39,9 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     if (ctx->needs_input_grad(0)) {
       std::vector<int64_t> shape = grads[0].sizes().vec();
       shape.back() = in;
-      dx = matmul_transposed(dy, weight.t().contiguous()).view(shape);  // dy·W: [N, in]
+      dx = onednn_matmul_transposed(dy, weight.t().contiguous()).view(shape);  // dy·W: [N, in]
     }
-    if (ctx->needs_input_grad(1)) dweight = matmul_transposed(dy.t().contiguous(), rows.t().contiguous());  // dyᵀ·x
+    if (ctx->needs_input_grad(1)) dweight = onednn_matmul_transposed(dy.t().contiguous(), rows.t().contiguous());  // dyᵀ·x
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) dbias = dy.sum(0);  // no edge without a bias
     return {dx, dweight, dbias};
   }

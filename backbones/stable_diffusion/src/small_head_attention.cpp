@@ -126,7 +126,7 @@ at::Tensor small_head_attention(const at::Tensor& q, const at::Tensor& k, const 
   // Named for profilers and for the FLOP count of bench/bench_dpo_step.cpp, which sees aten ops only.
   RECORD_FUNCTION("dedpo::small_head_attention", std::vector<c10::IValue>({q, k}));
   if (q.scalar_type() == at::kFloat) return SmallHeadAttention::apply(q, k, v, heads);
-  // bf16 (autocast): computed in float32, the copies into the kernels' layout doing the casts.
+  // bf16 (autocast): cast to float32 and computed there; the output and gradients come back in bf16.
   return SmallHeadAttention::apply(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), heads).to(q.scalar_type());
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 // Host side, not part of the plugin SDK. What a run asks of its device beyond placement: the
 // numerics of its kernels (TF32, deterministic algorithms) and the caching allocator's peak.
+#include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
 #include <cstdint>
@@ -49,11 +50,17 @@ struct CpuFeatures {
 };
 CpuFeatures cpu_features();
 
+// a [M, K], b [N, K], both contiguous CPU float tensors -> a·bᵀ + bias [M, N] through oneDNN's
+// matmul (ATen's mkldnn::_linear_pointwise on plain strided tensors), where at::mm would take MKL:
+// on AMD CPUs MKL's float32 path runs at about half of oneDNN's rate. Requires at::hasMKLDNN().
+at::Tensor onednn_matmul_transposed(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {});
+
 // The CPU's matmul rates in fp32 and bf16, GFLOP/s: a 512³ matmul, median of 5 after 2 warm-ups,
-// measured once per process (about 20 ms) on the threads LibTorch has at the first call. The
-// instruction set does not tell whether bf16 pays off: with AVX-512 BF16 and no AMX, bf16 matmuls
-// reached half the fp32 rate on a Xeon and four times it on an AMD EPYC (Zen 5) of this project's
-// machines (docs/performance.md).
+// measured once per process (about 20 ms) on the threads LibTorch has at the first call; fp32 is
+// the faster of at::mm and onednn_matmul_transposed, as the float32 layers take the faster one.
+// The instruction set does not tell whether bf16 pays off: with AVX-512 BF16 and no AMX, bf16
+// matmuls reached half the fp32 rate on a Xeon and about twice oneDNN's (four times MKL's) on an
+// AMD EPYC (Zen 5) of this project's machines (docs/performance.md).
 struct CpuMatmulRates {
   double fp32_gflops = 0;
   double bf16_gflops = 0;
