@@ -1,10 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 
 #include "dedpo/host/accelerator.hpp"
 
@@ -86,4 +88,15 @@ TEST(Accelerator, TheCpuFeaturesAreLibTorchsCapabilities) {
   EXPECT_EQ(cpu.amd, vendor.find("AuthenticAMD") != std::string::npos) << vendor;
   // AMX also needs the kernel's permission for its tile state, which LibTorch asks for.
   if (cpu.amx_bf16) EXPECT_TRUE(has("amx_bf16"));
+}
+
+// at::parallel_for is compiled into its caller: dedpo's code (the attention kernels) is built with
+// LibTorch's OpenMP (cmake/DedpoDependencies.cmake), or every task would run on the calling thread.
+TEST(Accelerator, ParallelForInDedposCodeUsesEveryThread) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  std::atomic<int> seen{0};
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) { seen |= 1 << at::get_thread_num(); });
+  at::set_num_threads(threads);
+  EXPECT_EQ(seen.load(), 0b11) << "at::parallel_for ran its two tasks on one thread";
 }

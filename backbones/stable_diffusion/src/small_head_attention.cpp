@@ -12,6 +12,12 @@
 #include "dedpo/host/accelerator.hpp"
 #include "small_head_attention_kernels.hpp"
 
+// at::parallel_for is inline: without OpenMP here it would run every task on the calling thread
+// (cmake/DedpoDependencies.cmake compiles dedpo with LibTorch's OpenMP).
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "LibTorch runs on OpenMP: compile this file with -fopenmp, or at::parallel_for runs on one thread"
+#endif
+
 namespace dedpo::sd {
 
 namespace {
