@@ -3,11 +3,11 @@
 // Times dedpo_sd's small-head attention kernels (dedpo/sd/small_head_attention.hpp) against
 // at::scaled_dot_product_attention, the kernel diffusers reaches through
 // F.scaled_dot_product_attention on the same torch, on the attention calls of unet_sd15_small at
-// 32×32 latents (../shared/bench) that the kernels serve, those of its highest resolution:
-// self-attention over 1024 pixels and cross-attention over 77 text tokens, 8 heads of 8 channels.
-// Forward under inference mode (the frozen reference) and forward + backward (the trainable UNet),
-// the two implementations alternating rep by rep; prints the median ms and GFLOP/s (4·B·Sq·Sk·C
-// per forward, twice that for the backward).
+// 32×32 latents (../shared/bench), 8 heads at every level: self-attention over 1024, 256 and 64
+// pixels (heads of 8, 16 and 32 channels) and cross-attention over 77 text tokens; the shapes the
+// kernels do not serve are left out. Forward under inference mode (the frozen reference) and
+// forward + backward (the trainable UNet), the two implementations alternating rep by rep; prints
+// the median ms and GFLOP/s (4·B·Sq·Sk·C per forward, twice that for the backward).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -75,7 +75,9 @@ int main(int argc, char** argv) {
     (flag == "--batch" ? batch : flag == "--threads" ? threads : reps) = value;
   }
   at::set_num_threads(threads);
-  const std::vector<Shape> shapes = {{"self, 32×32", 1024, 1024, 64, 8}, {"cross, 32×32", 1024, 77, 64, 8}};
+  const std::vector<Shape> shapes = {{"self, 32×32", 1024, 1024, 64, 8}, {"cross, 32×32", 1024, 77, 64, 8},
+                                     {"self, 16×16", 256, 256, 128, 8},   {"cross, 16×16", 256, 77, 128, 8},
+                                     {"self, 8×8", 64, 64, 256, 8},       {"cross, 8×8", 64, 77, 256, 8}};
   if (const at::Tensor x = at::zeros({1, 1, 64}); !dedpo::sd::small_head_attention_applies(x, x, x, 8)) {
     std::fprintf(stderr, "dedpo_bench_attention: this CPU has no AVX-512F, so the small-head kernels never run here\n");
     return 1;
@@ -84,6 +86,9 @@ int main(int argc, char** argv) {
   std::printf("| call | B×Sq×Sk, H×D | pass | aten ms | small-head ms | ratio | aten GFLOP/s | small-head GFLOP/s |\n");
   std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
+    if (const at::Tensor x = at::zeros({1, 1, s.channels}); !dedpo::sd::small_head_attention_applies(x, x, x, s.heads)) {
+      continue;
+    }
     at::manual_seed(0);
     const at::Tensor q = at::randn({batch, s.queries, s.channels}).requires_grad_();
     const at::Tensor k = at::randn({batch, s.keys, s.channels}).requires_grad_();

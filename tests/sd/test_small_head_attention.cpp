@@ -79,7 +79,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,
                                          Case{3, 100, 17, 3, 8, 1.0},   // a one-key tail chunk
                                          Case{1, 5, 1, 1, 8, 1.0},      // a single key, fewer queries than a sweep takes
                                          Case{2, 70, 300, 4, 8, 4.0},   // peaked softmax, scores in the tens
-                                         Case{1, 129, 45, 2, 8, 4.0}));  // a last sweep of 1 query
+                                         Case{1, 129, 45, 2, 8, 4.0},   // a last sweep of 1 query
+                                         Case{2, 64, 64, 8, 16, 1.0},   // D = 16: self-attention
+                                         Case{1, 13, 77, 2, 16, 1.0},   // D = 16: cross-attention, a last backward sweep of 5
+                                         Case{2, 9, 1, 3, 16, 2.0},     // D = 16: a single key
+                                         Case{1, 70, 300, 2, 16, 4.0}));  // D = 16: peaked softmax
 
 TEST(SmallHeadAttention, InferenceModeGivesTheSameOutputWithoutAGraph) {
   if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
@@ -104,7 +108,7 @@ TEST(SmallHeadAttention, ANanKeyMakesItsHeadNanAsInScaledDotProductAttention) {
   EXPECT_TRUE(sdpa.select(1, 0).isnan().all().item<bool>());
 }
 
-TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8OnAvx512) {
+TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8Or16OnAvx512) {
   std::ifstream cpuinfo("/proc/cpuinfo");
   std::string line;
   while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
@@ -115,7 +119,7 @@ TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8OnAvx512) {
   EXPECT_EQ(small_head_attention_applies(q, q, q, 8), avx512f) << "D = 8";
   const at::Tensor bf16 = q.to(at::kBFloat16);
   EXPECT_EQ(small_head_attention_applies(bf16, bf16, bf16, 8), avx512f) << "bf16";
-  EXPECT_FALSE(small_head_attention_applies(q, q, q, 4)) << "D = 16";
+  EXPECT_EQ(small_head_attention_applies(q, q, q, 4), avx512f) << "D = 16";
   EXPECT_FALSE(small_head_attention_applies(q, q, q, 2)) << "D = 32";
   EXPECT_FALSE(small_head_attention_applies(q, q, q, 5)) << "64 channels do not split into 5 heads";
   EXPECT_FALSE(small_head_attention_applies(q, q, bf16, 8)) << "mixed dtypes";

@@ -13,10 +13,13 @@ namespace dedpo::sd::avx512 {
 namespace {
 
 constexpr int kLanes = 16;
-// Queries per sweep over the keys at D = 8, the fastest measured (bench/bench_attention.cpp; the
-// backward's 4 × 8 dq accumulators spill some registers and still beat 2 queries per sweep).
+// Queries per sweep over the keys, the fastest measured (bench/bench_attention.cpp, 2 threads):
+// 2 in the forward at both head sizes; in the backward 4 at D = 8 and 8 at D = 16, whose dq
+// accumulators (Q × D vectors) spill registers and still beat fewer queries per sweep, since each
+// sweep reads and writes a chunk of dKᵀ and dVᵀ once per Q queries.
 constexpr int kForwardQueries = 2;
-constexpr int kBackwardQueries = 4;
+template <int D>
+constexpr int kBackwardQueries = D == 8 ? 4 : 8;
 
 // exp(x) for x <= 0 (the scores minus their maximum or their log-sum-exp): x = n·ln2 + r with
 // |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error below 2e-7, float's own
@@ -189,19 +192,30 @@ void backward(const AttentionHead& head, const float* queries, const float* out,
 
 bool compiled() { return true; }
 
-bool supports_head_dim(int64_t head_dim) { return head_dim == 8; }
+// At D = 32 and more ATen's kernel, whose inner products run as matrix multiplications, is as fast.
+bool supports_head_dim(int64_t head_dim) { return head_dim == 8 || head_dim == 16; }
 
 int64_t forward_scratch_floats(int64_t keys_padded) { return kForwardQueries * keys_padded; }
 
 void attention_forward(const AttentionHead& head, const float* queries, int64_t query_stride, int64_t first, int64_t end,
                        float* out, int64_t out_stride, float* log_sum_exp, float* scratch) {
-  forward<8, kForwardQueries>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
+  if (head.head_dim == 8) {
+    forward<8, kForwardQueries>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
+  } else {
+    forward<16, kForwardQueries>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
+  }
 }
 
 void attention_backward(const AttentionHead& head, const float* queries, const float* out, const float* dout,
                         const float* log_sum_exp, int64_t query_stride, int64_t queries_count, float* dq,
                         float* dkeys_t, float* dvalues_t) {
-  backward<8, kBackwardQueries>(head, queries, out, dout, log_sum_exp, query_stride, queries_count, dq, dkeys_t, dvalues_t);
+  if (head.head_dim == 8) {
+    backward<8, kBackwardQueries<8>>(head, queries, out, dout, log_sum_exp, query_stride, queries_count, dq, dkeys_t,
+                                     dvalues_t);
+  } else {
+    backward<16, kBackwardQueries<16>>(head, queries, out, dout, log_sum_exp, query_stride, queries_count, dq,
+                                       dkeys_t, dvalues_t);
+  }
 }
 
 }  // namespace dedpo::sd::avx512
