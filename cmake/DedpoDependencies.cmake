@@ -100,18 +100,22 @@ if(NOT TARGET dedpo_torch)
                                               ${TORCH_LIBRARIES})
   target_compile_options(dedpo_torch INTERFACE ${TORCH_CXX_FLAGS})
   # at::parallel_for is inline: in a LibTorch built on OpenMP it runs on one thread in any
-  # translation unit compiled without -fopenmp. Ours are compiled with it and linked to the
-  # libgomp.so.1 in LibTorch's own folder where it ships one (the wheel does), the file the loader
-  # picks anyway: one OpenMP runtime, one thread pool, sized by at::set_num_threads.
+  # translation unit compiled without OpenMP. Ours are compiled with it. GCC's code calls libgomp,
+  # linked from LibTorch's own folder where it ships one (the wheel does), the file the loader
+  # picks anyway: one OpenMP runtime, one thread pool, sized by at::set_num_threads. Clang's (the
+  # sanitizer build) calls its own libomp, which also serves LibTorch's libgomp calls.
   file(STRINGS "${TORCH_INSTALL_PREFIX}/include/ATen/Config.h" aten_parallel_openmp REGEX "^#define AT_PARALLEL_OPENMP 1")
   if(aten_parallel_openmp)
     find_package(OpenMP REQUIRED COMPONENTS CXX)
-    find_library(DEDPO_TORCH_OPENMP_LIBRARY NAMES libgomp.so.1 PATHS "${torch_own_lib_dir}" NO_DEFAULT_PATH)
-    if(NOT DEDPO_TORCH_OPENMP_LIBRARY)
-      set(DEDPO_TORCH_OPENMP_LIBRARY ${OpenMP_CXX_LIBRARIES})
+    set(openmp_runtime ${OpenMP_CXX_LIBRARIES})
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      find_library(DEDPO_TORCH_LIBGOMP NAMES libgomp.so.1 PATHS "${torch_own_lib_dir}" NO_DEFAULT_PATH)
+      if(DEDPO_TORCH_LIBGOMP)
+        set(openmp_runtime ${DEDPO_TORCH_LIBGOMP})
+      endif()
     endif()
     target_compile_options(dedpo_torch INTERFACE "$<$<COMPILE_LANGUAGE:CXX>:${OpenMP_CXX_FLAGS}>")
-    target_link_libraries(dedpo_torch INTERFACE ${DEDPO_TORCH_OPENMP_LIBRARY})
+    target_link_libraries(dedpo_torch INTERFACE ${openmp_runtime})
   endif()
   get_filename_component(torch_lib_dir "${TORCH_INSTALL_PREFIX}/lib" ABSOLUTE)
   file(GLOB wheel_nvidia_lib_dirs LIST_DIRECTORIES true "${TORCH_INSTALL_PREFIX}/../nvidia/*/lib" "${TORCH_INSTALL_PREFIX}/../nvidia/cu13/lib")

@@ -45,7 +45,7 @@ packages=(build-essential cmake ccache libboost-dev libboost-program-options-dev
           libcurl4-openssl-dev libssl-dev libprotobuf-dev protobuf-compiler
           pkg-config libcairo2-dev fonts-dejavu-core libicu-dev libgloo-dev
           munge slurmctld slurmd slurm-client)
-((sanitize)) && packages+=(clang-14 libclang-rt-14-dev)
+((sanitize)) && packages+=(clang-14 libclang-rt-14-dev libomp-14-dev)
 python=$(command -v python3 || true)
 [[ -n "$python" ]] || packages+=(python3)
 [[ -n "$python" ]] && "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
