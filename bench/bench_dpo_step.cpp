@@ -63,6 +63,10 @@ struct FlopCount {
   double total() const { return conv + linear + attention; }
 };
 thread_local FlopCount* g_count = nullptr;
+// The ops open on this thread, innermost last: under autocast an op with an autocast kernel of its
+// own (baddbmm) records twice, the autocast wrapper and, nested in it, the kernel it redispatches
+// to; only the outer call counts.
+thread_local std::vector<std::string> g_open_ops;
 
 double numel(at::IntArrayRef s) {
   double n = 1;
@@ -70,9 +74,16 @@ double numel(at::IntArrayRef s) {
   return n;
 }
 
+void close_op(const at::RecordFunction&, at::ObserverContext*) {
+  if (g_count && !g_open_ops.empty()) g_open_ops.pop_back();
+}
+
 std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
   if (!g_count) return nullptr;
   const std::string name = fn.name();
+  const bool nested_in_itself = !g_open_ops.empty() && g_open_ops.back() == name;
+  g_open_ops.push_back(name);
+  if (nested_in_itself) return nullptr;
   const auto inputs = fn.inputs();
   auto sizes = [&](std::size_t i) { return inputs[i].toTensor().sizes(); };
   if (name == "aten::convolution") {
@@ -96,11 +107,12 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     const auto a = sizes(0), w = sizes(1);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(w[0]);
   } else if (name == "aten::bmm") {
+    // dedpo_sd's 1×1 convolutions on the CPU, [O, C] × [B, C, HW] (blocks.cpp: pointwise_conv)
     const auto a = sizes(0), b = sizes(1);
-    g_count->attention += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
+    g_count->conv += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
   } else if (name == "aten::baddbmm") {
     const auto a = sizes(1), b = sizes(2);
-    g_count->attention += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
+    g_count->conv += 2.0 * a[0] * a[1] * static_cast<double>(a[2]) * b[2];
   } else if (name == "aten::_scaled_dot_product_flash_attention" || name == "aten::_scaled_dot_product_efficient_attention" ||
              name == "aten::_scaled_dot_product_cudnn_attention" || name == "aten::_scaled_dot_product_flash_attention_for_cpu") {
     // The fused kernels behind at::scaled_dot_product_attention, q: [B, H, Sq, D], k: [B, H, Sk, D]: q·kᵀ and probs·v
@@ -122,8 +134,9 @@ FlopCount count_forward(dedpo::sd::UNet2DConditionModel& unet, const at::Tensor&
   at::NoGradGuard no_grad;
   dedpo::AutocastRegion autocast(x.device().type(), bf16);
   auto handle = at::addThreadLocalCallback(
-      at::RecordFunctionCallback(&count_op).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
+      at::RecordFunctionCallback(&count_op, &close_op).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
   g_count = &count;
+  g_open_ops.clear();
   unet->forward(x, t, context, added);
   g_count = nullptr;
   at::removeCallback(handle);
