@@ -16,8 +16,9 @@
 // work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step (wall clock
 // and CPU time of all threads), minor page faults per step, the peak
 // memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
-// (counted per op: convolution, mm/addmm and oneDNN's linear = linear, bmm and fused attention = attention; a step
-// is 3 forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
+// (counted per op: convolution and the 1×1 convolutions' bmm/baddbmm = conv, mm/addmm and oneDNN's
+// linear = linear, fused attention and dedpo_sd's small-head kernels = attention; a step is 3
+// forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
 // device's matmul rate in the compute dtype (the faster of at::mm and, in float32 on a CPU, oneDNN's
 // matmul), measured before the models exist. --json prints one
 // JSON line instead, for bench/dpo_step_side_by_side.py. --lora-rank R > 0 trains LoRA adapters of
@@ -119,7 +120,7 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     const auto q = sizes(0), k = sizes(1);
     g_count->attention += 4.0 * q[0] * q[1] * static_cast<double>(q[2]) * static_cast<double>(k[2]) * q[3];
   } else if (name == "dedpo::small_head_attention") {
-    // dedpo_sd's kernel for heads of 8 channels, q: [B, Sq, C], k: [B, Sk, C], C = H·D
+    // dedpo_sd's kernel for heads of 8 or 16 channels, q: [B, Sq, C], k: [B, Sk, C], C = H·D
     const auto q = sizes(0), k = sizes(1);
     g_count->attention += 4.0 * q[0] * q[1] * static_cast<double>(k[1]) * q[2];
   }

@@ -23,7 +23,6 @@ namespace dedpo::sd {
 namespace {
 
 constexpr int64_t kKeyLanes = 16;
-
 constexpr int64_t kQueriesPerTask = 64;
 
 struct Shape {
