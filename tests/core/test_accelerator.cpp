@@ -4,7 +4,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <tuple>
 
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
@@ -99,4 +101,25 @@ TEST(Accelerator, ParallelForInDedposCodeUsesEveryThread) {
   at::parallel_for(0, 2, 1, [&](int64_t, int64_t) { seen |= 1 << at::get_thread_num(); });
   at::set_num_threads(threads);
   EXPECT_EQ(seen.load(), 0b11) << "at::parallel_for ran its two tasks on one thread";
+}
+
+// oneDNN's product against at::mm in double with either operand a transposed view (the linear
+// backward's Wᵀ and xᵀ) and with a bias; odd sizes so that no block size divides them.
+TEST(Accelerator, OneDnnMatmulTakesTransposedViewsOfEitherOperand) {
+  if (!at::hasMKLDNN()) GTEST_SKIP() << "this LibTorch has no oneDNN";
+  at::manual_seed(7);
+  const int64_t m = 37, k = 53, n = 29;
+  const at::Tensor a = at::randn({m, k}), b = at::randn({n, k}), bias = at::randn({n});
+  const at::Tensor a_t = a.t().contiguous().t(), b_t = b.t().contiguous().t();  // same values, column-major
+  ASSERT_FALSE(a_t.is_contiguous());
+  ASSERT_FALSE(b_t.is_contiguous());
+  const at::Tensor want = at::mm(a.to(at::kDouble), b.to(at::kDouble).t());
+  for (const auto& [lhs, rhs, what] : {std::tuple{a, b, "contiguous"}, std::tuple{a, b_t, "b transposed"},
+                                       std::tuple{a_t, b, "a transposed"}, std::tuple{a_t, b_t, "both transposed"}}) {
+    const at::Tensor got = dedpo::onednn_matmul_transposed(lhs, rhs);
+    ASSERT_EQ(got.sizes(), want.sizes()) << what;
+    EXPECT_LE((got.to(at::kDouble) - want).abs().max().item<double>(), 1e-4) << what;
+    const at::Tensor with_bias = dedpo::onednn_matmul_transposed(lhs, rhs, bias);
+    EXPECT_LE((with_bias.to(at::kDouble) - want - bias.to(at::kDouble)).abs().max().item<double>(), 1e-4) << what;
+  }
 }

@@ -39,9 +39,9 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     if (ctx->needs_input_grad(0)) {
       std::vector<int64_t> shape = grads[0].sizes().vec();
       shape.back() = in;
-      dx = onednn_matmul_transposed(dy, weight.t().contiguous()).view(shape);  // dy·W: [N, in]
+      dx = onednn_matmul_transposed(dy, weight.t()).view(shape);  // dy·W: [N, in], Wᵀ read in place
     }
-    if (ctx->needs_input_grad(1)) dweight = onednn_matmul_transposed(dy.t().contiguous(), rows.t().contiguous());  // dyᵀ·x
+    if (ctx->needs_input_grad(1)) dweight = onednn_matmul_transposed(dy.t(), rows.t());  // dyᵀ·x, xᵀ read in place
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) dbias = dy.sum(0);  // no edge without a bias
     return {dx, dweight, dbias};
   }
