@@ -2,7 +2,6 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 #include <tuple>
 
@@ -11,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include "dedpo/host/accelerator.hpp"
+#include "test_support.hpp"
 
 TEST(Accelerator, NumericsAreSetProcessWide) {
   unsetenv("CUBLAS_WORKSPACE_CONFIG");
@@ -74,19 +74,12 @@ TEST(Accelerator, TheCpuMatmulRatesAreMeasuredOnce) {
 
 TEST(Accelerator, TheCpuFeaturesAreLibTorchsCapabilities) {
   // This machine's /proc/cpuinfo is the other witness of the same flags.
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
-  }
-  ASSERT_FALSE(line.empty()) << "no flags line in /proc/cpuinfo";
-  const auto has = [&](const std::string& flag) { return (line + " ").find(" " + flag + " ") != std::string::npos; };
+  ASSERT_FALSE(dedpo::test::cpuinfo_line("flags").empty()) << "no flags line in /proc/cpuinfo";
+  const auto has = [](const std::string& flag) { return dedpo::test::cpuinfo_has_flag(flag); };
   const dedpo::CpuFeatures cpu = dedpo::cpu_features();
   EXPECT_EQ(cpu.avx512, has("avx512f"));
   EXPECT_EQ(cpu.avx512_bf16, has("avx512_bf16"));
-  std::ifstream vendor_info("/proc/cpuinfo");
-  std::string vendor;
-  while (std::getline(vendor_info, vendor) && vendor.rfind("vendor_id", 0) != 0) {
-  }
+  const std::string vendor = dedpo::test::cpuinfo_line("vendor_id");
   EXPECT_EQ(cpu.amd, vendor.find("AuthenticAMD") != std::string::npos) << vendor;
   // AMX also needs the kernel's permission for its tile state, which LibTorch asks for.
   if (cpu.amx_bf16) EXPECT_TRUE(has("amx_bf16"));

@@ -5,11 +5,11 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "dedpo/sd/onednn_linear.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -75,15 +75,7 @@ TEST(OneDnnLinear, FrozenWeightsGiveTheInputItsGradientAndTakeNone) {
 }
 
 TEST(OneDnnLinear, AppliesToFloat32OnAmdCpusOnly) {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  bool amd = false;
-  while (std::getline(cpuinfo, line)) {
-    if (line.rfind("vendor_id", 0) == 0) {
-      amd = line.find("AuthenticAMD") != std::string::npos;
-      break;
-    }
-  }
+  const bool amd = dedpo::test::cpuinfo_line("vendor_id").find("AuthenticAMD") != std::string::npos;
   const at::Tensor x = at::zeros({2, 16}), weight = at::zeros({8, 16});
   EXPECT_EQ(onednn_linear_applies(x, weight), amd && at::hasMKLDNN());
   EXPECT_FALSE(onednn_linear_applies(x.to(at::kBFloat16), weight.to(at::kBFloat16)));

@@ -6,11 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
 #include <string>
 
 #include "dedpo/sd/blocks.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -109,12 +109,8 @@ TEST(SmallHeadAttention, ANanKeyMakesItsHeadNanAsInScaledDotProductAttention) {
 }
 
 TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8Or16OnAvx512) {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
-  }
-  ASSERT_FALSE(line.empty()) << "no flags line in /proc/cpuinfo";
-  const bool avx512f = (line + " ").find(" avx512f ") != std::string::npos;
+  ASSERT_FALSE(dedpo::test::cpuinfo_line("flags").empty()) << "no flags line in /proc/cpuinfo";
+  const bool avx512f = dedpo::test::cpuinfo_has_flag("avx512f");
   const at::Tensor q = at::zeros({1, 4, 64});
   EXPECT_EQ(small_head_attention_applies(q, q, q, 8), avx512f) << "D = 8";
   const at::Tensor bf16 = q.to(at::kBFloat16);

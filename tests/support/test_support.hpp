@@ -72,4 +72,19 @@ inline std::string read_file(const std::filesystem::path& file) {
   return text.str();
 }
 
+// The first line of /proc/cpuinfo that starts with `key` ("flags", "vendor_id"), empty if none: the
+// machine's own account of its CPU, against which the tests check dedpo's CPU detection.
+inline std::string cpuinfo_line(const std::string& key) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind(key, 0) == 0) return line;
+  }
+  return {};
+}
+
+inline bool cpuinfo_has_flag(const std::string& flag) {
+  return (cpuinfo_line("flags") + " ").find(" " + flag + " ") != std::string::npos;
+}
+
 }  // namespace dedpo::test

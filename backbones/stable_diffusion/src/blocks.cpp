@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "dedpo/sd/geglu.hpp"
 #include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
 
@@ -139,7 +140,9 @@ GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out) {
 }
 
 at::Tensor GEGLUImpl::forward(const at::Tensor& x) {
-  const auto halves = linear(proj, x).chunk(2, -1);  // value, gate: [.., inner] each
+  const at::Tensor projected = linear(proj, x);  // value, gate: [.., inner] each
+  if (geglu_applies(projected)) return geglu(projected);
+  const auto halves = projected.chunk(2, -1);
   return halves[0] * at::gelu(halves[1]);
 }
 

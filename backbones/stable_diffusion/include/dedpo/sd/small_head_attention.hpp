@@ -5,7 +5,7 @@
 // GFLOP/s here. These kernels vectorise over the keys instead, 16 per instruction, with the
 // exponential inline, and never materialise the scores either: forward 4×, forward + backward 5×
 // faster than ATen's on unet_sd15_small's self-attention at D = 8, 1.6× at D = 16
-// (bench/bench_attention.cpp, docs/performance.md). At 32 channels ATen's kernel is as fast and
+// (bench/bench_kernels.cpp, docs/performance.md). At 32 channels ATen's kernel is as fast and
 // keeps them. softmax(q·kᵀ/√D)·v, no mask.
 #include <ATen/core/Tensor.h>
 

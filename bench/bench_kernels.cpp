@@ -1,0 +1,173 @@
+// dedpo_bench_kernels [--batch B] [--threads T] [--reps N]
+//
+// Times dedpo_sd's CPU kernels against the ATen ops diffusers reaches on the same torch, on the
+// shapes of unet_sd15_small and unet_sdxl_small at 32×32 latents (../shared/bench), the two
+// implementations alternating rep by rep; forward under inference mode (the frozen reference) and
+// forward + backward (the trainable UNet); prints the median ms.
+// - Small-head attention (dedpo/sd/small_head_attention.hpp) against
+//   at::scaled_dot_product_attention (F.scaled_dot_product_attention): unet_sd15_small's 8 heads at
+//   every level, self-attention over 1024, 256 and 64 pixels (heads of 8, 16 and 32 channels) and
+//   cross-attention over 77 text tokens; the shapes the kernels do not serve are left out. Also
+//   GFLOP/s, 4·B·Sq·Sk·C per forward, twice that for the backward.
+// - GEGLU (dedpo/sd/geglu.hpp) against chunk, gelu and product (diffusers' GEGLU): the
+//   feed-forward layers at 32×32, 16×16 and 8×8 (both UNets share the last two).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dedpo/sd/blocks.hpp"
+#include "dedpo/sd/geglu.hpp"
+#include "dedpo/sd/small_head_attention.hpp"
+
+namespace {
+
+struct Shape {
+  const char* what;
+  int64_t queries, keys, channels, heads;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double time_ms(const std::function<void()>& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The median ms of two implementations of one pass, run alternately rep by rep after two warm-up
+// reps: the forward under inference mode (the frozen reference), or forward and backward of
+// sum(output · upstream) (the trainable UNet).
+std::pair<double, double> alternating_medians(int reps, bool backward, const at::Tensor& upstream,
+                                              const std::function<at::Tensor(int)>& implementation) {
+  std::vector<double> ms[2];
+  for (int rep = -2; rep < reps; ++rep) {
+    for (int impl = 0; impl < 2; ++impl) {
+      const double t = time_ms([&] {
+        if (backward) {
+          (implementation(impl) * upstream).sum().backward();
+        } else {
+          c10::InferenceMode inference;
+          implementation(impl);
+        }
+      });
+      if (rep >= 0) ms[impl].push_back(t);
+    }
+  }
+  return {median(ms[0]), median(ms[1])};
+}
+
+// at::scaled_dot_product_attention on [B, S, C] inputs, as multi_head_attention calls it.
+at::Tensor aten_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
+  auto split = [heads](const at::Tensor& x) {
+    return x.reshape({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);  // [B, H, S, D]
+  };
+  return dedpo::sd::scaled_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(q.sizes());
+}
+
+int parse_int(const char* flag, const char* value) {
+  char* end = nullptr;
+  const long n = std::strtol(value, &end, 10);
+  if (end == value || *end != '\0' || n <= 0) {
+    std::fprintf(stderr, "dedpo_bench_kernels: %s expects a positive integer, got '%s'\n", flag, value);
+    std::exit(2);
+  }
+  return static_cast<int>(n);
+}
+
+void bench_attention(int batch, int reps) {
+  const std::vector<Shape> shapes = {{"self, 32×32", 1024, 1024, 64, 8}, {"cross, 32×32", 1024, 77, 64, 8},
+                                     {"self, 16×16", 256, 256, 128, 8},   {"cross, 16×16", 256, 77, 128, 8},
+                                     {"self, 8×8", 64, 64, 256, 8},       {"cross, 8×8", 64, 77, 256, 8}};
+  if (const at::Tensor x = at::zeros({1, 1, 64}); !dedpo::sd::small_head_attention_applies(x, x, x, 8)) {
+    std::fprintf(stderr, "dedpo_bench_kernels: this CPU has no AVX-512F, so the small-head kernels never run here\n");
+    return;
+  }
+  std::printf("| call | B×Sq×Sk, H×D | pass | aten ms | small-head ms | ratio | aten GFLOP/s | small-head GFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    if (const at::Tensor x = at::zeros({1, 1, s.channels}); !dedpo::sd::small_head_attention_applies(x, x, x, s.heads)) {
+      continue;
+    }
+    at::manual_seed(0);
+    const at::Tensor q = at::randn({batch, s.queries, s.channels}).requires_grad_();
+    const at::Tensor k = at::randn({batch, s.keys, s.channels}).requires_grad_();
+    const at::Tensor v = at::randn({batch, s.keys, s.channels}).requires_grad_();
+    const at::Tensor upstream = at::randn({batch, s.queries, s.channels});
+    const double forward_flops = 4.0 * batch * s.queries * static_cast<double>(s.keys) * s.channels;
+    using Attention = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+    const Attention implementations[2] = {&aten_attention, &dedpo::sd::small_head_attention};
+    for (const bool backward : {false, true}) {
+      const auto [aten, small] = alternating_medians(reps, backward, upstream, [&](int impl) { return implementations[impl](q, k, v, s.heads); });
+      const double flops = backward ? 3.0 * forward_flops : forward_flops;
+      std::printf("| %s | %d×%lld×%lld, %lld×%lld | %s | %.2f | %.2f | %.2f | %.0f | %.0f |\n", s.what, batch,
+                  static_cast<long long>(s.queries), static_cast<long long>(s.keys), static_cast<long long>(s.heads),
+                  static_cast<long long>(s.channels / s.heads), backward ? "fwd+bwd" : "fwd", aten, small,
+                  small / aten, flops / (aten * 1e6), flops / (small * 1e6));
+    }
+  }
+}
+
+// diffusers' GEGLU on [B, tokens, 2·n]: value · gelu(gate).
+at::Tensor aten_geglu(const at::Tensor& x) {
+  const auto halves = x.chunk(2, -1);
+  return halves[0] * at::gelu(halves[1]);
+}
+
+void bench_geglu(int batch, int reps) {
+  if (!dedpo::sd::geglu_applies(at::zeros({2}))) {
+    std::fprintf(stderr, "dedpo_bench_kernels: this CPU has no AVX-512F, so the GEGLU kernel never runs here\n");
+    return;
+  }
+  struct Level {
+    const char* what;
+    int64_t tokens, inner;
+  };
+  std::printf("\n| GEGLU | B×tokens×2·inner | pass | aten ms | dedpo_sd ms | ratio |\n|---|---|---|---|---|---|\n");
+  for (const Level& level : {Level{"32×32", 1024, 256}, Level{"16×16", 256, 512}, Level{"8×8", 64, 1024}}) {
+    at::manual_seed(0);
+    const at::Tensor x = at::randn({batch, level.tokens, 2 * level.inner}).requires_grad_();
+    const at::Tensor upstream = at::randn({batch, level.tokens, level.inner});
+    using Geglu = at::Tensor (*)(const at::Tensor&);
+    const Geglu implementations[2] = {&aten_geglu, &dedpo::sd::geglu};
+    for (const bool backward : {false, true}) {
+      const auto [aten, fused] = alternating_medians(reps, backward, upstream, [&](int impl) { return implementations[impl](x); });
+      std::printf("| %s | %d×%lld×%lld | %s | %.3f | %.3f | %.2f |\n", level.what, batch,
+                  static_cast<long long>(level.tokens), static_cast<long long>(2 * level.inner),
+                  backward ? "fwd+bwd" : "fwd", aten, fused, fused / aten);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int batch = 2, threads = 2, reps = 20;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc || (flag != "--batch" && flag != "--threads" && flag != "--reps")) {
+      std::fprintf(stderr, "usage: dedpo_bench_kernels [--batch B] [--threads T] [--reps N]\n");
+      return 2;
+    }
+    const int value = parse_int(argv[i], argv[i + 1]);
+    ++i;
+    (flag == "--batch" ? batch : flag == "--threads" ? threads : reps) = value;
+  }
+  at::set_num_threads(threads);
+  std::printf("batch %d, %d threads, median of %d alternating reps, float32\n\n", batch, threads, reps);
+  bench_attention(batch, reps);
+  bench_geglu(batch, reps);
+  return 0;
+}
