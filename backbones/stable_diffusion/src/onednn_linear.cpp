@@ -6,6 +6,7 @@
 #include <torch/autograd.h>
 
 #include "dedpo/host/accelerator.hpp"
+#include "dedpo/sd/transpose.hpp"
 
 #include <optional>
 #include <vector>
@@ -41,7 +42,7 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
       shape.back() = in;
       dx = onednn_matmul_transposed(dy, weight.t()).view(shape);  // dy·W: [N, in], Wᵀ read in place
     }
-    if (ctx->needs_input_grad(1)) dweight = onednn_matmul_transposed(dy.t(), rows.t());  // dyᵀ·x, xᵀ read in place
+    if (ctx->needs_input_grad(1)) dweight = onednn_matmul_transposed(transposed_contiguous(dy), rows.t());  // dyᵀ·x, xᵀ read in place
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) dbias = dy.sum(0);  // no edge without a bias
     return {dx, dweight, dbias};
   }
