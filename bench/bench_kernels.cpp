@@ -6,11 +6,13 @@
 // forward + backward (the trainable UNet); prints the median ms.
 // - Small-head attention (dedpo/sd/small_head_attention.hpp) against
 //   at::scaled_dot_product_attention (F.scaled_dot_product_attention): unet_sd15_small's 8 heads at
-//   every level, self-attention over 1024, 256 and 64 pixels (heads of 8, 16 and 32 channels) and
-//   cross-attention over 77 text tokens; the shapes the kernels do not serve are left out. Also
-//   GFLOP/s, 4·B·Sq·Sk·C per forward, twice that for the backward.
+//   every level, self-attention over 1024, 256 and 64 pixels (heads of 8, 16 and 32 channels), and
+//   unet_sdxl_small's heads of 64 channels over 256 and 64 pixels, each also as cross-attention over
+//   77 text tokens. Also GFLOP/s, 4·B·Sq·Sk·C per forward, twice that for the backward.
 // - GEGLU (dedpo/sd/geglu.hpp) against chunk, gelu and product (diffusers' GEGLU): the
 //   feed-forward layers at 32×32, 16×16 and 8×8 (both UNets share the last two).
+// - The transpose of a float32 matrix into a contiguous one (dedpo/sd/transpose.hpp) against
+//   m.t().contiguous(), on the linear layers' upstream gradients.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -27,6 +29,7 @@
 #include "dedpo/sd/blocks.hpp"
 #include "dedpo/sd/geglu.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
+#include "dedpo/sd/transpose.hpp"
 
 namespace {
 
@@ -88,9 +91,12 @@ int parse_int(const char* flag, const char* value) {
 }
 
 void bench_attention(int batch, int reps) {
-  const std::vector<Shape> shapes = {{"self, 32×32", 1024, 1024, 64, 8}, {"cross, 32×32", 1024, 77, 64, 8},
-                                     {"self, 16×16", 256, 256, 128, 8},   {"cross, 16×16", 256, 77, 128, 8},
-                                     {"self, 8×8", 64, 64, 256, 8},       {"cross, 8×8", 64, 77, 256, 8}};
+  const std::vector<Shape> shapes = {
+      {"sd15_small self, 32×32", 1024, 1024, 64, 8}, {"sd15_small cross, 32×32", 1024, 77, 64, 8},
+      {"sd15_small self, 16×16", 256, 256, 128, 8},  {"sd15_small cross, 16×16", 256, 77, 128, 8},
+      {"sd15_small self, 8×8", 64, 64, 256, 8},      {"sd15_small cross, 8×8", 64, 77, 256, 8},
+      {"sdxl_small self, 16×16", 256, 256, 128, 2},  {"sdxl_small cross, 16×16", 256, 77, 128, 2},
+      {"sdxl_small self, 8×8", 64, 64, 256, 4},      {"sdxl_small cross, 8×8", 64, 77, 256, 4}};
   if (const at::Tensor x = at::zeros({1, 1, 64}); !dedpo::sd::small_head_attention_applies(x, x, x, 8)) {
     std::fprintf(stderr, "dedpo_bench_kernels: this CPU has no AVX-512F, so the small-head kernels never run here\n");
     return;
@@ -151,6 +157,19 @@ void bench_geglu(int batch, int reps) {
   }
 }
 
+// The linear layers' weight gradient transposes its upstream gradient, [rows, out] -> [out, rows].
+void bench_transpose(int reps) {
+  std::printf("\n| transpose | rows × columns | aten ms | dedpo_sd ms | ratio |\n|---|---|---|---|---|\n");
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{2048, 64}, {2048, 256}, {512, 1280}, {128, 1024}}) {
+    const at::Tensor m = at::randn({rows, cols});
+    const auto [aten, ours] = alternating_medians(reps, false, at::Tensor(), [&](int impl) {
+      return impl == 0 ? m.t().contiguous() : dedpo::sd::transposed_contiguous(m);
+    });
+    std::printf("| float32 | %lld × %lld | %.3f | %.3f | %.2f |\n", static_cast<long long>(rows),
+                static_cast<long long>(cols), aten, ours, ours / aten);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -169,5 +188,6 @@ int main(int argc, char** argv) {
   std::printf("batch %d, %d threads, median of %d alternating reps, float32\n\n", batch, threads, reps);
   bench_attention(batch, reps);
   bench_geglu(batch, reps);
+  bench_transpose(reps);
   return 0;
 }

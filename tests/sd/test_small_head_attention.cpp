@@ -83,7 +83,14 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,
                                          Case{2, 64, 64, 8, 16, 1.0},   // D = 16: self-attention
                                          Case{1, 13, 77, 2, 16, 1.0},   // D = 16: cross-attention, a last backward sweep of 5
                                          Case{2, 9, 1, 3, 16, 2.0},     // D = 16: a single key
-                                         Case{1, 70, 300, 2, 16, 4.0}));  // D = 16: peaked softmax
+                                         Case{1, 70, 300, 2, 16, 4.0},  // D = 16: peaked softmax
+                                         Case{2, 256, 256, 2, 64, 1.0},  // D = 64: sdxl_small's 16×16 self-attention
+                                         Case{2, 64, 77, 4, 64, 1.0},    // D = 64: cross-attention at 8×8
+                                         Case{1, 11, 33, 2, 64, 4.0},    // D = 64: a short tile (6 + 5), peaked, 1-key tail
+                                         Case{2, 5, 1, 1, 64, 1.0},      // D = 64: a single key
+                                         Case{2, 64, 64, 8, 32, 1.0},    // D = 32: unet_sd15_small's 8×8 level
+                                         Case{1, 25, 77, 3, 32, 2.0},    // D = 32: a last tile of 1 query
+                                         Case{1, 70, 300, 2, 32, 4.0}));  // D = 32: peaked softmax
 
 TEST(SmallHeadAttention, InferenceModeGivesTheSameOutputWithoutAGraph) {
   if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
@@ -108,7 +115,7 @@ TEST(SmallHeadAttention, ANanKeyMakesItsHeadNanAsInScaledDotProductAttention) {
   EXPECT_TRUE(sdpa.select(1, 0).isnan().all().item<bool>());
 }
 
-TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8Or16OnAvx512) {
+TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8To64OnAvx512) {
   ASSERT_FALSE(dedpo::test::cpuinfo_line("flags").empty()) << "no flags line in /proc/cpuinfo";
   const bool avx512f = dedpo::test::cpuinfo_has_flag("avx512f");
   const at::Tensor q = at::zeros({1, 4, 64});
@@ -116,7 +123,12 @@ TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8Or16OnAvx512) {
   const at::Tensor bf16 = q.to(at::kBFloat16);
   EXPECT_EQ(small_head_attention_applies(bf16, bf16, bf16, 8), avx512f) << "bf16";
   EXPECT_EQ(small_head_attention_applies(q, q, q, 4), avx512f) << "D = 16";
-  EXPECT_FALSE(small_head_attention_applies(q, q, q, 2)) << "D = 32";
+  EXPECT_EQ(small_head_attention_applies(q, q, q, 2), avx512f) << "D = 32";
+  EXPECT_EQ(small_head_attention_applies(q, q, q, 1), avx512f) << "D = 64";
+  const at::Tensor wider = at::zeros({1, 4, 128});
+  EXPECT_FALSE(small_head_attention_applies(wider, wider, wider, 1)) << "D = 128";
+  const at::Tensor odd = at::zeros({1, 4, 48});
+  EXPECT_FALSE(small_head_attention_applies(odd, odd, odd, 1)) << "D = 48";
   EXPECT_FALSE(small_head_attention_applies(q, q, q, 5)) << "64 channels do not split into 5 heads";
   EXPECT_FALSE(small_head_attention_applies(q, q, bf16, 8)) << "mixed dtypes";
   EXPECT_FALSE(small_head_attention_applies(q.to(at::kDouble), q.to(at::kDouble), q.to(at::kDouble), 8)) << "double";

@@ -49,14 +49,26 @@ at::Tensor untransposed(const at::Tensor& x, const Shape& s) {
   return x.narrow(3, 0, s.keys).permute({0, 3, 1, 2}).reshape({s.batch, s.keys, s.channels});
 }
 
-avx512::AttentionHead head_at(const at::Tensor& keys_t, const at::Tensor& values_t, const Shape& s, int64_t bh) {
-  const int64_t offset = bh * s.head_dim * s.keys_padded;
-  return {s.head_dim, s.keys, s.keys_padded, keys_t.data_ptr<float>() + offset, values_t.data_ptr<float>() + offset};
-}
-
 // Offset of (sample, head)'s first row in a [B, S, C] tensor whose rows are C floats apart.
 int64_t row_offset(const Shape& s, int64_t bh, int64_t rows) {
   return (bh / s.heads) * rows * s.channels + (bh % s.heads) * s.head_dim;
+}
+
+// Heads of 32 and 64 channels also read the keys and values as rows; smaller ones do not keep them.
+bool reads_rows(const Shape& s) { return s.head_dim >= 32; }
+
+// k, v: the contiguous [B, Sk, C] inputs where reads_rows(s), else undefined.
+avx512::AttentionHead head_at(const at::Tensor& keys_t, const at::Tensor& values_t, const at::Tensor& k,
+                              const at::Tensor& v, const Shape& s, int64_t bh) {
+  const int64_t offset = bh * s.head_dim * s.keys_padded, rows = row_offset(s, bh, s.keys);
+  return {s.head_dim,
+          s.keys,
+          s.keys_padded,
+          keys_t.data_ptr<float>() + offset,
+          values_t.data_ptr<float>() + offset,
+          k.defined() ? k.data_ptr<float>() + rows : nullptr,
+          v.defined() ? v.data_ptr<float>() + rows : nullptr,
+          s.channels};
 }
 
 class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> {
@@ -67,20 +79,22 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
     const at::Tensor scaled_q = (q * s.scale).contiguous();  // [B, Sq, C]
     const at::Tensor keys_t = transposed_padded(k, s);       // [B, H, D, Skp]
     const at::Tensor values_t = transposed_padded(v, s);     // [B, H, D, Skp]
+    const at::Tensor key_rows = reads_rows(s) ? k.contiguous() : at::Tensor();
+    const at::Tensor value_rows = reads_rows(s) ? v.contiguous() : at::Tensor();
     at::Tensor out = at::empty({s.batch, s.queries, s.channels}, q.options());
     at::Tensor log_sum_exp = at::empty({s.batch * s.heads, s.queries}, q.options());
     const int64_t blocks = (s.queries + kQueriesPerTask - 1) / kQueriesPerTask;
     at::parallel_for(0, s.batch * s.heads * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> scratch(static_cast<size_t>(avx512::forward_scratch_floats(s.keys_padded)));
+      std::vector<float> scratch(static_cast<size_t>(avx512::forward_scratch_floats(s.head_dim, s.keys_padded)));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / blocks, first = (task % blocks) * kQueriesPerTask;
         const int64_t rows = row_offset(s, bh, s.queries);
-        avx512::attention_forward(head_at(keys_t, values_t, s, bh), scaled_q.data_ptr<float>() + rows, s.channels,
+        avx512::attention_forward(head_at(keys_t, values_t, key_rows, value_rows, s, bh), scaled_q.data_ptr<float>() + rows, s.channels,
                                   first, std::min(first + kQueriesPerTask, s.queries), out.data_ptr<float>() + rows,
                                   s.channels, log_sum_exp.data_ptr<float>() + bh * s.queries, scratch.data());
       }
     });
-    ctx->save_for_backward({scaled_q, keys_t, values_t, out, log_sum_exp});
+    ctx->save_for_backward({scaled_q, keys_t, values_t, out, log_sum_exp, key_rows, value_rows});
     ctx->saved_data["heads"] = heads;
     ctx->saved_data["keys"] = s.keys;
     return out;
@@ -90,7 +104,7 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
                                                torch::autograd::tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &scaled_q = saved[0], &keys_t = saved[1], &values_t = saved[2], &out = saved[3],
-                     &log_sum_exp = saved[4];
+                     &log_sum_exp = saved[4], &key_rows = saved[5], &value_rows = saved[6];
     const Shape s = make_shape(scaled_q.size(0), scaled_q.size(1), ctx->saved_data["keys"].toInt(),
                                scaled_q.size(2), ctx->saved_data["heads"].toInt());
     const at::Tensor dout = grads[0].contiguous();
@@ -98,14 +112,16 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
     at::Tensor dkeys_t = at::zeros_like(keys_t), dvalues_t = at::zeros_like(values_t);
     // One task per (sample, head): a head's key and value gradients sum over all its queries.
     at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(static_cast<size_t>(avx512::backward_scratch_floats(s.head_dim, s.keys_padded)));
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t rows = row_offset(s, bh, s.queries);
         const int64_t offset = bh * s.head_dim * s.keys_padded;
-        avx512::attention_backward(head_at(keys_t, values_t, s, bh), scaled_q.data_ptr<float>() + rows,
-                                   out.data_ptr<float>() + rows, dout.data_ptr<float>() + rows,
-                                   log_sum_exp.data_ptr<float>() + bh * s.queries, s.channels, s.queries,
-                                   dq.data_ptr<float>() + rows, dkeys_t.data_ptr<float>() + offset,
-                                   dvalues_t.data_ptr<float>() + offset);
+        avx512::attention_backward(head_at(keys_t, values_t, key_rows, value_rows, s, bh),
+                                   scaled_q.data_ptr<float>() + rows, out.data_ptr<float>() + rows,
+                                   dout.data_ptr<float>() + rows, log_sum_exp.data_ptr<float>() + bh * s.queries,
+                                   s.channels, s.queries, dq.data_ptr<float>() + rows,
+                                   dkeys_t.data_ptr<float>() + offset, dvalues_t.data_ptr<float>() + offset,
+                                   scratch.data());
       }
     });
     dq.mul_(s.scale);  // the kernels differentiate with respect to the scaled queries
