@@ -11,6 +11,7 @@
 
 #include "dedpo/host/accelerator.hpp"
 #include "small_head_attention_kernels.hpp"
+#include "transpose_kernels.hpp"
 
 // at::parallel_for is inline: without OpenMP here it would run every task on the calling thread
 // (cmake/DedpoDependencies.cmake compiles dedpo with LibTorch's OpenMP).
@@ -36,22 +37,41 @@ Shape make_shape(int64_t batch, int64_t queries, int64_t keys, int64_t channels,
           static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)))};
 }
 
+// Offset of (sample, head)'s first row in a [B, S, C] tensor whose rows are C floats apart.
+int64_t row_offset(const Shape& s, int64_t bh, int64_t rows) {
+  return (bh / s.heads) * rows * s.channels + (bh % s.heads) * s.head_dim;
+}
+
 // [B, Sk, C] -> [B, H, D, Sk padded with zero columns to a multiple of 16]: the layout in which a
-// key's channel c is contiguous across keys, for the kernels' 16-key vectors.
+// key's channel c is contiguous across keys, for the kernels' 16-key vectors. One transpose per
+// (sample, head), on every thread.
 at::Tensor transposed_padded(const at::Tensor& x, const Shape& s) {
-  at::Tensor out = at::zeros({s.batch, s.heads, s.head_dim, s.keys_padded}, x.options());
-  out.narrow(3, 0, s.keys).copy_(x.reshape({s.batch, s.keys, s.heads, s.head_dim}).permute({0, 2, 3, 1}));
+  const at::Tensor rows = x.contiguous();
+  at::Tensor out = at::empty({s.batch, s.heads, s.head_dim, s.keys_padded}, x.options());
+  if (s.keys_padded > s.keys) out.narrow(3, s.keys, s.keys_padded - s.keys).zero_();
+  const float* src = rows.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      avx512::transpose(src + row_offset(s, bh, s.keys), s.channels, s.keys, 0, s.head_dim,
+                        dst + bh * s.head_dim * s.keys_padded, s.keys_padded);
+    }
+  });
   return out;
 }
 
 // The inverse of transposed_padded: [B, H, D, Sk padded] -> [B, Sk, C].
 at::Tensor untransposed(const at::Tensor& x, const Shape& s) {
-  return x.narrow(3, 0, s.keys).permute({0, 3, 1, 2}).reshape({s.batch, s.keys, s.channels});
-}
-
-// Offset of (sample, head)'s first row in a [B, S, C] tensor whose rows are C floats apart.
-int64_t row_offset(const Shape& s, int64_t bh, int64_t rows) {
-  return (bh / s.heads) * rows * s.channels + (bh % s.heads) * s.head_dim;
+  at::Tensor out = at::empty({s.batch, s.keys, s.channels}, x.options());
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      avx512::transpose(src + bh * s.head_dim * s.keys_padded, s.keys_padded, s.head_dim, 0, s.keys,
+                        dst + row_offset(s, bh, s.keys), s.channels);
+    }
+  });
+  return out;
 }
 
 // Heads of 32 and 64 channels also read the keys and values as rows; smaller ones do not keep them.
