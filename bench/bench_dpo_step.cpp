@@ -120,7 +120,7 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     const auto q = sizes(0), k = sizes(1);
     g_count->attention += 4.0 * q[0] * q[1] * static_cast<double>(q[2]) * static_cast<double>(k[2]) * q[3];
   } else if (name == "dedpo::small_head_attention") {
-    // dedpo_sd's kernel for heads of 8 or 16 channels, q: [B, Sq, C], k: [B, Sk, C], C = H·D
+    // dedpo_sd's kernels for heads of 8 to 64 channels, q: [B, Sq, C], k: [B, Sk, C], C = H·D
     const auto q = sizes(0), k = sizes(1);
     g_count->attention += 4.0 * q[0] * q[1] * static_cast<double>(k[1]) * q[2];
   }

@@ -92,27 +92,37 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,
                                          Case{1, 25, 77, 3, 32, 2.0},    // D = 32: a last tile of 1 query
                                          Case{1, 70, 300, 2, 32, 4.0}));  // D = 32: peaked softmax
 
+// Heads of 8 channels (one query per register row) and of 64 (tiles of queries) take different
+// kernels; the tests below run both.
+constexpr int64_t kHeadDims[] = {8, 64};
+
 TEST(SmallHeadAttention, InferenceModeGivesTheSameOutputWithoutAGraph) {
   if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
-  at::manual_seed(3);
-  const at::Tensor q = at::randn({2, 40, 32}), k = at::randn({2, 50, 32}), v = at::randn({2, 50, 32});
-  const at::Tensor with_grad_mode = small_head_attention(q, k, v, 4);
-  c10::InferenceMode inference;
-  const at::Tensor inferred = small_head_attention(q, k, v, 4);
-  EXPECT_TRUE(at::equal(inferred, with_grad_mode));
-  EXPECT_FALSE(inferred.requires_grad());
+  for (const int64_t d : kHeadDims) {
+    SCOPED_TRACE("D = " + std::to_string(d));
+    at::manual_seed(3);
+    const at::Tensor q = at::randn({2, 40, 4 * d}), k = at::randn({2, 50, 4 * d}), v = at::randn({2, 50, 4 * d});
+    const at::Tensor with_grad_mode = small_head_attention(q, k, v, 4);
+    c10::InferenceMode inference;
+    const at::Tensor inferred = small_head_attention(q, k, v, 4);
+    EXPECT_TRUE(at::equal(inferred, with_grad_mode));
+    EXPECT_FALSE(inferred.requires_grad());
+  }
 }
 
 TEST(SmallHeadAttention, ANanKeyMakesItsHeadNanAsInScaledDotProductAttention) {
   if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
-  at::manual_seed(4);
-  const at::Tensor q = at::randn({1, 20, 16}), k = at::randn({1, 40, 16}), v = at::randn({1, 40, 16});
-  k[0][33][3] = std::nan("");  // head 0 (channels 0..7) of key 33
-  const at::Tensor out = small_head_attention(q, k, v, 2);
-  EXPECT_TRUE(out.narrow(2, 0, 8).isnan().all().item<bool>());
-  EXPECT_TRUE(out.narrow(2, 8, 8).isfinite().all().item<bool>());
-  const at::Tensor sdpa = scaled_attention(split_heads(q, 2), split_heads(k, 2), split_heads(v, 2));
-  EXPECT_TRUE(sdpa.select(1, 0).isnan().all().item<bool>());
+  for (const int64_t d : kHeadDims) {
+    SCOPED_TRACE("D = " + std::to_string(d));
+    at::manual_seed(4);
+    const at::Tensor q = at::randn({1, 20, 2 * d}), k = at::randn({1, 40, 2 * d}), v = at::randn({1, 40, 2 * d});
+    k[0][33][3] = std::nan("");  // head 0 (channels 0..D-1) of key 33
+    const at::Tensor out = small_head_attention(q, k, v, 2);
+    EXPECT_TRUE(out.narrow(2, 0, d).isnan().all().item<bool>());
+    EXPECT_TRUE(out.narrow(2, d, d).isfinite().all().item<bool>());
+    const at::Tensor sdpa = scaled_attention(split_heads(q, 2), split_heads(k, 2), split_heads(v, 2));
+    EXPECT_TRUE(sdpa.select(1, 0).isnan().all().item<bool>());
+  }
 }
 
 TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8To64OnAvx512) {
@@ -145,19 +155,22 @@ TEST(SmallHeadAttention, ServesOnlyFloat32CpuHeadsOf8To64OnAvx512) {
 // differentiated in bfloat16.
 TEST(SmallHeadAttention, Bfloat16InputsAreComputedInFloat32) {
   if (!kernels_run_here()) GTEST_SKIP() << "this CPU has no AVX-512F";
-  at::manual_seed(6);
-  const at::Tensor q = at::randn({2, 50, 32}).to(at::kBFloat16).requires_grad_();
-  const at::Tensor k = at::randn({2, 77, 32}).to(at::kBFloat16).requires_grad_();
-  const at::Tensor v = at::randn({2, 77, 32}).to(at::kBFloat16).requires_grad_();
-  const at::Tensor out = small_head_attention(q, k, v, 4);
-  EXPECT_EQ(out.scalar_type(), at::kBFloat16);
-  out.sum().backward();
-  EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
-  EXPECT_EQ(k.grad().scalar_type(), at::kBFloat16);
-  const at::Tensor want = reference_attention(q.detach().to(at::kDouble), k.detach().to(at::kDouble),
-                                              v.detach().to(at::kDouble), 4);
-  // The float32 result rounded once to bfloat16: within bfloat16's half-ulp (2^-9 relative).
-  EXPECT_LE((out.detach().to(at::kDouble) - want).abs().max().item<double>(), 4e-3 * want.abs().max().item<double>());
+  for (const int64_t d : kHeadDims) {
+    SCOPED_TRACE("D = " + std::to_string(d));
+    at::manual_seed(6);
+    const at::Tensor q = at::randn({2, 50, 4 * d}).to(at::kBFloat16).requires_grad_();
+    const at::Tensor k = at::randn({2, 77, 4 * d}).to(at::kBFloat16).requires_grad_();
+    const at::Tensor v = at::randn({2, 77, 4 * d}).to(at::kBFloat16).requires_grad_();
+    const at::Tensor out = small_head_attention(q, k, v, 4);
+    EXPECT_EQ(out.scalar_type(), at::kBFloat16);
+    out.sum().backward();
+    EXPECT_EQ(q.grad().scalar_type(), at::kBFloat16);
+    EXPECT_EQ(k.grad().scalar_type(), at::kBFloat16);
+    const at::Tensor want = reference_attention(q.detach().to(at::kDouble), k.detach().to(at::kDouble),
+                                                v.detach().to(at::kDouble), 4);
+    // The float32 result rounded once to bfloat16: within bfloat16's half-ulp (2^-9 relative).
+    EXPECT_LE((out.detach().to(at::kDouble) - want).abs().max().item<double>(), 4e-3 * want.abs().max().item<double>());
+  }
 }
 
 TEST(SmallHeadAttention, MultiHeadAttentionAgreesWithScaledDotProductAttention) {

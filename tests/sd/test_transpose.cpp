@@ -1,11 +1,13 @@
 // transposed_contiguous equals ATen's m.t().contiguous() exactly, on shapes with and without
-// 16-row and 16-column remainders, on row-strided views, and where it falls back to ATen.
+// 16-row and 16-column remainders, on row-strided views, and where it falls back to ATen. The
+// kernel runs on CPUs with AVX-512F only; elsewhere the kernel tests skip (both sides would be ATen).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <utility>
 
 #include "dedpo/sd/transpose.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -19,6 +21,7 @@ void expect_transpose(const at::Tensor& m) {
 }
 
 TEST(TransposedContiguous, EqualsAtensTransposeOnEveryRemainder) {
+  if (!dedpo::test::cpuinfo_has_flag("avx512f")) GTEST_SKIP() << "this CPU has no AVX-512F";
   at::manual_seed(3);
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{2048, 256}, {16, 16}, {17, 33}, {1, 40}, {40, 1},
                                    {5, 7}, {128, 1030}, {1000, 48}}) {
@@ -27,6 +30,7 @@ TEST(TransposedContiguous, EqualsAtensTransposeOnEveryRemainder) {
 }
 
 TEST(TransposedContiguous, ReadsARowStridedView) {
+  if (!dedpo::test::cpuinfo_has_flag("avx512f")) GTEST_SKIP() << "this CPU has no AVX-512F";
   const at::Tensor wide = at::randn({64, 100});
   expect_transpose(wide.narrow(1, 10, 50));  // rows 100 floats apart, 50 read
 }

@@ -24,7 +24,9 @@ namespace dedpo::sd {
 namespace {
 
 constexpr int64_t kKeyLanes = 16;
-constexpr int64_t kQueriesPerTask = 64;
+// A multiple of every kernel's queries per sweep or tile (2, 12, 6), so that no task computes rows
+// it discards.
+constexpr int64_t kQueriesPerTask = 48;
 
 struct Shape {
   int64_t batch, queries, keys, keys_padded, channels, heads, head_dim;
@@ -74,21 +76,24 @@ at::Tensor untransposed(const at::Tensor& x, const Shape& s) {
   return out;
 }
 
-// Heads of 32 and 64 channels also read the keys and values as rows; smaller ones do not keep them.
+// Heads of 32 and 64 channels read the values as rows in the forward pass and Vᵀ only in the
+// backward, and the keys both ways; smaller heads read Kᵀ and Vᵀ only.
 bool reads_rows(const Shape& s) { return s.head_dim >= 32; }
 
-// k, v: the contiguous [B, Sk, C] inputs where reads_rows(s), else undefined.
+// keys_t, values_t: [B, H, D, Skp]; k, v: the contiguous [B, Sk, C] inputs. Any of them undefined
+// where the pass does not read it.
 avx512::AttentionHead head_at(const at::Tensor& keys_t, const at::Tensor& values_t, const at::Tensor& k,
                               const at::Tensor& v, const Shape& s, int64_t bh) {
   const int64_t offset = bh * s.head_dim * s.keys_padded, rows = row_offset(s, bh, s.keys);
-  return {s.head_dim,
-          s.keys,
-          s.keys_padded,
-          keys_t.data_ptr<float>() + offset,
-          values_t.data_ptr<float>() + offset,
-          k.defined() ? k.data_ptr<float>() + rows : nullptr,
-          v.defined() ? v.data_ptr<float>() + rows : nullptr,
-          s.channels};
+  auto at_offset = [](const at::Tensor& t, int64_t n) { return t.defined() ? t.data_ptr<float>() + n : nullptr; };
+  return {.head_dim = s.head_dim,
+          .keys = s.keys,
+          .keys_padded = s.keys_padded,
+          .keys_t = at_offset(keys_t, offset),
+          .values_t = at_offset(values_t, offset),
+          .key_rows = at_offset(k, rows),
+          .value_rows = at_offset(v, rows),
+          .row_stride = s.channels};
 }
 
 class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> {
@@ -97,10 +102,10 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
                             const at::Tensor& v, int64_t heads) {
     const Shape s = make_shape(q.size(0), q.size(1), k.size(1), q.size(2), heads);
     const at::Tensor scaled_q = (q * s.scale).contiguous();  // [B, Sq, C]
-    const at::Tensor keys_t = transposed_padded(k, s);       // [B, H, D, Skp]
-    const at::Tensor values_t = transposed_padded(v, s);     // [B, H, D, Skp]
     const at::Tensor key_rows = reads_rows(s) ? k.contiguous() : at::Tensor();
     const at::Tensor value_rows = reads_rows(s) ? v.contiguous() : at::Tensor();
+    const at::Tensor keys_t = transposed_padded(key_rows.defined() ? key_rows : k, s);  // [B, H, D, Skp]
+    const at::Tensor values_t = reads_rows(s) ? at::Tensor() : transposed_padded(v, s);  // built by the backward
     at::Tensor out = at::empty({s.batch, s.queries, s.channels}, q.options());
     at::Tensor log_sum_exp = at::empty({s.batch * s.heads, s.queries}, q.options());
     const int64_t blocks = (s.queries + kQueriesPerTask - 1) / kQueriesPerTask;
@@ -114,7 +119,7 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
                                   s.channels, log_sum_exp.data_ptr<float>() + bh * s.queries, scratch.data());
       }
     });
-    ctx->save_for_backward({scaled_q, keys_t, values_t, out, log_sum_exp, key_rows, value_rows});
+    ctx->save_for_backward({scaled_q, keys_t, reads_rows(s) ? value_rows : values_t, out, log_sum_exp, key_rows});
     ctx->saved_data["heads"] = heads;
     ctx->saved_data["keys"] = s.keys;
     return out;
@@ -123,10 +128,11 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &scaled_q = saved[0], &keys_t = saved[1], &values_t = saved[2], &out = saved[3],
-                     &log_sum_exp = saved[4], &key_rows = saved[5], &value_rows = saved[6];
+    const at::Tensor &scaled_q = saved[0], &keys_t = saved[1], &out = saved[3], &log_sum_exp = saved[4],
+                     &key_rows = saved[5];
     const Shape s = make_shape(scaled_q.size(0), scaled_q.size(1), ctx->saved_data["keys"].toInt(),
                                scaled_q.size(2), ctx->saved_data["heads"].toInt());
+    const at::Tensor values_t = reads_rows(s) ? transposed_padded(saved[2], s) : saved[2];
     const at::Tensor dout = grads[0].contiguous();
     at::Tensor dq = at::empty_like(scaled_q);
     at::Tensor dkeys_t = at::zeros_like(keys_t), dvalues_t = at::zeros_like(values_t);
@@ -136,7 +142,7 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t rows = row_offset(s, bh, s.queries);
         const int64_t offset = bh * s.head_dim * s.keys_padded;
-        avx512::attention_backward(head_at(keys_t, values_t, key_rows, value_rows, s, bh),
+        avx512::attention_backward(head_at(keys_t, values_t, key_rows, at::Tensor(), s, bh),
                                    scaled_q.data_ptr<float>() + rows, out.data_ptr<float>() + rows,
                                    dout.data_ptr<float>() + rows, log_sum_exp.data_ptr<float>() + bh * s.queries,
                                    s.channels, s.queries, dq.data_ptr<float>() + rows,

@@ -15,10 +15,10 @@ namespace dedpo::sd::avx512 {
 namespace {
 
 constexpr int kLanes = 16;
-// Queries per sweep over the keys, the fastest measured (bench/bench_kernels.cpp, 2 threads):
-// 2 in the forward at both head sizes; in the backward 4 at D = 8 and 8 at D = 16, whose dq
-// accumulators (Q × D vectors) spill registers and still beat fewer queries per sweep, since each
-// sweep reads and writes a chunk of dKᵀ and dVᵀ once per Q queries.
+// Heads of 8 and 16 channels: queries per sweep over the keys, the fastest measured
+// (bench/bench_kernels.cpp, 2 threads): 2 in the forward at both sizes; in the backward 4 at D = 8
+// and 8 at D = 16, whose dq accumulators (Q × D vectors) spill registers and still beat fewer
+// queries per sweep, since each sweep reads and writes a chunk of dKᵀ and dVᵀ once per Q queries.
 constexpr int kForwardQueries = 2;
 template <int D>
 constexpr int kBackwardQueries = D == 8 ? 4 : 8;

@@ -52,9 +52,9 @@ CpuFeatures cpu_features();
 
 // a [M, K], b [N, K], CPU float tensors -> a·bᵀ + bias [M, N] through oneDNN (ATen's
 // mkldnn::_linear_pointwise on plain strided tensors), where at::mm would take MKL: on AMD CPUs
-// MKL's float32 path runs at about half of oneDNN's rate. b may have any strides, a transposed view
-// included: oneDNN reads it in place, so a linear layer's backward passes Wᵀ and xᵀ uncopied (ATen
-// makes a contiguous first). Requires at::hasMKLDNN().
+// MKL's float32 path runs at about half of oneDNN's rate. b may be row-major or column-major (a
+// transposed view): oneDNN reads it in place, so a linear layer's backward passes Wᵀ and xᵀ
+// uncopied (ATen makes a contiguous copy of a). Requires at::hasMKLDNN().
 at::Tensor onednn_matmul_transposed(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {});
 
 // The CPU's matmul rates in fp32 and bf16, GFLOP/s: a 512³ matmul, median of 5 after 2 warm-ups,

@@ -21,7 +21,7 @@ namespace dedpo::sd {
 at::Tensor scaled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask = {});
 
 // scaled_attention over `heads` heads of D = C / heads, or small_head_attention where it applies
-// (heads of 8 channels on an AVX-512 CPU). q: [B, Sq, C], k / v: [B, Sk, C] -> [B, Sq, C].
+// (heads of 8, 16, 32 or 64 channels on an AVX-512 CPU). q: [B, Sq, C], k / v: [B, Sk, C] -> [B, Sq, C].
 at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads);
 
 // diffusers get_timestep_embedding (max_period 10000). timesteps: [B] -> [B, dim] float32.
