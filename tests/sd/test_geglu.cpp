@@ -11,6 +11,7 @@
 
 #include "dedpo/sd/blocks.hpp"
 #include "dedpo/sd/geglu.hpp"
+#include "module_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -26,13 +27,8 @@ at::Tensor reference_geglu(const at::Tensor& x) {
 // Whether this CPU runs the kernel (AVX-512F): where not, GEGLU keeps ATen's ops and these skip.
 bool kernel_runs_here() { return geglu_applies(at::zeros({2})); }
 
-void expect_close(const char* what, const at::Tensor& got, const at::Tensor& want) {
-  ASSERT_TRUE(got.defined()) << what;
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  const double tolerance = 1e-6 * std::max(1.0, want.abs().max().item<double>());
-  const double error = (got.to(at::kDouble) - want).abs().max().item<double>();
-  EXPECT_LE(error, tolerance) << what << ": largest difference " << error;
-}
+// Relative to the largest |value| of the reference in double.
+constexpr double kTolerance = 1e-6;
 
 struct Case {
   std::vector<int64_t> shape;  // [..., 2·n]
@@ -53,8 +49,8 @@ TEST_P(GegluParity, ForwardAndGradientEqualTheDefinitionInDouble) {
   const at::Tensor xd = x.detach().to(at::kDouble).requires_grad_();
   const at::Tensor want = reference_geglu(xd);
   (want * upstream.to(at::kDouble)).sum().backward();
-  expect_close("output", y, want.detach());
-  expect_close("dx", x.grad(), xd.grad());
+  dedpo::test::expect_near_reference("output", y, want.detach(), kTolerance);
+  dedpo::test::expect_near_reference("dx", x.grad(), xd.grad(), kTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GegluParity,
@@ -82,7 +78,7 @@ TEST(Geglu, RunsUnderInferenceMode) {
   c10::InferenceMode inference;
   const at::Tensor y = geglu(x);
   EXPECT_FALSE(y.requires_grad());
-  expect_close("output", y, reference_geglu(x.to(at::kDouble)));
+  dedpo::test::expect_near_reference("output", y, reference_geglu(x.to(at::kDouble)), kTolerance);
 }
 
 // The module takes the kernel where it applies and computes what diffusers' GEGLU does either way.
@@ -92,7 +88,7 @@ TEST(Geglu, TheModuleMatchesTheDefinition) {
   const at::Tensor y = module->forward(x);
   const at::Tensor projected = at::linear(x.to(at::kDouble), module->proj->weight.to(at::kDouble),
                                           module->proj->bias.to(at::kDouble));
-  expect_close("module output", y.detach(), reference_geglu(projected));
+  dedpo::test::expect_near_reference("module output", y.detach(), reference_geglu(projected), kTolerance);
 }
 
 TEST(Geglu, ServesOnlyFloat32CpuTensorsWithEvenWidthOnAvx512) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dedpo/sd/onednn_linear.hpp"
+#include "module_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -16,13 +17,8 @@ namespace {
 using dedpo::sd::onednn_linear;
 using dedpo::sd::onednn_linear_applies;
 
-void expect_close(const char* what, const at::Tensor& got, const at::Tensor& want) {
-  ASSERT_TRUE(got.defined()) << what;
-  EXPECT_EQ(got.sizes(), want.sizes()) << what;
-  const double tolerance = 1e-5 * std::max(1.0, want.abs().max().item<double>());
-  const double error = (got.to(at::kDouble) - want).abs().max().item<double>();
-  EXPECT_LE(error, tolerance) << what << ": largest difference " << error;
-}
+// Relative to the largest |value| of the reference in double.
+constexpr double kTolerance = 1e-5;
 
 struct Case {
   std::vector<int64_t> input;  // [..., in]
@@ -47,10 +43,10 @@ TEST_P(OneDnnLinearParity, ForwardAndGradientsEqualAtLinearInDouble) {
   const at::Tensor bd = c.bias ? bias.detach().to(at::kDouble).requires_grad_() : at::Tensor();
   const at::Tensor want = at::linear(xd, wd, bd);
   (want * upstream.to(at::kDouble)).sum().backward();
-  expect_close("output", y, want.detach());
-  expect_close("dx", x.grad(), xd.grad());
-  expect_close("dweight", weight.grad(), wd.grad());
-  if (c.bias) expect_close("dbias", bias.grad(), bd.grad());
+  dedpo::test::expect_near_reference("output", y, want.detach(), kTolerance);
+  dedpo::test::expect_near_reference("dx", x.grad(), xd.grad(), kTolerance);
+  dedpo::test::expect_near_reference("dweight", weight.grad(), wd.grad(), kTolerance);
+  if (c.bias) dedpo::test::expect_near_reference("dbias", bias.grad(), bd.grad(), kTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, OneDnnLinearParity,
@@ -67,7 +63,7 @@ TEST(OneDnnLinear, FrozenWeightsGiveTheInputItsGradientAndTakeNone) {
   const at::Tensor x = at::randn({4, 16}).requires_grad_();
   const at::Tensor frozen_weight = at::randn({8, 16}), frozen_bias = at::randn({8});
   onednn_linear(x, frozen_weight, frozen_bias).sum().backward();
-  expect_close("dx", x.grad(), at::ones({4, 8}, at::kDouble).mm(frozen_weight.to(at::kDouble)));
+  dedpo::test::expect_near_reference("dx", x.grad(), at::ones({4, 8}, at::kDouble).mm(frozen_weight.to(at::kDouble)), kTolerance);
   EXPECT_FALSE(frozen_weight.grad().defined());
   c10::InferenceMode inference;
   const at::Tensor y = onednn_linear(at::randn({4, 16}), frozen_weight, frozen_bias);

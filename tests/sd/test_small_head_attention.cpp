@@ -10,6 +10,7 @@
 
 #include "dedpo/sd/blocks.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
+#include "module_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -39,11 +40,8 @@ bool kernels_run_here() {
   return small_head_attention_applies(x, x, x, 1);
 }
 
-void expect_close(const char* what, const at::Tensor& got, const at::Tensor& want) {
-  const double tolerance = 2e-5 * std::max(1.0, want.abs().max().item<double>());
-  const double error = (got.to(at::kDouble) - want).abs().max().item<double>();
-  EXPECT_LE(error, tolerance) << what << ": largest difference " << error;
-}
+// Relative to the largest |value| of the reference in double.
+constexpr double kTolerance = 2e-5;
 
 class SmallHeadAttentionParity : public testing::TestWithParam<Case> {};
 
@@ -66,10 +64,10 @@ TEST_P(SmallHeadAttentionParity, ForwardAndGradientsEqualTheDefinitionInDouble) 
   const at::Tensor want = reference_attention(qd, kd, vd, c.heads);
   (want * upstream.to(at::kDouble)).sum().backward();
 
-  expect_close("output", out, want.detach());
-  expect_close("dq", q.grad(), qd.grad());
-  expect_close("dk", k.grad(), kd.grad());
-  expect_close("dv", v.grad(), vd.grad());
+  dedpo::test::expect_near_reference("output", out, want.detach(), kTolerance);
+  dedpo::test::expect_near_reference("dq", q.grad(), qd.grad(), kTolerance);
+  dedpo::test::expect_near_reference("dk", k.grad(), kd.grad(), kTolerance);
+  dedpo::test::expect_near_reference("dv", v.grad(), vd.grad(), kTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SmallHeadAttentionParity,

@@ -7,14 +7,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "dedpo/host/accelerator.hpp"
+#include "avx512_kernels.hpp"
 #include "geglu_kernels.hpp"
-
-// at::parallel_for is inline: without OpenMP here it would run every task on the calling thread
-// (cmake/DedpoDependencies.cmake compiles dedpo with LibTorch's OpenMP).
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "LibTorch runs on OpenMP: compile this file with -fopenmp, or at::parallel_for runs on one thread"
-#endif
 
 namespace dedpo::sd {
 
@@ -60,8 +54,7 @@ class Geglu : public torch::autograd::Function<Geglu> {
 }  // namespace
 
 bool geglu_applies(const at::Tensor& x) {
-  static const bool cpu_has_kernels = avx512::geglu_compiled() && cpu_features().avx512;
-  return cpu_has_kernels && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
+  return avx512_kernels_run_here() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
          x.size(-1) % 2 == 0 && x.numel() > 0;
 }
 

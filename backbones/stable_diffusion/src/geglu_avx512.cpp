@@ -2,7 +2,7 @@
 // may include ATen or instantiate a standard-library template.
 #include "geglu_kernels.hpp"
 
-#if defined(__x86_64__) && defined(__AVX512F__)
+#if defined(DEDPO_AVX512_KERNELS)
 
 #include <immintrin.h>
 
@@ -47,8 +47,6 @@ inline __mmask16 lanes_left(int64_t j, int64_t n) {
 
 }  // namespace
 
-bool geglu_compiled() { return true; }
-
 void geglu_forward(const float* x, int64_t rows, int64_t n, float* out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* value = x + r * 2 * n;
@@ -88,7 +86,6 @@ void geglu_backward(const float* x, const float* dout, int64_t rows, int64_t n, 
 #else  // no AVX-512 kernels in this build: GEGLU keeps ATen's gelu and product
 
 namespace dedpo::sd::avx512 {
-bool geglu_compiled() { return false; }
 void geglu_forward(const float*, int64_t, int64_t, float*) {}
 void geglu_backward(const float*, const float*, int64_t, int64_t, float*) {}
 }  // namespace dedpo::sd::avx512

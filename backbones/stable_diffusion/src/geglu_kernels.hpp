@@ -7,9 +7,6 @@
 
 namespace dedpo::sd::avx512 {
 
-// Whether this build holds the kernels (x86-64, GCC or Clang); the caller checks the CPU.
-bool geglu_compiled();
-
 // x: `rows` rows of 2·n floats, value then gate -> out: rows of n floats, value · gelu(gate), gelu
 // the exact one, g·Φ(g).
 void geglu_forward(const float* x, int64_t rows, int64_t n, float* out);

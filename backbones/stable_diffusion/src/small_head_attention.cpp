@@ -9,15 +9,9 @@
 #include <cmath>
 #include <vector>
 
-#include "dedpo/host/accelerator.hpp"
+#include "avx512_kernels.hpp"
 #include "small_head_attention_kernels.hpp"
 #include "transpose_kernels.hpp"
-
-// at::parallel_for is inline: without OpenMP here it would run every task on the calling thread
-// (cmake/DedpoDependencies.cmake compiles dedpo with LibTorch's OpenMP).
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "LibTorch runs on OpenMP: compile this file with -fopenmp, or at::parallel_for runs on one thread"
-#endif
 
 namespace dedpo::sd {
 
@@ -158,8 +152,7 @@ class SmallHeadAttention : public torch::autograd::Function<SmallHeadAttention> 
 }  // namespace
 
 bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  static const bool cpu_has_kernels = avx512::compiled() && cpu_features().avx512;
-  if (!cpu_has_kernels || !q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu()) return false;
+  if (!avx512_kernels_run_here() || !q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu()) return false;
   const at::ScalarType dtype = q.scalar_type();
   if ((dtype != at::kFloat && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype) return false;
   if (q.dim() != 3 || k.dim() != 3 || v.sizes() != k.sizes() || k.size(0) != q.size(0) || k.size(2) != q.size(2) ||

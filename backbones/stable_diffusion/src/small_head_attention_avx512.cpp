@@ -2,7 +2,7 @@
 // why nothing here may include ATen or instantiate a standard-library template.
 #include "small_head_attention_kernels.hpp"
 
-#if defined(__x86_64__) && defined(__AVX512F__)
+#if defined(DEDPO_AVX512_KERNELS)
 
 #include <immintrin.h>
 
@@ -310,8 +310,6 @@ void backward_wide(const AttentionHead& head, const float* queries, const float*
 
 }  // namespace
 
-bool compiled() { return true; }
-
 bool supports_head_dim(int64_t head_dim) { return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64; }
 
 int64_t forward_scratch_floats(int64_t head_dim, int64_t keys_padded) {
@@ -357,7 +355,6 @@ void attention_backward(const AttentionHead& head, const float* queries, const f
 #else  // no AVX-512 kernels in this build: the callers keep at::scaled_dot_product_attention
 
 namespace dedpo::sd::avx512 {
-bool compiled() { return false; }
 bool supports_head_dim(int64_t) { return false; }
 int64_t forward_scratch_floats(int64_t, int64_t) { return 0; }
 int64_t backward_scratch_floats(int64_t, int64_t) { return 0; }

@@ -8,10 +8,6 @@
 
 namespace dedpo::sd::avx512 {
 
-// Whether this build holds the kernels (x86-64, GCC or Clang); the caller checks that the CPU runs
-// AVX-512F code.
-bool compiled();
-
 // Head dimensions the kernels are instantiated for.
 bool supports_head_dim(int64_t head_dim);
 

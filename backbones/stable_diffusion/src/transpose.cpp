@@ -5,21 +5,14 @@
 
 #include <algorithm>
 
-#include "dedpo/host/accelerator.hpp"
+#include "avx512_kernels.hpp"
 #include "transpose_kernels.hpp"
-
-// at::parallel_for is inline: without OpenMP here it would run every task on the calling thread
-// (cmake/DedpoDependencies.cmake compiles dedpo with LibTorch's OpenMP).
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "LibTorch runs on OpenMP: compile this file with -fopenmp, or at::parallel_for runs on one thread"
-#endif
 
 namespace dedpo::sd {
 
 at::Tensor transposed_contiguous(const at::Tensor& m) {
   TORCH_CHECK(m.dim() == 2, "transposed_contiguous: expected a matrix, got ", m.dim(), " dimensions");
-  static const bool cpu_has_kernel = avx512::transpose_compiled() && cpu_features().avx512;
-  if (!cpu_has_kernel || !m.device().is_cpu() || m.scalar_type() != at::kFloat || m.stride(1) != 1 || m.numel() == 0) {
+  if (!avx512_kernels_run_here() || !m.device().is_cpu() || m.scalar_type() != at::kFloat || m.stride(1) != 1 || m.numel() == 0) {
     return m.t().contiguous();
   }
   const int64_t rows = m.size(0), cols = m.size(1);

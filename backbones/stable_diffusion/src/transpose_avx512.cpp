@@ -2,7 +2,7 @@
 // here may include ATen or instantiate a standard-library template.
 #include "transpose_kernels.hpp"
 
-#if defined(__x86_64__) && defined(__AVX512F__)
+#if defined(DEDPO_AVX512_KERNELS)
 
 #include <immintrin.h>
 
@@ -42,8 +42,6 @@ inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int
 
 }  // namespace
 
-bool transpose_compiled() { return true; }
-
 void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t first_col, int64_t end_col, float* dst,
                int64_t dst_stride) {
   const int64_t full_rows = rows - rows % kTile;
@@ -64,7 +62,6 @@ void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t first
 #else  // no AVX-512 kernel in this build: transposed_contiguous keeps ATen's copy
 
 namespace dedpo::sd::avx512 {
-bool transpose_compiled() { return false; }
 void transpose(const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) {}
 }  // namespace dedpo::sd::avx512
 

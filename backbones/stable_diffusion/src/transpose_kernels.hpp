@@ -6,9 +6,6 @@
 
 namespace dedpo::sd::avx512 {
 
-// Whether this build holds the kernel (x86-64, GCC or Clang); the caller checks the CPU.
-bool transpose_compiled();
-
 // dst[c][r] = src[r][c] for every row r < rows and the columns [first_col, end_col): src rows are
 // `src_stride` floats apart, dst rows `dst_stride`.
 void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t first_col, int64_t end_col, float* dst,
