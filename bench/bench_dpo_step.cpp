@@ -1,6 +1,7 @@
 // dedpo_bench_dpo_step <unet config.json> [--latent N] [--pairs P] [--steps S] [--warmup W]
 //                      [--threads T] [--beta B] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]
 //                      [--checkpointing 0|1] [--compare-checkpointing] [--lora-rank R] [--json]
+//                      [--trace FILE]
 //
 // Times one Diffusion-DPO training step for a diffusers UNet2DConditionModel config, the same step
 // as bench/dpo_step_diffusers.py (../shared/bench/README.md): trainable UNet forward + backward on
@@ -23,13 +24,16 @@
 // matmul), measured before the models exist. --json prints one
 // JSON line instead, for bench/dpo_step_side_by_side.py. --lora-rank R > 0 trains LoRA adapters of
 // rank R (dedpo_sd's, beside the frozen weights) on the attention projections instead of the UNet;
-// the reference is then the same UNet without them.
+// the reference is then the same UNet without them. --trace FILE runs one more step after the timed
+// ones under LibTorch's profiler and writes its ops as a Chrome trace (chrome://tracing, Perfetto);
+// bench/trace_summary.py sums it by op.
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <torch/version.h>
@@ -281,14 +285,14 @@ struct Options {
   std::string config_path;
   int64_t latent = 32, pairs = 1, steps = 5, warmup = 1, threads = 0, lora_rank = 0;
   double beta = 5000.0;
-  std::string device = "cpu", dtype = "fp32";
+  std::string device = "cpu", dtype = "fp32", trace_path;
   bool checkpointing = false, compare_checkpointing = false, json = false;
 };
 
 const char* const kUsage =
     "usage: dedpo_bench_dpo_step <unet config.json> [--latent N] [--pairs P] [--steps S] [--warmup W] "
     "[--threads T] [--beta B] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16] [--checkpointing 0|1] "
-    "[--compare-checkpointing] [--lora-rank R] [--json]";
+    "[--compare-checkpointing] [--lora-rank R] [--json] [--trace FILE]";
 
 int64_t positive(const std::string& flag, const std::string& value, int64_t minimum) {
   std::size_t used = 0;
@@ -330,6 +334,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--dtype") o.dtype = value;
     else if (flag == "--checkpointing") o.checkpointing = positive(flag, value, 0) != 0;
     else if (flag == "--lora-rank") o.lora_rank = positive(flag, value, 0);
+    else if (flag == "--trace") o.trace_path = value;
     else throw std::invalid_argument("unknown flag " + flag);
   }
   if (o.dtype != "fp32" && o.dtype != "bf16") throw std::invalid_argument("--dtype expects fp32 or bf16, got '" + o.dtype + "'");
@@ -421,6 +426,11 @@ int main(int argc, char** argv) {
     if (!device.is_cpu() && !device.has_index()) device.set_index(0);  // the accelerator calls take an index
     if (device.is_cuda() && !at::hasCUDA()) {
       throw std::runtime_error("--device " + o.device + ": this LibTorch sees no CUDA device");
+    }
+    std::ofstream trace;  // opened first: a path that cannot be written fails before minutes of timing
+    if (!o.trace_path.empty()) {
+      trace.open(o.trace_path);
+      if (!trace) throw std::runtime_error("--trace: cannot write " + o.trace_path);
     }
     const bool bf16 = o.dtype == "bf16";
     const MatmulPeak matmul_peak = matmul_peak_gflops(device, bf16 ? at::kBFloat16 : at::kFloat);
@@ -530,9 +540,18 @@ int main(int argc, char** argv) {
     } else {
       runs.push_back(time_steps(o.checkpointing));
     }
+    if (trace.is_open()) {
+      {
+        torch::autograd::profiler::RecordProfile profile(trace);
+        step();
+        synchronize(device);
+      }
+      if (!trace.flush()) throw std::runtime_error("--trace: writing " + o.trace_path + " failed");
+    }
 
     if (!o.json) {
       print_table(o, config, n_params, one, step_flops, matmul_peak, setup_mib, runs, device);
+      if (!o.trace_path.empty()) std::printf("trace             %s (one more step, not timed)\n", o.trace_path.c_str());
       return 0;
     }
     nlohmann::json out = {{"side", "dedpo"},

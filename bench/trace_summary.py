@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Where a profiled step's time goes: `dedpo_bench_dpo_step --trace FILE`, summed by op.
+
+    trace_summary.py FILE [--top N]            ops by self time (their time minus the ops they called)
+    trace_summary.py FILE --callers OP [--depth D]   OP's time by its chain of callers
+
+Ops nest per thread by their start and end; an op that calls itself (an autocast wrapper and the
+kernel it redispatches to) counts once in the inclusive column.
+"""
+import argparse
+import collections
+import json
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            trace = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"trace_summary.py: cannot read {path}: {e}")
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    if not complete:
+        sys.exit(f"trace_summary.py: {path} holds no complete ('ph': 'X') events")
+    by_thread = collections.defaultdict(list)
+    for e in complete:
+        by_thread[e.get("tid")].append(e)
+    for events in by_thread.values():
+        events.sort(key=lambda e: (e["ts"], -e["dur"]))  # a parent before the children it starts with
+    return by_thread
+
+
+def walk(by_thread):
+    """Yields (event, its open callers innermost last) in start order, per thread."""
+    for events in by_thread.values():
+        open_ops = []
+        for e in events:
+            while open_ops and open_ops[-1]["ts"] + open_ops[-1]["dur"] <= e["ts"]:
+                open_ops.pop()
+            yield e, open_ops
+            open_ops.append(e)
+
+
+def self_times(by_thread, top):
+    self_us, inclusive_us, calls = collections.Counter(), collections.Counter(), collections.Counter()
+    for e, callers in walk(by_thread):
+        name = e["name"]
+        self_us[name] += e["dur"]
+        calls[name] += 1
+        if callers:
+            self_us[callers[-1]["name"]] -= e["dur"]
+        if all(c["name"] != name for c in callers):
+            inclusive_us[name] += e["dur"]
+    total = sum(self_us.values())
+    print(f"{total / 1e3:.1f} ms of self time over {len(by_thread)} thread(s)")
+    print(f"{'self ms':>9} {'share':>6} {'calls':>6} {'incl. ms':>9}  op")
+    for name, us in self_us.most_common(top):
+        print(f"{us / 1e3:9.2f} {100 * us / total:5.1f}% {calls[name]:6d} {inclusive_us[name] / 1e3:9.2f}  {name}")
+
+
+def callers_of(by_thread, target, depth):
+    time_us, calls = collections.Counter(), collections.Counter()
+    for e, callers in walk(by_thread):
+        if e["name"] != target:
+            continue
+        chain = " < ".join(c["name"] for c in reversed(callers[-depth:])) or "(top level)"
+        time_us[chain] += e["dur"]
+        calls[chain] += 1
+    if not time_us:
+        sys.exit(f"trace_summary.py: no op named '{target}' in the trace")
+    print(f"{target}: {sum(time_us.values()) / 1e3:.2f} ms in {sum(calls.values())} calls")
+    for chain, us in time_us.most_common():
+        print(f"{us / 1e3:9.2f} ms {calls[chain]:6d}  {chain}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trace")
+    parser.add_argument("--top", type=int, default=30, help="ops to list (default 30)")
+    parser.add_argument("--callers", metavar="OP", help="split OP's time by its callers instead")
+    parser.add_argument("--depth", type=int, default=3, help="callers to name per chain (default 3)")
+    args = parser.parse_args()
+    if args.top < 1 or args.depth < 1:
+        parser.error("--top and --depth expect a positive integer")
+    by_thread = load(args.trace)
+    if args.callers:
+        callers_of(by_thread, args.callers, args.depth)
+    else:
+        self_times(by_thread, args.top)
+
+
+if __name__ == "__main__":
+    main()
