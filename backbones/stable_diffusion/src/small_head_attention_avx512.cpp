@@ -16,10 +16,12 @@ namespace {
 
 constexpr int kLanes = 16;
 // Heads of 8 and 16 channels: queries per sweep over the keys, the fastest measured
-// (bench/bench_kernels.cpp, 2 threads): 2 in the forward at both sizes; in the backward 4 at D = 8
+// (bench/bench_kernels.cpp, 2 threads): in the forward 3 at D = 8 (24 accumulators; 2–4% faster
+// than 2, as fast as 4, which spills) and 2 at D = 16; in the backward 4 at D = 8
 // and 8 at D = 16, whose dq accumulators (Q × D vectors) spill registers and still beat fewer
 // queries per sweep, since each sweep reads and writes a chunk of dKᵀ and dVᵀ once per Q queries.
-constexpr int kForwardQueries = 2;
+template <int D>
+constexpr int kForwardQueries = D == 8 ? 3 : 2;
 template <int D>
 constexpr int kBackwardQueries = D == 8 ? 4 : 8;
 
@@ -313,7 +315,7 @@ void backward_wide(const AttentionHead& head, const float* queries, const float*
 bool supports_head_dim(int64_t head_dim) { return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64; }
 
 int64_t forward_scratch_floats(int64_t head_dim, int64_t keys_padded) {
-  const int64_t rows = head_dim == 32 ? kWideRows<32> : head_dim == 64 ? kWideRows<64> : kForwardQueries;
+  const int64_t rows = head_dim == 32 ? kWideRows<32> : head_dim == 64 ? kWideRows<64> : head_dim == 8 ? kForwardQueries<8> : kForwardQueries<16>;
   return rows * keys_padded;
 }
 
@@ -324,8 +326,8 @@ int64_t backward_scratch_floats(int64_t head_dim, int64_t keys_padded) {
 void attention_forward(const AttentionHead& head, const float* queries, int64_t query_stride, int64_t first, int64_t end,
                        float* out, int64_t out_stride, float* log_sum_exp, float* scratch) {
   switch (head.head_dim) {
-    case 8: return forward<8, kForwardQueries>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
-    case 16: return forward<16, kForwardQueries>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
+    case 8: return forward<8, kForwardQueries<8>>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
+    case 16: return forward<16, kForwardQueries<16>>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
     case 32: return forward_wide<32>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
     default: return forward_wide<64>(head, queries, query_stride, first, end, out, out_stride, log_sum_exp, scratch);
   }
