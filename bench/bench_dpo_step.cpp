@@ -107,8 +107,12 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
   } else if (name == "aten::addmm") {
     const auto a = sizes(1), b = sizes(2);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
+  } else if (name == "dedpo::cpu_matmul") {
+    // dedpo_sd's float32 kernel (the linear layers on AMD CPUs with AVX-512): a [M, K] · b [K, N]
+    const auto a = sizes(0), b = sizes(1);
+    g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
   } else if (name == "mkldnn::_linear_pointwise") {
-    // dedpo_sd's onednn_linear (AMD CPUs): x [N, in] · W [out, in]ᵀ
+    // dedpo_sd's cpu_linear (AMD CPUs): x [N, in] · W [out, in]ᵀ
     const auto a = sizes(0), w = sizes(1);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(w[0]);
   } else if (name == "aten::bmm") {

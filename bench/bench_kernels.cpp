@@ -11,8 +11,10 @@
 //   77 text tokens. Also GFLOP/s, 4·B·Sq·Sk·C per forward, twice that for the backward.
 // - GEGLU (dedpo/sd/geglu.hpp) against chunk, gelu and product (diffusers' GEGLU): the
 //   feed-forward layers at 32×32, 16×16 and 8×8 (both UNets share the last two).
-// - The transpose of a float32 matrix into a contiguous one (dedpo/sd/transpose.hpp) against
-//   m.t().contiguous(), on the linear layers' upstream gradients.
+// - The float32 linear layers' three products (dedpo/sd/cpu_matmul.hpp) against oneDNN's, which
+//   they took before (dedpo/host/accelerator.hpp: onednn_matmul_transposed): x·Wᵀ + b, dy·W and
+//   dyᵀ·x on the feed-forward, attention and cross-attention shapes of both UNets (oneDNN gets dyᵀ
+//   ready-made, cpu_matmul reads it in place). Also GFLOP/s.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -29,7 +31,8 @@
 #include "dedpo/sd/blocks.hpp"
 #include "dedpo/sd/geglu.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
-#include "dedpo/sd/transpose.hpp"
+#include "dedpo/host/accelerator.hpp"
+#include "dedpo/sd/cpu_matmul.hpp"
 
 namespace {
 
@@ -157,16 +160,40 @@ void bench_geglu(int batch, int reps) {
   }
 }
 
-// The linear layers' weight gradient transposes its upstream gradient, [rows, out] -> [out, rows].
-void bench_transpose(int reps) {
-  std::printf("\n| transpose | rows × columns | aten ms | dedpo_sd ms | ratio |\n|---|---|---|---|---|\n");
-  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{2048, 64}, {2048, 256}, {512, 1280}, {128, 1024}}) {
-    const at::Tensor m = at::randn({rows, cols});
-    const auto [aten, ours] = alternating_medians(reps, false, at::Tensor(), [&](int impl) {
-      return impl == 0 ? m.t().contiguous() : dedpo::sd::transposed_contiguous(m);
-    });
-    std::printf("| float32 | %lld × %lld | %.3f | %.3f | %.2f |\n", static_cast<long long>(rows),
-                static_cast<long long>(cols), aten, ours, ours / aten);
+// Rows = batch × tokens; in, out: the layer's features.
+struct LinearShape {
+  const char* what;
+  int64_t tokens, in, out;
+};
+
+void bench_linear(int batch, int reps) {
+  std::printf("\n| linear | rows × in → out | product | oneDNN ms | cpu_matmul ms | ratio | oneDNN GFLOP/s | cpu_matmul GFLOP/s |\n"
+              "|---|---|---|---|---|---|---|---|\n");
+  const LinearShape shapes[] = {{"sd15_small 32×32 attention", 1024, 64, 64},   {"sd15_small 32×32 GEGLU", 1024, 64, 512},
+                                {"16×16 attention", 256, 128, 128},             {"16×16 GEGLU", 256, 128, 1024},
+                                {"16×16 feed-forward out", 256, 512, 128},      {"8×8 attention", 64, 256, 256},
+                                {"8×8 GEGLU", 64, 256, 2048},                   {"8×8 feed-forward out", 64, 1024, 256},
+                                {"sdxl_small cross-attention k, v", 77, 512, 256}};
+  for (const LinearShape& s : shapes) {
+    const int64_t rows = batch * s.tokens;
+    const at::Tensor x = at::randn({rows, s.in}), weight = at::randn({s.out, s.in}), bias = at::randn({s.out});
+    const at::Tensor dy = at::randn({rows, s.out});
+    const at::Tensor dy_t = dy.t().contiguous();  // oneDNN's first operand must be contiguous: not timed
+    const double gflop = 2.0 * static_cast<double>(rows) * static_cast<double>(s.in) * static_cast<double>(s.out) / 1e9;
+    // Each product as the linear layer's forward and backward call it, oneDNN's way and cpu_matmul's.
+    const std::pair<const char*, std::function<at::Tensor(int)>> products[] = {
+        {"x·Wᵀ + b", [&](int impl) { return impl == 0 ? dedpo::onednn_matmul_transposed(x, weight, bias)
+                                                      : dedpo::sd::cpu_matmul(x, weight.t(), bias); }},
+        {"dy·W", [&](int impl) { return impl == 0 ? dedpo::onednn_matmul_transposed(dy, weight.t())
+                                                  : dedpo::sd::cpu_matmul(dy, weight); }},
+        {"dyᵀ·x", [&](int impl) { return impl == 0 ? dedpo::onednn_matmul_transposed(dy_t, x.t())
+                                                   : dedpo::sd::cpu_matmul(dy.t(), x); }}};
+    for (const auto& [name, product] : products) {
+      const auto [onednn, ours] = alternating_medians(reps, false, at::Tensor(), product);
+      std::printf("| %s | %lld × %lld → %lld | %s | %.3f | %.3f | %.2f | %.0f | %.0f |\n", s.what,
+                  static_cast<long long>(rows), static_cast<long long>(s.in), static_cast<long long>(s.out), name, onednn,
+                  ours, ours / onednn, gflop / onednn * 1e3, gflop / ours * 1e3);
+    }
   }
 }
 
@@ -188,6 +215,6 @@ int main(int argc, char** argv) {
   std::printf("batch %d, %d threads, median of %d alternating reps, float32\n\n", batch, threads, reps);
   bench_attention(batch, reps);
   bench_geglu(batch, reps);
-  bench_transpose(reps);
+  if (at::hasMKLDNN()) bench_linear(batch, reps);
   return 0;
 }

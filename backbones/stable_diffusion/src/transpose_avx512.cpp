@@ -59,7 +59,7 @@ void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t first
 
 }  // namespace dedpo::sd::avx512
 
-#else  // no AVX-512 kernel in this build: transposed_contiguous keeps ATen's copy
+#else  // no AVX-512 kernel in this build: its callers never call it
 
 namespace dedpo::sd::avx512 {
 void transpose(const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) {}

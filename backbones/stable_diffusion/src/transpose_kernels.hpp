@@ -1,7 +1,8 @@
 #pragma once
-// The AVX-512 kernel behind transpose.hpp. Like the attention and GEGLU kernels, it lives in a
-// translation unit of its own compiled with -mavx512f and free of ATen and of the standard
-// library's inline templates; transpose.cpp calls it only after checking the CPU.
+// A float transpose in 16 × 16 tiles: the attention kernels pack keys and values with it,
+// cpu_matmul packs transposed weights. Like the other AVX-512 kernels it lives in a translation
+// unit of its own compiled with -mavx512f and free of ATen and of the standard library's inline
+// templates; its callers call it only after checking the CPU.
 #include <cstdint>
 
 namespace dedpo::sd::avx512 {

@@ -41,7 +41,7 @@ std::int64_t resident_bytes();
 
 // The CPU's instructions that carry bfloat16 matmuls and convolutions (oneDNN uses them), as
 // LibTorch's CPU capability query reports them, and its vendor (MKL, ATen's float32 matmul, runs a
-// slower code path on AMD CPUs: dedpo/sd/onednn_linear.hpp).
+// slower code path on AMD CPUs: dedpo/sd/cpu_linear.hpp).
 struct CpuFeatures {
   bool avx512 = false;
   bool avx512_bf16 = false;  // VDPBF16PS: bf16 dot products at twice the fp32 rate

@@ -1,6 +1,7 @@
-// oneDNN's linear against at::linear in double, forward and the three gradients, on the input
-// ranks and options the UNets use. onednn_linear runs on any x86 CPU with oneDNN, so these run
-// everywhere; onednn_linear_applies decides where the layers take it (AMD CPUs).
+// cpu_linear against at::linear in double, forward and the three gradients, on the input ranks and
+// options the UNets use. cpu_linear runs on any x86 CPU with AVX-512 (dedpo_sd's cpu_matmul) or a
+// LibTorch with oneDNN, so these run on every such CPU; cpu_linear_applies decides where the layers
+// take it (AMD CPUs).
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -8,14 +9,16 @@
 #include <string>
 #include <vector>
 
-#include "dedpo/sd/onednn_linear.hpp"
+#include "dedpo/sd/cpu_linear.hpp"
 #include "module_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
 
-using dedpo::sd::onednn_linear;
-using dedpo::sd::onednn_linear_applies;
+using dedpo::sd::cpu_linear;
+using dedpo::sd::cpu_linear_applies;
+
+bool runs_here() { return dedpo::test::cpuinfo_has_flag("avx512f") || at::hasMKLDNN(); }
 
 // Relative to the largest |value| of the reference in double.
 constexpr double kTolerance = 1e-5;
@@ -26,17 +29,17 @@ struct Case {
   bool bias;
 };
 
-class OneDnnLinearParity : public testing::TestWithParam<Case> {};
+class CpuLinearParity : public testing::TestWithParam<Case> {};
 
-TEST_P(OneDnnLinearParity, ForwardAndGradientsEqualAtLinearInDouble) {
-  if (!at::hasMKLDNN()) GTEST_SKIP() << "this LibTorch has no oneDNN";
+TEST_P(CpuLinearParity, ForwardAndGradientsEqualAtLinearInDouble) {
+  if (!runs_here()) GTEST_SKIP() << "no AVX-512 and no oneDNN";
   const Case c = GetParam();
   at::manual_seed(c.out);
   const at::Tensor x = at::randn(c.input).requires_grad_();
   const at::Tensor weight = at::randn({c.out, c.input.back()}).requires_grad_();
   const at::Tensor bias = c.bias ? at::randn({c.out}).requires_grad_() : at::Tensor();
   const at::Tensor upstream = at::randn(at::linear(x.detach(), weight.detach()).sizes());
-  const at::Tensor y = onednn_linear(x, weight, bias);
+  const at::Tensor y = cpu_linear(x, weight, bias);
   (y * upstream).sum().backward();
 
   const at::Tensor xd = x.detach().to(at::kDouble).requires_grad_(), wd = weight.detach().to(at::kDouble).requires_grad_();
@@ -49,7 +52,7 @@ TEST_P(OneDnnLinearParity, ForwardAndGradientsEqualAtLinearInDouble) {
   if (c.bias) dedpo::test::expect_near_reference("dbias", bias.grad(), bd.grad(), kTolerance);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, OneDnnLinearParity,
+INSTANTIATE_TEST_SUITE_P(Shapes, CpuLinearParity,
                          testing::Values(Case{{2, 1024, 64}, 64, true},   // attention projections, 3-D
                                          Case{{2, 77, 768}, 64, false},   // to_k / to_v on the text
                                          Case{{2, 320}, 1280, true},      // the time embedding, 2-D
@@ -57,27 +60,27 @@ INSTANTIATE_TEST_SUITE_P(Shapes, OneDnnLinearParity,
 
 // A frozen layer (the reference, LoRA's base): the input gets its gradient, the weight none, and
 // inference mode builds no graph.
-TEST(OneDnnLinear, FrozenWeightsGiveTheInputItsGradientAndTakeNone) {
-  if (!at::hasMKLDNN()) GTEST_SKIP() << "this LibTorch has no oneDNN";
+TEST(CpuLinear, FrozenWeightsGiveTheInputItsGradientAndTakeNone) {
+  if (!runs_here()) GTEST_SKIP() << "no AVX-512 and no oneDNN";
   at::manual_seed(1);
   const at::Tensor x = at::randn({4, 16}).requires_grad_();
   const at::Tensor frozen_weight = at::randn({8, 16}), frozen_bias = at::randn({8});
-  onednn_linear(x, frozen_weight, frozen_bias).sum().backward();
+  cpu_linear(x, frozen_weight, frozen_bias).sum().backward();
   dedpo::test::expect_near_reference("dx", x.grad(), at::ones({4, 8}, at::kDouble).mm(frozen_weight.to(at::kDouble)), kTolerance);
   EXPECT_FALSE(frozen_weight.grad().defined());
   c10::InferenceMode inference;
-  const at::Tensor y = onednn_linear(at::randn({4, 16}), frozen_weight, frozen_bias);
+  const at::Tensor y = cpu_linear(at::randn({4, 16}), frozen_weight, frozen_bias);
   EXPECT_FALSE(y.requires_grad());
 }
 
-TEST(OneDnnLinear, AppliesToFloat32OnAmdCpusOnly) {
+TEST(CpuLinear, AppliesToFloat32OnAmdCpusOnly) {
   const bool amd = dedpo::test::cpuinfo_line("vendor_id").find("AuthenticAMD") != std::string::npos;
   const at::Tensor x = at::zeros({2, 16}), weight = at::zeros({8, 16});
-  EXPECT_EQ(onednn_linear_applies(x, weight), amd && at::hasMKLDNN());
-  EXPECT_FALSE(onednn_linear_applies(x.to(at::kBFloat16), weight.to(at::kBFloat16)));
-  EXPECT_FALSE(onednn_linear_applies(x.to(at::kDouble), weight.to(at::kDouble)));
-  EXPECT_FALSE(onednn_linear_applies(at::zeros({2, 15}), weight)) << "in features differ";
-  EXPECT_FALSE(onednn_linear_applies(at::zeros({0, 16}), weight)) << "no rows";
+  EXPECT_EQ(cpu_linear_applies(x, weight), amd && runs_here());
+  EXPECT_FALSE(cpu_linear_applies(x.to(at::kBFloat16), weight.to(at::kBFloat16)));
+  EXPECT_FALSE(cpu_linear_applies(x.to(at::kDouble), weight.to(at::kDouble)));
+  EXPECT_FALSE(cpu_linear_applies(at::zeros({2, 15}), weight)) << "in features differ";
+  EXPECT_FALSE(cpu_linear_applies(at::zeros({0, 16}), weight)) << "no rows";
 }
 
 }  // namespace

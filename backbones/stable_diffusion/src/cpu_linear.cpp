@@ -1,4 +1,4 @@
-#include "dedpo/sd/onednn_linear.hpp"
+#include "dedpo/sd/cpu_linear.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
@@ -6,7 +6,9 @@
 #include <torch/autograd.h>
 
 #include "dedpo/host/accelerator.hpp"
-#include "dedpo/sd/transpose.hpp"
+#include "dedpo/sd/cpu_matmul.hpp"
+
+#include "avx512_kernels.hpp"
 
 #include <optional>
 #include <vector>
@@ -15,7 +17,14 @@ namespace dedpo::sd {
 
 namespace {
 
-class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
+// a·b (+ bias): dedpo_sd's kernel where it runs (both operands read in place at any strides), else
+// oneDNN, which takes b as its transpose in place but copies a non-contiguous a.
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {}) {
+  if (cpu_matmul_kernel_applies(a, b)) return cpu_matmul(a, b, bias);
+  return onednn_matmul_transposed(a.contiguous(), b.t(), bias);
+}
+
+class CpuLinear : public torch::autograd::Function<CpuLinear> {
  public:
   // The bias as an optional: an undefined tensor is not a valid input of an autograd function.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
@@ -27,7 +36,7 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     ctx->saved_data["bias"] = bias.has_value();
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
-    return onednn_matmul_transposed(rows, weight.contiguous(), bias.value_or(at::Tensor())).view(shape);  // [..., out]
+    return product(rows, weight.t(), bias.value_or(at::Tensor())).view(shape);  // x·Wᵀ: [..., out]
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -40,9 +49,9 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     if (ctx->needs_input_grad(0)) {
       std::vector<int64_t> shape = grads[0].sizes().vec();
       shape.back() = in;
-      dx = onednn_matmul_transposed(dy, weight.t()).view(shape);  // dy·W: [N, in], Wᵀ read in place
+      dx = product(dy, weight).view(shape);  // dy·W: [N, in]
     }
-    if (ctx->needs_input_grad(1)) dweight = onednn_matmul_transposed(transposed_contiguous(dy), rows.t());  // dyᵀ·x, xᵀ read in place
+    if (ctx->needs_input_grad(1)) dweight = product(dy.t(), rows);  // dyᵀ·x: [out, in]
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) dbias = dy.sum(0);  // no edge without a bias
     return {dx, dweight, dbias};
   }
@@ -50,16 +59,16 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 
 }  // namespace
 
-bool onednn_linear_applies(const at::Tensor& x, const at::Tensor& weight) {
-  static const bool amd_with_onednn = cpu_features().amd && at::hasMKLDNN();
+bool cpu_linear_applies(const at::Tensor& x, const at::Tensor& weight) {
+  static const bool amd_with_a_kernel = cpu_features().amd && (avx512_kernels_run_here() || at::hasMKLDNN());
   // Under autocast at::linear runs in bfloat16, which is oneDNN's already.
-  return amd_with_onednn && !at::autocast::is_autocast_enabled(at::kCPU) && x.device().is_cpu() && weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
+  return amd_with_a_kernel && !at::autocast::is_autocast_enabled(at::kCPU) && x.device().is_cpu() && weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
          weight.scalar_type() == at::kFloat && weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) &&
          x.numel() > 0 && weight.numel() > 0;
 }
 
-at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return OneDnnLinear::apply(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return CpuLinear::apply(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
 }  // namespace dedpo::sd
