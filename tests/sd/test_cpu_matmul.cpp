@@ -17,6 +17,7 @@
 namespace {
 
 using dedpo::sd::cpu_matmul;
+using dedpo::sd::cpu_matmul_out;
 using dedpo::sd::cpu_matmul_kernel_applies;
 
 // Relative to the largest |value| of the reference: float rounding over up to 1,100 terms.
@@ -68,6 +69,33 @@ TEST(CpuMatmul, ReadsTransposedAndStridedOperandsInPlace) {
     expect_product(a, at::randn({2 * s.depth, 2 * s.cols}).slice(0, 0, 2 * s.depth, 2).slice(1, 0, 2 * s.cols, 2),
                    at::Tensor(), "b strided both ways");
   }
+}
+
+// cpu_matmul_out: a row bias, accumulation onto what the output holds, an output that is a slice
+// of a wider matrix (its other columns untouched), narrow and full panels, one and two depth blocks.
+TEST(CpuMatmul, WritesIntoASliceWithARowBiasOrAccumulates) {
+  if (!kernel_runs()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  at::manual_seed(8);
+  for (const Shape s : {Shape{7, 20, 70}, Shape{13, 600, 64}, Shape{4, 3, 5}}) {
+    SCOPED_TRACE("rows " + std::to_string(s.rows) + ", depth " + std::to_string(s.depth) + ", cols " + std::to_string(s.cols));
+    const at::Tensor a = at::randn({s.rows, s.depth}), b = at::randn({s.depth, s.cols}), row_bias = at::randn({s.rows});
+    const at::Tensor product = at::mm(a.to(at::kDouble), b.to(at::kDouble));
+    const at::Tensor wide = at::randn({s.rows, s.cols + 10});
+    const at::Tensor before = wide.clone();
+    cpu_matmul_out(wide.narrow(1, 3, s.cols), a, b, at::Tensor(), row_bias, /*accumulate=*/false);
+    dedpo::test::expect_near_reference("row bias", wide.narrow(1, 3, s.cols), product + row_bias.to(at::kDouble).unsqueeze(1),
+                                       kTolerance);
+    EXPECT_TRUE(at::equal(wide.narrow(1, 0, 3), before.narrow(1, 0, 3)));
+    EXPECT_TRUE(at::equal(wide.narrow(1, 3 + s.cols, 7), before.narrow(1, 3 + s.cols, 7)));
+
+    const at::Tensor start = at::randn({s.rows, s.cols}), sum = start.clone();
+    cpu_matmul_out(sum, a, b, at::randn({s.cols}), row_bias, /*accumulate=*/true);  // the biases are not added
+    dedpo::test::expect_near_reference("accumulated", sum, start.to(at::kDouble) + product, kTolerance);
+  }
+  EXPECT_THROW(cpu_matmul_out(at::zeros({3, 4}).t(), at::zeros({4, 2}), at::zeros({2, 3}), at::Tensor(), at::Tensor(), false),
+               c10::Error) << "an output without unit column stride";
+  EXPECT_THROW(cpu_matmul_out(at::zeros({4, 3}), at::zeros({4, 2}), at::zeros({2, 3}), at::Tensor(), at::zeros({3}), false),
+               c10::Error) << "a row bias of the wrong length";
 }
 
 // The sum over the depth runs in the same order whatever the split of the work: bit-equal results

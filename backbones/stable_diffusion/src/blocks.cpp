@@ -3,11 +3,12 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <optional>
 
 #include "dedpo/sd/geglu.hpp"
 #include "dedpo/sd/lora.hpp"
+#include "dedpo/sd/pixel_linear.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
-
 
 namespace dedpo::sd {
 
@@ -18,20 +19,45 @@ using torch::nn::LinearOptions;
 namespace {
 
 // A 1×1 convolution (stride 1, no padding, one group: the UNet's shortcuts and projections) on a
-// contiguous CPU tensor as one batched matmul over the pixels, [O, C] × [B, C, HW]: oneDNN
-// reorders the activations and the weight into its blocked layout at every call, which makes
-// these about 2× slower there, forward and backward (docs/performance.md). Elsewhere (a GPU, or
-// the VAE's channels-last activations, whose layout the module's output keeps and the next
-// convolutions depend on) the module runs as it is.
+// contiguous CPU tensor: pixel_linear where it runs (AMD CPUs with AVX-512), else one batched
+// matmul over the pixels, [O, C] × [B, C, HW]. oneDNN reorders the activations and the weight into
+// its blocked layout at every call, which makes these about 2× slower there, forward and backward
+// (docs/performance.md). Elsewhere (a GPU, or the VAE's channels-last activations, whose layout
+// the module's output keeps and the next convolutions depend on) the module runs as it is.
 at::Tensor pointwise_conv(torch::nn::Conv2d& conv, const at::Tensor& x) {
   if (!x.device().is_cpu() || !x.is_contiguous()) return conv->forward(x);
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = conv->weight.size(0);
   const at::Tensor pixels = x.view({b, c, h * w});
-  const at::Tensor matrix = conv->weight.reshape({o, c}).expand({b, o, c});
+  const at::Tensor weight = conv->weight.reshape({o, c});
+  if (pixel_linear_applies(pixels, PixelLayout::channels_first, weight)) {
+    return pixel_linear(pixels, PixelLayout::channels_first, weight, conv->bias, PixelLayout::channels_first)
+        .view({b, o, h, w});
+  }
+  const at::Tensor matrix = weight.expand({b, o, c});
   const at::Tensor y = conv->bias.defined()
                            ? at::baddbmm(conv->bias.reshape({1, o, 1}).expand({b, o, h * w}), matrix, pixels)
                            : at::bmm(matrix, pixels);
   return y.view({b, o, h, w});
+}
+
+// A Transformer2DModel's proj_in or proj_out (a 1×1 convolution, or a linear layer without a LoRA
+// adapter) as pixel_linear's weight and bias, where pixel_linear serves it for x laid out as
+// `from`; nullopt where the layer must run as a module.
+struct PixelProjection {
+  at::Tensor weight, bias;
+};
+std::optional<PixelProjection> pixel_projection(const torch::nn::Conv2d& conv, const torch::nn::Linear& linear,
+                                                const at::Tensor& x, PixelLayout from) {
+  PixelProjection p;
+  if (conv) {
+    p = {conv->weight.flatten(1), conv->bias};
+  } else {
+    const LoraAdapters* adapters = ActiveAdapters::current();
+    if (adapters != nullptr && adapters->find(*linear) != nullptr) return std::nullopt;
+    p = {linear->weight, linear->bias};
+  }
+  if (!pixel_linear_applies(x, from, p.weight)) return std::nullopt;
+  return p;
 }
 
 }  // namespace
@@ -198,17 +224,26 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
 
 at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor& context) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  at::Tensor t = norm->forward(x);
-  if (proj_in_conv) t = pointwise_conv(proj_in_conv, t);
-  // Made contiguous once: the reshape alone is a view with channels-first strides, which every
-  // layer norm and linear of the blocks below would copy again (2–3% of a DPO step on sd15_small).
-  t = t.permute({0, 2, 3, 1}).reshape({b, h * w, c}).contiguous();  // [B, HW, C]
-  if (proj_in_linear) t = linear(proj_in_linear, t);
+  at::Tensor t = norm->forward(x).reshape({b, c, h * w});  // [B, C, HW]
+  // proj_in from channels first into tokens in one pass where pixel_linear serves it; else the
+  // layer, then one contiguous copy: the reshape alone is a view with channels-first strides, which
+  // every layer norm and linear of the blocks below would copy again (2–3% of a DPO step on sd15_small).
+  if (const auto in = pixel_projection(proj_in_conv, proj_in_linear, t, PixelLayout::channels_first)) {
+    t = pixel_linear(t, PixelLayout::channels_first, in->weight, in->bias, PixelLayout::tokens);
+  } else {
+    if (proj_in_conv) t = pointwise_conv(proj_in_conv, t.view({b, c, h, w})).view({b, c, h * w});
+    t = t.transpose(1, 2).contiguous();  // [B, HW, C]
+    if (proj_in_linear) t = linear(proj_in_linear, t);
+  }
   for (auto& block : transformer_blocks) t = block->forward(t, context);
-  if (proj_out_linear) t = linear(proj_out_linear, t);
-  t = t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
-  if (proj_out_conv) t = pointwise_conv(proj_out_conv, t);
-  return t + x;
+  if (const auto out = pixel_projection(proj_out_conv, proj_out_linear, t, PixelLayout::tokens)) {
+    t = pixel_linear(t, PixelLayout::tokens, out->weight, out->bias, PixelLayout::channels_first);
+  } else {
+    if (proj_out_linear) t = linear(proj_out_linear, t);
+    t = t.transpose(1, 2).contiguous();  // [B, C, HW]
+    if (proj_out_conv) t = pointwise_conv(proj_out_conv, t.view({b, c, h, w}));
+  }
+  return t.reshape({b, c, h, w}) + x;
 }
 
 TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim) {

@@ -32,25 +32,49 @@ at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   if (!cpu_matmul_kernel_applies(a, b) || (bias.defined() && (bias.scalar_type() != at::kFloat || !bias.device().is_cpu()))) {
     return bias.defined() ? at::addmm(bias, a, b) : at::mm(a, b);
   }
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  cpu_matmul_out(out, a, b, bias, at::Tensor(), /*accumulate=*/false);
+  return out;
+}
+
+void cpu_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& column_bias,
+                    const at::Tensor& row_bias, bool accumulate) {
+  TORCH_CHECK(cpu_matmul_kernel_applies(a, b), "cpu_matmul_out: needs float32 CPU matrices a [M, K], b [K, N] on a CPU "
+              "with AVX-512F, got ", a.sizes(), " and ", b.sizes());
   RECORD_FUNCTION("dedpo::cpu_matmul", std::vector<c10::IValue>({a, b}));  // the profiler's and the bench's FLOP count
   const int64_t rows = a.size(0), depth = a.size(1), cols = b.size(1);
-  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == cols), "matmul: bias of shape ", bias.sizes(),
-              " for ", cols, " columns");
-  at::Tensor out = at::empty({rows, cols}, a.options());
-  if (rows == 0 || cols == 0) return out;
-  if (depth == 0) return bias.defined() ? out.copy_(bias.expand({rows, cols})) : out.zero_();
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.device().is_cpu() && out.dim() == 2 && out.size(0) == rows &&
+                  out.size(1) == cols && (out.stride(1) == 1 || cols <= 1),
+              "cpu_matmul_out: the output must be a float32 CPU matrix [", rows, ", ", cols,
+              "] with unit column stride, got ", out.sizes(), " with strides ", out.strides());
+  auto check_bias = [](const at::Tensor& bias, int64_t size, const char* what) {
+    TORCH_CHECK(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.device().is_cpu() && bias.dim() == 1 &&
+                                    bias.size(0) == size),
+                "cpu_matmul: a ", what, " bias must be float32 of shape [", size, "], got ", bias.sizes());
+  };
+  check_bias(column_bias, cols, "column");
+  check_bias(row_bias, rows, "row");
+  if (rows == 0 || cols == 0 || (depth == 0 && accumulate)) return;
+  if (depth == 0) {
+    out.zero_();
+    if (column_bias.defined()) out.add_(column_bias);
+    if (row_bias.defined()) out.add_(row_bias.unsqueeze(1));
+    return;
+  }
 
   // B's rows are read in place when they are contiguous; B stored column by column (the transpose
   // of a weight) is packed per panel and depth block by the transpose kernel; anything else copied.
   const at::Tensor b_in = b.stride(1) == 1 || b.stride(0) == 1 ? b : b.contiguous();
   const bool packed = b_in.stride(1) != 1;
-  const at::Tensor bias_in = bias.defined() ? bias.contiguous() : bias;
+  const at::Tensor column_bias_in = column_bias.defined() ? column_bias.contiguous() : column_bias;
+  const at::Tensor row_bias_in = row_bias.defined() ? row_bias.contiguous() : row_bias;
   const float* a_data = a.data_ptr<float>();
   const float* b_data = b_in.data_ptr<float>();
-  const float* bias_data = bias_in.defined() ? bias_in.data_ptr<float>() : nullptr;
+  const float* column_bias_data = column_bias_in.defined() ? column_bias_in.data_ptr<float>() : nullptr;
+  const float* row_bias_data = row_bias_in.defined() ? row_bias_in.data_ptr<float>() : nullptr;
   float* c_data = out.data_ptr<float>();
   const int64_t a_row_stride = a.stride(0), a_col_stride = a.stride(1);
-  const int64_t b_row_stride = b_in.stride(0), b_col_stride = b_in.stride(1);
+  const int64_t b_row_stride = b_in.stride(0), b_col_stride = b_in.stride(1), c_row_stride = out.stride(0);
 
   // Tasks: a panel of 64 columns and a run of its rows. A panel's rows are split only when there
   // are fewer than two panels per thread, since each task reads (or packs) its panel's B again.
@@ -68,17 +92,24 @@ at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor
       if (task_rows <= 0) continue;
       const int64_t first_col = panel * kPanel, panel_cols = std::min(kPanel, cols - first_col);
       const bool narrow = panel_cols < kPanel;
-      float* c = c_data + first_row * cols + first_col;
-      int64_t c_stride = cols;
-      const float* panel_bias = bias_data ? bias_data + first_col : nullptr;
+      float* const task_c = c_data + first_row * c_row_stride + first_col;
+      float* c = task_c;
+      int64_t c_stride = c_row_stride;
+      avx512::MatmulBias bias{column_bias_data ? column_bias_data + first_col : nullptr,
+                              row_bias_data ? row_bias_data + first_row : nullptr};
       if (narrow) {
         narrow_c.assign(task_rows * kPanel, 0.0f);
+        if (accumulate) {
+          for (int64_t i = 0; i < task_rows; ++i) {
+            std::copy(task_c + i * c_row_stride, task_c + i * c_row_stride + panel_cols, narrow_c.begin() + i * kPanel);
+          }
+        }
         c = narrow_c.data();
         c_stride = kPanel;
-        if (panel_bias) {
+        if (bias.per_column) {
           narrow_bias.assign(kPanel, 0.0f);
-          std::copy(panel_bias, panel_bias + panel_cols, narrow_bias.begin());
-          panel_bias = narrow_bias.data();
+          std::copy(bias.per_column, bias.per_column + panel_cols, narrow_bias.begin());
+          bias.per_column = narrow_bias.data();
         }
       }
       for (int64_t k = 0; k < depth; k += kDepthBlock) {
@@ -86,7 +117,12 @@ at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor
         const float* b_block = b_data + k * b_row_stride + first_col * b_col_stride;
         int64_t b_stride = b_row_stride;
         if (packed || narrow) {
-          packed_b.assign(block * kPanel, 0.0f);
+          // Zeros where a narrow panel leaves columns of its copy unwritten.
+          if (narrow) {
+            packed_b.assign(block * kPanel, 0.0f);
+          } else {
+            packed_b.resize(block * kPanel);
+          }
           if (packed) {
             // B[k + i][first_col + j] = b_block[j·b_col_stride + i]: the panel's columns are rows
             // of the stored matrix, transposed into [block][64].
@@ -100,17 +136,15 @@ at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor
           b_stride = kPanel;
         }
         avx512::matmul_panel(a_data + first_row * a_row_stride + k * a_col_stride, a_row_stride, a_col_stride,
-                             task_rows, block, b_block, b_stride, panel_bias, /*accumulate=*/k > 0, c, c_stride);
+                             task_rows, block, b_block, b_stride, bias, /*accumulate=*/accumulate || k > 0, c, c_stride);
       }
       if (narrow) {
         for (int64_t i = 0; i < task_rows; ++i) {
-          std::copy(narrow_c.begin() + i * kPanel, narrow_c.begin() + i * kPanel + panel_cols,
-                    c_data + (first_row + i) * cols + first_col);
+          std::copy(narrow_c.begin() + i * kPanel, narrow_c.begin() + i * kPanel + panel_cols, task_c + i * c_row_stride);
         }
       }
     }
   });
-  return out;
 }
 
 }  // namespace dedpo::sd
