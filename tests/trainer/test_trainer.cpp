@@ -10,6 +10,7 @@
 #include <string>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -176,6 +177,30 @@ TEST(GradientNorm, EqualsTheDoubleNormAndTellsOverflowFromInfinity) {
   EXPECT_TRUE(std::isinf(gradient_norm(params)));
   params[2].mutable_grad()[1] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_TRUE(std::isnan(gradient_norm(params)));
+}
+
+// Float32 CPU gradients go through one pass cut into runs of 65,536 elements across tensor
+// boundaries: many tensors, some larger than a run, some empty; the sum in double and the same
+// bits on 1 and 3 threads.
+TEST(GradientNorm, OnePassOverManyGradientsIsExactAndThreadIndependent) {
+  at::manual_seed(6);
+  std::vector<at::Tensor> params;
+  for (const int64_t n : {70000, 3, 0, 200000, 65536, 1, 12345, 131072}) {
+    params.push_back(at::zeros({n}).requires_grad_(true));
+    params.back().mutable_grad() = at::randn({n}) * 3.0;
+  }
+  params.push_back(at::zeros({40, 50}).requires_grad_(true));
+  params.back().mutable_grad() = at::randn({50, 40}).t();  // a non-contiguous gradient
+  double squared = 0.0;
+  for (const at::Tensor& p : params) squared += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  const double one = gradient_norm(params);
+  at::set_num_threads(3);
+  const double three = gradient_norm(params);
+  at::set_num_threads(before);
+  EXPECT_EQ(one, three);
+  EXPECT_NEAR(one, std::sqrt(squared), 1e-12 * std::sqrt(squared));
 }
 
 TEST(Adafactor, FactoredAndFullUpdatesMatchTheFormulas) {

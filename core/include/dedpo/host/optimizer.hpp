@@ -29,9 +29,11 @@ std::unique_ptr<Optimizer> make_optimizer(std::vector<at::Tensor> params,
                                           const TrainSettings& settings);
 
 // The 2-norm of the gradients of `params` taken together (parameters without a gradient count as
-// zero): each gradient's norm in its own dtype on its device, the squares summed in double, one
-// read-back per device. A float overflow (a finite gradient whose squares exceed float's range)
-// is recomputed in double, so inf or NaN means a gradient holds one.
+// zero): float32 gradients on the CPU in one parallel pass over all of them, squares summed in
+// double (the same result on any number of threads); others each in its own dtype on its device,
+// the squares summed in double, one read-back per device. A float overflow there (a finite
+// gradient whose squares exceed float's range) is recomputed in double, so inf or NaN means a
+// gradient holds one.
 double gradient_norm(const std::vector<at::Tensor>& params);
 
 // Gradient-norm clipping to `max_grad_norm` (0 = none) as the divisor Optimizer::step takes: 1
