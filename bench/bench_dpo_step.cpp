@@ -17,8 +17,9 @@
 // work: GFLOP/s there is the rate of the same useful step). Prints the median ms/step (wall clock
 // and CPU time of all threads), minor page faults per step, the peak
 // memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
-// (counted per op: convolution and the 1×1 convolutions' bmm/baddbmm = conv, mm/addmm and oneDNN's
-// linear = linear, fused attention and dedpo_sd's small-head kernels = attention; a step is 3
+// (counted per op: convolution, the 1×1 convolutions' bmm/baddbmm and dedpo_sd's pixel_linear, which
+// also serves the transformers' linear projections = conv, mm/addmm, oneDNN's linear and dedpo_sd's
+// cpu_matmul = linear, fused attention and dedpo_sd's small-head kernels = attention; a step is 3
 // forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
 // device's matmul rate in the compute dtype (the faster of at::mm and, in float32 on a CPU, oneDNN's
 // matmul), measured before the models exist. --json prints one
@@ -108,9 +109,15 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     const auto a = sizes(1), b = sizes(2);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
   } else if (name == "dedpo::cpu_matmul") {
-    // dedpo_sd's float32 kernel (the linear layers on AMD CPUs with AVX-512): a [M, K] · b [K, N]
+    // dedpo_sd's float32 kernel (the linear layers on AMD CPUs with AVX-512): a [M, K] · b [K, N];
+    // inside pixel_linear it is a 1×1 convolution's, counted there.
+    if (std::find(g_open_ops.begin(), g_open_ops.end(), "dedpo::pixel_linear") != g_open_ops.end()) return nullptr;
     const auto a = sizes(0), b = sizes(1);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
+  } else if (name == "dedpo::pixel_linear") {
+    // dedpo_sd's 1×1 convolutions and transformer projections (1×1 convolutions or linear layers)
+    // on AMD CPUs: x [B, C, HW] or [B, HW, C], weight [O, C]
+    g_count->conv += 2.0 * numel(sizes(0)) * static_cast<double>(sizes(1)[0]);
   } else if (name == "mkldnn::_linear_pointwise") {
     // dedpo_sd's cpu_linear (AMD CPUs): x [N, in] · W [out, in]ᵀ
     const auto a = sizes(0), w = sizes(1);

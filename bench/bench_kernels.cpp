@@ -15,6 +15,10 @@
 //   they took before (dedpo/host/accelerator.hpp: onednn_matmul_transposed): x·Wᵀ + b, dy·W and
 //   dyᵀ·x on the feed-forward, attention and cross-attention shapes of both UNets (oneDNN gets dyᵀ
 //   ready-made, cpu_matmul reads it in place). Also GFLOP/s.
+// - 1×1 convolutions (dedpo/sd/pixel_linear.hpp) against the batched matmul dedpo ran before
+//   (baddbmm over [O, C] × [B, C, HW]): unet_sd15_small's projections and resnet shortcuts, from
+//   channels first to channels first, and into tokens against baddbmm plus the permuted copy.
+// The last two need cpu_matmul's kernel (AVX-512F); elsewhere they are left out.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -33,6 +37,7 @@
 #include "dedpo/sd/small_head_attention.hpp"
 #include "dedpo/host/accelerator.hpp"
 #include "dedpo/sd/cpu_matmul.hpp"
+#include "dedpo/sd/pixel_linear.hpp"
 
 namespace {
 
@@ -197,6 +202,49 @@ void bench_linear(int batch, int reps) {
   }
 }
 
+struct PointwiseShape {
+  const char* what;
+  int64_t in, out, pixels;
+};
+
+void bench_pixel_linear(int batch, int reps) {
+  using dedpo::sd::PixelLayout;
+  std::printf("\n| 1×1 convolution | B × C → O, pixels | pass | baddbmm ms | pixel_linear ms | ratio |"
+              " baddbmm + permuted copy, fwd+bwd ms | pixel_linear into tokens, fwd+bwd ms | ratio |\n"
+              "|---|---|---|---|---|---|---|---|---|\n");
+  const PointwiseShape shapes[] = {{"32×32 projection", 64, 64, 1024},  {"16×16 projection", 128, 128, 256},
+                                   {"8×8 projection", 256, 256, 64},     {"32×32 shortcut", 192, 64, 1024},
+                                   {"16×16 shortcut", 384, 128, 256},    {"16×16 shortcut, down", 64, 128, 256}};
+  for (const PointwiseShape& s : shapes) {
+    const at::Tensor x = at::randn({batch, s.in, s.pixels}).requires_grad_();
+    const at::Tensor weight = at::randn({s.out, s.in}).requires_grad_(), bias = at::randn({s.out}).requires_grad_();
+    auto batched = [&] {
+      return at::baddbmm(bias.reshape({1, s.out, 1}).expand({batch, s.out, s.pixels}), weight.expand({batch, s.out, s.in}), x);
+    };
+    const std::function<at::Tensor(int)> channels_first = [&](int impl) {
+      return impl == 0 ? batched()
+                       : dedpo::sd::pixel_linear(x, PixelLayout::channels_first, weight, bias, PixelLayout::channels_first);
+    };
+    const std::function<at::Tensor(int)> into_tokens = [&](int impl) {
+      return impl == 0 ? batched().transpose(1, 2).contiguous()
+                       : dedpo::sd::pixel_linear(x, PixelLayout::channels_first, weight, bias, PixelLayout::tokens);
+    };
+    const at::Tensor upstream = at::randn({batch, s.out, s.pixels}), upstream_tokens = at::randn({batch, s.pixels, s.out});
+    const auto [tokens_batched, tokens_pixel] = alternating_medians(reps, true, upstream_tokens, into_tokens);
+    for (const bool backward : {false, true}) {
+      const auto [batched_ms, pixel_ms] = alternating_medians(reps, backward, upstream, channels_first);
+      std::printf("| %s | %d × %lld → %lld, %lld | %s | %.3f | %.3f | %.2f |", s.what, batch, static_cast<long long>(s.in),
+                  static_cast<long long>(s.out), static_cast<long long>(s.pixels), backward ? "fwd+bwd" : "fwd",
+                  batched_ms, pixel_ms, pixel_ms / batched_ms);
+      if (backward) {
+        std::printf(" %.3f | %.3f | %.2f |\n", tokens_batched, tokens_pixel, tokens_pixel / tokens_batched);
+      } else {
+        std::printf(" | | |\n");
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -215,6 +263,12 @@ int main(int argc, char** argv) {
   std::printf("batch %d, %d threads, median of %d alternating reps, float32\n\n", batch, threads, reps);
   bench_attention(batch, reps);
   bench_geglu(batch, reps);
+  const at::Tensor probe = at::zeros({1, 1});
+  if (!dedpo::sd::cpu_matmul_kernel_applies(probe, probe)) {
+    std::printf("\n(cpu_matmul's kernel does not run here: the linear and 1×1 convolution tables are left out)\n");
+    return 0;
+  }
   if (at::hasMKLDNN()) bench_linear(batch, reps);
+  bench_pixel_linear(batch, reps);
   return 0;
 }

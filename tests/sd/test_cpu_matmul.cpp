@@ -71,12 +71,13 @@ TEST(CpuMatmul, ReadsTransposedAndStridedOperandsInPlace) {
   }
 }
 
-// cpu_matmul_out: a row bias, accumulation onto what the output holds, an output that is a slice
-// of a wider matrix (its other columns untouched), narrow and full panels, one and two depth blocks.
+// cpu_matmul_out: a row bias, accumulation onto what the output holds (with B read in place and
+// packed), an output that is a slice of a wider matrix (its other columns untouched), narrow and
+// full panels, one and two depth blocks; the outputs it refuses.
 TEST(CpuMatmul, WritesIntoASliceWithARowBiasOrAccumulates) {
   if (!kernel_runs()) GTEST_SKIP() << "this CPU has no AVX-512F";
   at::manual_seed(8);
-  for (const Shape s : {Shape{7, 20, 70}, Shape{13, 600, 64}, Shape{4, 3, 5}}) {
+  for (const Shape s : {Shape{7, 20, 70}, Shape{13, 600, 64}, Shape{7, 600, 70}, Shape{4, 3, 5}}) {
     SCOPED_TRACE("rows " + std::to_string(s.rows) + ", depth " + std::to_string(s.depth) + ", cols " + std::to_string(s.cols));
     const at::Tensor a = at::randn({s.rows, s.depth}), b = at::randn({s.depth, s.cols}), row_bias = at::randn({s.rows});
     const at::Tensor product = at::mm(a.to(at::kDouble), b.to(at::kDouble));
@@ -89,9 +90,23 @@ TEST(CpuMatmul, WritesIntoASliceWithARowBiasOrAccumulates) {
     EXPECT_TRUE(at::equal(wide.narrow(1, 3 + s.cols, 7), before.narrow(1, 3 + s.cols, 7)));
 
     const at::Tensor start = at::randn({s.rows, s.cols}), sum = start.clone();
-    cpu_matmul_out(sum, a, b, at::randn({s.cols}), row_bias, /*accumulate=*/true);  // the biases are not added
+    cpu_matmul_out(sum, a, b, at::Tensor(), at::Tensor(), /*accumulate=*/true);
     dedpo::test::expect_near_reference("accumulated", sum, start.to(at::kDouble) + product, kTolerance);
+    // B a transposed weight (packed), the panel narrow, two depth blocks: accumulated too.
+    const at::Tensor weight = at::randn({s.cols, s.depth}), into = at::randn({s.rows, s.cols}), onto = into.clone();
+    cpu_matmul_out(onto, a, weight.t(), at::Tensor(), at::Tensor(), /*accumulate=*/true);
+    dedpo::test::expect_near_reference("accumulated onto, b = Wᵀ", onto,
+                                       into.to(at::kDouble) + at::mm(a.to(at::kDouble), weight.t().to(at::kDouble)),
+                                       kTolerance);
   }
+  EXPECT_THROW(cpu_matmul_out(at::zeros({4, 3}), at::zeros({4, 2}), at::zeros({2, 3}), at::zeros({3}), at::Tensor(), true),
+               c10::Error) << "a bias with accumulate";
+  const at::Tensor square = at::randn({8, 8});
+  EXPECT_THROW(cpu_matmul_out(square, square, at::randn({8, 8}), at::Tensor(), at::Tensor(), false), c10::Error)
+      << "the output is an operand";
+  EXPECT_THROW(cpu_matmul_out(at::zeros({1, 3}).expand({4, 3}), at::zeros({4, 2}), at::zeros({2, 3}), at::Tensor(),
+                              at::Tensor(), false),
+               c10::Error) << "an output whose rows overlap";
   EXPECT_THROW(cpu_matmul_out(at::zeros({3, 4}).t(), at::zeros({4, 2}), at::zeros({2, 3}), at::Tensor(), at::Tensor(), false),
                c10::Error) << "an output without unit column stride";
   EXPECT_THROW(cpu_matmul_out(at::zeros({4, 3}), at::zeros({4, 2}), at::zeros({2, 3}), at::Tensor(), at::zeros({3}), false),

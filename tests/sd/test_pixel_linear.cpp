@@ -80,16 +80,21 @@ TEST(PixelLinear, AFrozenWeightGivesTheInputItsGradientAndInferenceModeNoGraph) 
 TEST(PixelLinear, AppliesWhereCpuLinearDoesWithTheKernel) {
   const bool amd = dedpo::test::cpuinfo_line("vendor_id").find("AuthenticAMD") != std::string::npos;
   const at::Tensor weight = at::zeros({4, 8});
-  EXPECT_EQ(pixel_linear_applies(at::zeros({2, 8, 5}), PixelLayout::channels_first, weight), amd && kernel_runs());
-  EXPECT_EQ(pixel_linear_applies(at::zeros({2, 5, 8}), PixelLayout::tokens, weight), amd && kernel_runs());
-  EXPECT_FALSE(pixel_linear_applies(at::zeros({2, 5, 8}), PixelLayout::channels_first, weight)) << "5 channels";
-  EXPECT_FALSE(pixel_linear_applies(at::zeros({2, 8, 5}, at::kDouble), PixelLayout::channels_first, weight.to(at::kDouble)));
-  EXPECT_FALSE(pixel_linear_applies(at::zeros({0, 8, 5}), PixelLayout::channels_first, weight)) << "no samples";
-  EXPECT_FALSE(pixel_linear_applies(at::zeros({8, 5}), PixelLayout::channels_first, weight)) << "not 3-D";
+  EXPECT_EQ(pixel_linear_applies(at::zeros({2, 8, 5}), PixelLayout::channels_first, weight, at::Tensor()), amd && kernel_runs());
+  EXPECT_EQ(pixel_linear_applies(at::zeros({2, 5, 8}), PixelLayout::tokens, weight, at::zeros({4})), amd && kernel_runs());
+  EXPECT_FALSE(pixel_linear_applies(at::zeros({2, 5, 8}), PixelLayout::channels_first, weight, at::Tensor())) << "5 channels";
+  EXPECT_FALSE(pixel_linear_applies(at::zeros({2, 8, 5}, at::kDouble), PixelLayout::channels_first, weight.to(at::kDouble), at::Tensor()));
+  EXPECT_FALSE(pixel_linear_applies(at::zeros({0, 8, 5}), PixelLayout::channels_first, weight, at::Tensor())) << "no samples";
+  EXPECT_FALSE(pixel_linear_applies(at::zeros({8, 5}), PixelLayout::channels_first, weight, at::Tensor())) << "not 3-D";
+  EXPECT_FALSE(pixel_linear_applies(at::zeros({2, 8, 5}), PixelLayout::channels_first, weight, at::zeros({4}, at::kDouble)))
+      << "a double bias";
 }
 
-TEST(PixelLinear, RefusesShapesThatDoNotMatch) {
+TEST(PixelLinear, RefusesShapesThatDoNotMatchAndOperandsItDoesNotServe) {
   const at::Tensor weight = at::zeros({4, 8});
+  EXPECT_THROW(pixel_linear(at::zeros({2, 8, 5}, at::kDouble), PixelLayout::channels_first, weight.to(at::kDouble),
+                            at::Tensor(), PixelLayout::tokens),
+               c10::Error);
   EXPECT_THROW(pixel_linear(at::zeros({2, 7, 5}), PixelLayout::channels_first, weight, at::Tensor(), PixelLayout::tokens),
                c10::Error);
   EXPECT_THROW(pixel_linear(at::zeros({2, 8, 5}), PixelLayout::channels_first, weight, at::zeros({5}), PixelLayout::tokens),

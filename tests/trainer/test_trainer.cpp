@@ -154,10 +154,11 @@ TEST(AdamW, CheckpointIsTorchAdamWsFormat) {
   }
 }
 
+// params[0] and [1] take the one-pass float32 path, params[2] (bfloat16) `_foreach_norm` in float.
 TEST(GradientNorm, EqualsTheDoubleNormAndTellsOverflowFromInfinity) {
   at::manual_seed(5);
   std::vector<at::Tensor> params = {at::zeros({1000}).requires_grad_(true), at::zeros({30, 7}).requires_grad_(true),
-                                    at::zeros({4}).requires_grad_(true)};
+                                    at::zeros({4}, at::kBFloat16).requires_grad_(true)};
   EXPECT_EQ(gradient_norm(params), 0.0);  // no gradient at all
   params[0].mutable_grad() = at::randn({1000});
   params[1].mutable_grad() = at::randn({30, 7}, at::kFloat).to(at::kBFloat16).to(at::kFloat);
@@ -169,13 +170,21 @@ TEST(GradientNorm, EqualsTheDoubleNormAndTellsOverflowFromInfinity) {
     return std::sqrt(squared);
   };
   EXPECT_NEAR(gradient_norm(params), double_norm(), 1e-6 * double_norm());  // params[2] has none
-  // 1e30 is a finite float whose square is not: the norm is still finite and right.
-  params[2].mutable_grad() = at::full({4}, 1e30f);
+  // 2^100 is a finite bfloat16 whose square overflows float, where `_foreach_norm` sums: the
+  // norm is recomputed in double, finite and right.
+  const double big = std::ldexp(1.0, 100);
+  params[2].mutable_grad() = at::full({4}, big, at::kBFloat16);
   EXPECT_TRUE(std::isfinite(gradient_norm(params)));
-  EXPECT_NEAR(gradient_norm(params), 2e30, 1e-6 * 2e30);
+  EXPECT_NEAR(gradient_norm(params), 2 * big, 1e-6 * 2 * big);
   params[2].mutable_grad()[1] = std::numeric_limits<float>::infinity();
   EXPECT_TRUE(std::isinf(gradient_norm(params)));
   params[2].mutable_grad()[1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_TRUE(std::isnan(gradient_norm(params)));
+  // The float32 path: an inf or a NaN in one of its gradients shows as well.
+  params[2].mutable_grad()[1] = 0.0;
+  params[0].mutable_grad()[7] = std::numeric_limits<float>::infinity();
+  EXPECT_TRUE(std::isinf(gradient_norm(params)));
+  params[0].mutable_grad()[7] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_TRUE(std::isnan(gradient_norm(params)));
 }
 

@@ -29,7 +29,7 @@ at::Tensor pointwise_conv(torch::nn::Conv2d& conv, const at::Tensor& x) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = conv->weight.size(0);
   const at::Tensor pixels = x.view({b, c, h * w});
   const at::Tensor weight = conv->weight.reshape({o, c});
-  if (pixel_linear_applies(pixels, PixelLayout::channels_first, weight)) {
+  if (pixel_linear_applies(pixels, PixelLayout::channels_first, weight, conv->bias)) {
     return pixel_linear(pixels, PixelLayout::channels_first, weight, conv->bias, PixelLayout::channels_first)
         .view({b, o, h, w});
   }
@@ -56,7 +56,7 @@ std::optional<PixelProjection> pixel_projection(const torch::nn::Conv2d& conv, c
     if (adapters != nullptr && adapters->find(*linear) != nullptr) return std::nullopt;
     p = {linear->weight, linear->bias};
   }
-  if (!pixel_linear_applies(x, from, p.weight)) return std::nullopt;
+  if (!pixel_linear_applies(x, from, p.weight, p.bias)) return std::nullopt;
   return p;
 }
 

@@ -44,7 +44,7 @@ class CpuLinear : public torch::autograd::Function<CpuLinear> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &rows = saved[0], &weight = saved[1];
     const int64_t in = weight.size(1), out = weight.size(0);
-    const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();  // [N, out]
+    const at::Tensor dy = grads[0].reshape({-1, out});  // [N, out]: an operand a, read at any strides
     at::Tensor dx, dweight, dbias;
     if (ctx->needs_input_grad(0)) {
       std::vector<int64_t> shape = grads[0].sizes().vec();

@@ -1,6 +1,7 @@
 #include "dedpo/sd/cpu_matmul.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
@@ -54,6 +55,12 @@ void cpu_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor
   };
   check_bias(column_bias, cols, "column");
   check_bias(row_bias, rows, "row");
+  TORCH_CHECK(!accumulate || (!column_bias.defined() && !row_bias.defined()),
+              "cpu_matmul_out: a bias with accumulate = true (C += A·B adds no bias)");
+  // Tasks write disjoint rows and columns of `out` while reading a and b.
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, a);
+  at::assert_no_overlap(out, b);
   if (rows == 0 || cols == 0 || (depth == 0 && accumulate)) return;
   if (depth == 0) {
     out.zero_();

@@ -1,6 +1,7 @@
 #include "dedpo/sd/pixel_linear.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/autograd.h>
 
 #include <optional>
@@ -87,10 +88,11 @@ class PixelLinear : public torch::autograd::Function<PixelLinear> {
 
 }  // namespace
 
-bool pixel_linear_applies(const at::Tensor& x, PixelLayout from, const at::Tensor& weight) {
+bool pixel_linear_applies(const at::Tensor& x, PixelLayout from, const at::Tensor& weight, const at::Tensor& bias) {
   if (x.dim() != 3 || x.size(0) == 0) return false;
   const at::Tensor sample = pixels_by_channels(x, 0, from);  // pixels × channels, as cpu_linear would see it
-  return cpu_linear_applies(sample, weight) && cpu_matmul_kernel_applies(sample, weight.t());
+  return cpu_linear_applies(sample, weight) && cpu_matmul_kernel_applies(sample, weight.t()) &&
+         (!bias.defined() || (bias.scalar_type() == at::kFloat && bias.device().is_cpu()));
 }
 
 at::Tensor pixel_linear(const at::Tensor& x, PixelLayout from, const at::Tensor& weight, const at::Tensor& bias,
@@ -101,6 +103,11 @@ at::Tensor pixel_linear(const at::Tensor& x, PixelLayout from, const at::Tensor&
   TORCH_CHECK(channels == weight.size(1), "pixel_linear: x has ", channels, " channels, the weight takes ", weight.size(1));
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "pixel_linear: bias of shape ",
               bias.sizes(), " for ", weight.size(0), " outputs");
+  TORCH_CHECK(x.size(0) == 0 || pixel_linear_applies(x, from, weight, bias),
+              "pixel_linear: runs on float32 CPU tensors outside autocast, on AMD CPUs with AVX-512F "
+              "(pixel_linear_applies), got x ", x.scalar_type(), " on ", x.device(), ", weight ", weight.scalar_type());
+  // The profiler's and the bench's FLOP count (a 1×1 convolution's work, not a linear layer's).
+  RECORD_FUNCTION("dedpo::pixel_linear", std::vector<c10::IValue>({x, weight}));
   return PixelLinear::apply(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt,
                             static_cast<int64_t>(from), static_cast<int64_t>(to));
 }

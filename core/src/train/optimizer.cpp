@@ -194,9 +194,14 @@ double gradient_norm(const std::vector<at::Tensor>& params) {
     squared += at::stack(at::_foreach_norm(list, 2, in)).to(at::kDouble).pow(2).sum().item<double>();
   }
   if (std::isinf(squared)) {
-    // Float overflow, or a gradient holds inf: the double sum tells which.
+    // Float overflow, or a gradient holds inf: the double sum tells which (float32 CPU gradients
+    // were summed in double already).
     squared = 0.0;
     for (const auto& [key, list] : grads) {
+      if (std::get<0>(key) == c10::DeviceType::CPU && std::get<2>(key) == at::kFloat) {
+        squared += float_cpu_sum_of_squares(list);
+        continue;
+      }
       for (const at::Tensor& g : list) squared += g.to(at::kDouble).pow(2).sum().item<double>();
     }
   }

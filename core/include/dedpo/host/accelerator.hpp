@@ -59,7 +59,8 @@ at::Tensor onednn_matmul_transposed(const at::Tensor& a, const at::Tensor& b, co
 
 // The CPU's matmul rates in fp32 and bf16, GFLOP/s: a 512³ matmul, median of 5 after 2 warm-ups,
 // measured once per process (about 20 ms) on the threads LibTorch has at the first call; fp32 is
-// the faster of at::mm and onednn_matmul_transposed, as the float32 layers take the faster one.
+// the faster of at::mm and onednn_matmul_transposed (on AMD CPUs with AVX-512 the float32 linear
+// layers run dedpo_sd's cpu_matmul, as fast as oneDNN or a little faster on a UNet's shapes).
 // The instruction set does not tell whether bf16 pays off: with AVX-512 BF16 and no AMX, bf16
 // matmuls reached half the fp32 rate on a Xeon and about twice oneDNN's (four times MKL's) on an
 // AMD EPYC (Zen 5) of this project's machines (docs/performance.md).

@@ -23,7 +23,8 @@ at::Tensor cpu_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor
 // The same product into `out`, a float32 [M, N] matrix with unit column stride and any row stride
 // (a slice of a batch, or of a wider matrix) that overlaps neither operand: out = a·b plus either
 // bias, column_bias [N] added to every row, row_bias [M] to every column; or out += a·b when
-// `accumulate` (the biases are then not added). Requires cpu_matmul_kernel_applies(a, b).
+// `accumulate` (no bias then: passing one is an error, as is an output that overlaps itself or an
+// operand). Requires cpu_matmul_kernel_applies(a, b).
 void cpu_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& column_bias,
                     const at::Tensor& row_bias, bool accumulate);
 

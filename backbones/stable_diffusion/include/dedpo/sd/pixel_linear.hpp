@@ -14,14 +14,15 @@ enum class PixelLayout {
   tokens,          // [B, HW, C]
 };
 
-// Whether pixel_linear runs here for x (laid out as `from`) and a 2-D weight: where cpu_linear
-// would for a sample's pixels × channels (AMD CPUs, float32, no autocast) and cpu_matmul's kernel
-// runs.
-bool pixel_linear_applies(const at::Tensor& x, PixelLayout from, const at::Tensor& weight);
+// Whether pixel_linear runs here for x (laid out as `from`), a 2-D weight and a bias (or none):
+// where cpu_linear would for a sample's pixels × channels (AMD CPUs, float32, no autocast), the
+// bias float32 on the CPU too, and cpu_matmul's kernel runs.
+bool pixel_linear_applies(const at::Tensor& x, PixelLayout from, const at::Tensor& weight, const at::Tensor& bias);
 
 // x: [B, C, HW] or [B, HW, C] as `from` says; weight: [O, C] (a 1×1 convolution's [O, C, 1, 1]
 // reshaped); bias: [O] or undefined -> the map y = W·x + bias at every pixel, [B, O, HW] or
-// [B, HW, O] as `to` says, contiguous. Differentiable with respect to all three.
+// [B, HW, O] as `to` says, contiguous. Differentiable with respect to all three. Only where
+// pixel_linear_applies (else an error).
 at::Tensor pixel_linear(const at::Tensor& x, PixelLayout from, const at::Tensor& weight, const at::Tensor& bias,
                         PixelLayout to);
 
