@@ -6,6 +6,7 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "avx512_kernels.hpp"
@@ -21,6 +22,13 @@ constexpr int64_t kTileRows = avx512::kMatmulTileRows;
 // Rows of B per pass over a panel: a packed block of 512 × 64 floats (128 KiB) stays in L2 while
 // every tile of the panel's rows reads it.
 constexpr int64_t kDepthBlock = 512;
+
+// This thread's block of packed B (kDepthBlock × kPanel floats), kept for every later call: a
+// fresh zero-filled vector per task cost a 128 KiB allocation and memset per call and thread.
+float* thread_packed_block() {
+  thread_local const std::unique_ptr<float[]> block(new float[kDepthBlock * kPanel]);
+  return block.get();
+}
 
 }  // namespace
 
@@ -91,7 +99,7 @@ void cpu_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor
   at::parallel_for(0, panels * splits, 1, [&](int64_t begin, int64_t end) {
     // The kernel reads and writes all 64 columns of a panel: a narrower last panel (cols not a
     // multiple of 64) runs on zero-padded copies of its B and bias and into a C of its own.
-    std::vector<float> packed_b, narrow_c, narrow_bias;
+    std::vector<float> narrow_c, narrow_bias;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t panel = task / splits, split = task % splits;
       const int64_t first_row = split * tiles_per_split * kTileRows;
@@ -124,22 +132,18 @@ void cpu_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor
         const float* b_block = b_data + k * b_row_stride + first_col * b_col_stride;
         int64_t b_stride = b_row_stride;
         if (packed || narrow) {
-          // Zeros where a narrow panel leaves columns of its copy unwritten.
-          if (narrow) {
-            packed_b.assign(block * kPanel, 0.0f);
-          } else {
-            packed_b.resize(block * kPanel);
-          }
+          float* const packed_b = thread_packed_block();
+          if (narrow) std::fill(packed_b, packed_b + block * kPanel, 0.0f);  // columns its copy leaves unwritten
           if (packed) {
             // B[k + i][first_col + j] = b_block[j·b_col_stride + i]: the panel's columns are rows
             // of the stored matrix, transposed into [block][64].
-            avx512::transpose(b_block, b_col_stride, panel_cols, 0, block, packed_b.data(), kPanel);
+            avx512::transpose(b_block, b_col_stride, panel_cols, 0, block, packed_b, kPanel);
           } else {
             for (int64_t i = 0; i < block; ++i) {
-              std::copy(b_block + i * b_row_stride, b_block + i * b_row_stride + panel_cols, packed_b.begin() + i * kPanel);
+              std::copy(b_block + i * b_row_stride, b_block + i * b_row_stride + panel_cols, packed_b + i * kPanel);
             }
           }
-          b_block = packed_b.data();
+          b_block = packed_b;
           b_stride = kPanel;
         }
         avx512::matmul_panel(a_data + first_row * a_row_stride + k * a_col_stride, a_row_stride, a_col_stride,
