@@ -46,7 +46,9 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per process")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps first (default 2: a process's second step still faults memory in, "
+                             "dedpo's sd15_small about 50,000 pages, and ran 10-20%% slower than the later ones)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--checkpointing", type=int, choices=[0, 1], default=0)
