@@ -19,7 +19,7 @@
 // memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
 // (counted per op: convolution, the 1×1 convolutions' bmm/baddbmm and dedpo_sd's pixel_linear, which
 // also serves the transformers' linear projections = conv, mm/addmm, oneDNN's linear and dedpo_sd's
-// cpu_matmul = linear, fused attention and dedpo_sd's small-head kernels = attention; a step is 3
+// cpu_matmul and cpu_linear_bf16 = linear, fused attention and dedpo_sd's small-head kernels = attention; a step is 3
 // forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
 // device's matmul rate in the compute dtype (the faster of at::mm and, in float32 on a CPU, oneDNN's
 // matmul), measured before the models exist. --json prints one
@@ -118,6 +118,9 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     // dedpo_sd's 1×1 convolutions and transformer projections (1×1 convolutions or linear layers)
     // on AMD CPUs: x [B, C, HW] or [B, HW, C], weight [O, C]
     g_count->conv += 2.0 * numel(sizes(0)) * static_cast<double>(sizes(1)[0]);
+  } else if (name == "dedpo::cpu_linear_bf16") {
+    // dedpo_sd's bf16 linear layers (CPU bf16 autocast on AMD CPUs with AVX512-BF16): x [..., in] · W [out, in]ᵀ
+    g_count->linear += 2.0 * numel(sizes(0)) * static_cast<double>(sizes(1)[0]);
   } else if (name == "mkldnn::_linear_pointwise") {
     // dedpo_sd's cpu_linear (AMD CPUs): x [N, in] · W [out, in]ᵀ
     const auto a = sizes(0), w = sizes(1);

@@ -18,7 +18,11 @@
 // - 1×1 convolutions (dedpo/sd/pixel_linear.hpp) against the batched matmul dedpo ran before
 //   (baddbmm over [O, C] × [B, C, HW]): unet_sd15_small's projections and resnet shortcuts, from
 //   channels first to channels first, and into tokens against baddbmm plus the permuted copy.
-// The last two need cpu_matmul's kernel (AVX-512F); elsewhere they are left out.
+// - The linear layers under bf16 autocast (dedpo/sd/cpu_linear.hpp: cpu_linear_bf16, VDPBF16PS)
+//   against ATen's autocast linear (oneDNN's bf16 matmul), forward and forward + backward, each rep
+//   in its own autocast region as a training step's forward is (the weight's bf16 cast is not
+//   reused across reps). Where the CPU has AVX512-BF16 (AMD CPUs).
+// The cpu_matmul and pixel_linear tables need cpu_matmul's kernel (AVX-512F); elsewhere they are left out.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -36,6 +40,9 @@
 #include "dedpo/sd/geglu.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
 #include "dedpo/host/accelerator.hpp"
+#include "dedpo/autocast.hpp"
+#include "dedpo/host/allocator_policy.hpp"
+#include "dedpo/sd/cpu_linear.hpp"
 #include "dedpo/sd/cpu_matmul.hpp"
 #include "dedpo/sd/pixel_linear.hpp"
 
@@ -245,9 +252,35 @@ void bench_pixel_linear(int batch, int reps) {
   }
 }
 
+void bench_linear_bf16(int batch, int reps) {
+  std::printf("\n| linear, bf16 autocast | rows × in → out | pass | ATen (oneDNN bf16) ms | cpu_linear_bf16 ms | ratio |\n"
+              "|---|---|---|---|---|---|\n");
+  const LinearShape shapes[] = {{"32×32 attention", 1024, 64, 64},  {"32×32 GEGLU", 1024, 64, 512},
+                                {"16×16 attention", 256, 128, 128}, {"16×16 GEGLU", 256, 128, 1024},
+                                {"8×8 attention", 64, 256, 256},    {"8×8 GEGLU", 64, 256, 2048},
+                                {"8×8 feed-forward out", 64, 1024, 256}};
+  for (const LinearShape& s : shapes) {
+    const int64_t rows = batch * s.tokens;
+    const at::Tensor x = at::randn({rows, s.in}).requires_grad_();
+    const at::Tensor weight = at::randn({s.out, s.in}).requires_grad_(), bias = at::randn({s.out}).requires_grad_();
+    const at::Tensor upstream = at::randn({rows, s.out});
+    const std::function<at::Tensor(int)> linear = [&](int impl) {
+      dedpo::AutocastRegion autocast(at::kCPU, true);
+      return (impl == 0 ? at::linear(x, weight, bias) : dedpo::sd::cpu_linear_bf16(x, weight, bias)).to(at::kFloat);
+    };
+    for (const bool backward : {false, true}) {
+      const auto [aten, ours] = alternating_medians(reps, backward, upstream, linear);
+      std::printf("| %s | %lld × %lld → %lld | %s | %.3f | %.3f | %.2f |\n", s.what, static_cast<long long>(rows),
+                  static_cast<long long>(s.in), static_cast<long long>(s.out), backward ? "fwd+bwd" : "fwd", aten, ours,
+                  ours / aten);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  dedpo::apply_allocator_policy();  // as the CLI does: large temporaries stay in the heap
   int batch = 2, threads = 2, reps = 20;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -270,5 +303,13 @@ int main(int argc, char** argv) {
   }
   if (at::hasMKLDNN()) bench_linear(batch, reps);
   bench_pixel_linear(batch, reps);
+  {
+    dedpo::AutocastRegion autocast(at::kCPU, true);
+    if (!dedpo::sd::cpu_linear_bf16_applies(at::zeros({1, 2}), at::zeros({1, 2}), at::Tensor())) {
+      std::printf("\n(cpu_linear_bf16 does not run here: not an AMD CPU with AVX512-BF16)\n");
+      return 0;
+    }
+  }
+  bench_linear_bf16(batch, reps);
   return 0;
 }

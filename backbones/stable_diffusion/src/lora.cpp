@@ -36,7 +36,9 @@ at::Tensor linear(const torch::nn::Linear& layer, const at::Tensor& x) {
   const bool cast = !at::autocast::is_autocast_enabled(x.device().type()) && impl.weight.scalar_type() != x.scalar_type();
   const at::Tensor weight = cast ? in_dtype(impl.weight, x.scalar_type()) : impl.weight;
   const at::Tensor bias = cast ? in_dtype(impl.bias, x.scalar_type()) : impl.bias;
-  at::Tensor y = cpu_linear_applies(x, weight) ? cpu_linear(x, weight, bias) : at::linear(x, weight, bias);
+  at::Tensor y = cpu_linear_applies(x, weight)           ? cpu_linear(x, weight, bias)
+                 : cpu_linear_bf16_applies(x, weight, bias) ? cpu_linear_bf16(x, weight, bias)
+                                                            : at::linear(x, weight, bias);
   const LoraAdapter* adapter = active_adapters == nullptr ? nullptr : active_adapters->find(impl);
   if (adapter == nullptr) return y;
   const at::ScalarType dtype = y.scalar_type();

@@ -19,4 +19,16 @@ bool cpu_linear_applies(const at::Tensor& x, const at::Tensor& weight);
 // such CPU); cpu_linear_applies says where it is the faster choice.
 at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// Under CPU bfloat16 autocast, where ATen would run oneDNN's bf16 matmul: whether
+// cpu_linear_bf16 serves x with a weight and bias (each float32 or bfloat16: a trained layer's
+// float32 master weights, or a frozen reference stored in bfloat16) here, on AMD CPUs with
+// AVX512-BF16.
+bool cpu_linear_bf16_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// autocast's linear on VDPBF16PS: x and the weight rounded to bfloat16 (packed straight from a
+// float32 weight, no cast of it kept), products summed in float32 with the bias, the output
+// rounded once to bfloat16 [..., out]; differentiable: dx, dW and dbias in the dtypes of x, the
+// weight and the bias (the backward's products in bf16 pairs as well, summed in float32).
+at::Tensor cpu_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
 }  // namespace dedpo::sd
