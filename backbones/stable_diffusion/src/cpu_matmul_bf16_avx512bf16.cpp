@@ -24,6 +24,28 @@ inline __m512i to_bf16_words(__m512 x) {
   return _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)));
 }
 
+// The `m` lanes of 16 elements of a float32 or bf16 row as bf16 in the low halves of 32-bit lanes.
+inline __m512i bf16_words(const float* row, __mmask16 m) { return to_bf16_words(_mm512_maskz_loadu_ps(m, row)); }
+inline __m512i bf16_words(const uint16_t* row, __mmask16 m) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row));
+}
+
+template <typename T>
+void across_rows(const T* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t first_pair, int64_t end_pair,
+                 uint32_t* dst, int64_t dst_stride) {
+  for (int64_t p = first_pair; p < end_pair; ++p) {
+    const T* first = src + 2 * p * src_stride;
+    const T* second = 2 * p + 1 < rows ? first + src_stride : nullptr;
+    uint32_t* d = dst + p * dst_stride;
+    for (int64_t j = 0; j < cols; j += kLanes) {
+      const __mmask16 m = lanes_left(cols - j);
+      const __m512i low = bf16_words(first + j, m);
+      const __m512i high = second ? bf16_words(second + j, m) : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+    }
+  }
+}
+
 template <int R>
 void tile(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t pairs, const uint32_t* b,
           int64_t b_stride, const float* bias, bool accumulate, float* c, int64_t c_stride) {
@@ -86,32 +108,12 @@ void pack_pairs_along_rows(const uint16_t* src, int64_t src_stride, int64_t rows
 
 void pack_pairs_across_rows(const float* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t first_pair,
                             int64_t end_pair, uint32_t* dst, int64_t dst_stride) {
-  for (int64_t p = first_pair; p < end_pair; ++p) {
-    const float* first = src + 2 * p * src_stride;
-    const float* second = 2 * p + 1 < rows ? first + src_stride : nullptr;
-    uint32_t* d = dst + p * dst_stride;
-    for (int64_t j = 0; j < cols; j += kLanes) {
-      const __mmask16 m = lanes_left(cols - j);
-      const __m512i low = to_bf16_words(_mm512_maskz_loadu_ps(m, first + j));
-      const __m512i high = second ? to_bf16_words(_mm512_maskz_loadu_ps(m, second + j)) : _mm512_setzero_si512();
-      _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
-    }
-  }
+  across_rows(src, src_stride, rows, cols, first_pair, end_pair, dst, dst_stride);
 }
 
 void pack_pairs_across_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t first_pair,
                             int64_t end_pair, uint32_t* dst, int64_t dst_stride) {
-  for (int64_t p = first_pair; p < end_pair; ++p) {
-    const uint16_t* first = src + 2 * p * src_stride;
-    const uint16_t* second = 2 * p + 1 < rows ? first + src_stride : nullptr;
-    uint32_t* d = dst + p * dst_stride;
-    for (int64_t j = 0; j < cols; j += kLanes) {
-      const __mmask16 m = lanes_left(cols - j);
-      const __m512i low = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, first + j));
-      const __m512i high = second ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, second + j)) : _mm512_setzero_si512();
-      _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
-    }
-  }
+  across_rows(src, src_stride, rows, cols, first_pair, end_pair, dst, dst_stride);
 }
 
 void matmul_bf16_panel(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t rows, int64_t pairs,
