@@ -75,15 +75,19 @@ at::Tensor transposed_words(const at::Tensor& w, int64_t columns) {
   return out;
 }
 
-// C [rows, columns of b] float32 = bias + A·B; A's pair (i, p) at a[i·a_row_stride + p·a_pair_stride],
-// b packed [pairs, columns] with columns a multiple of 64; bias float32 [columns] or undefined.
+// C [rows, columns of b] = bias + A·B in `dtype` (float32, or bfloat16: rounded once as the tile
+// stores it when the sum takes one block of pairs, else summed in float32 and converted); A's pair
+// (i, p) at a[i·a_row_stride + p·a_pair_stride], b packed [pairs, columns] with columns a multiple
+// of 64; bias float32 [columns] or undefined.
 at::Tensor product(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t rows, const at::Tensor& b,
-                   const at::Tensor& bias) {
+                   const at::Tensor& bias, at::ScalarType dtype) {
   const int64_t pairs = b.size(0), columns = b.size(1), panels = columns / kPanel;
-  at::Tensor c = at::empty({rows, columns}, b.options().dtype(at::kFloat));
+  const bool bf16_store = dtype == at::kBFloat16 && pairs <= kPairsPerBlock;
+  at::Tensor c = at::empty({rows, columns}, b.options().dtype(bf16_store ? at::kBFloat16 : at::kFloat));
   const uint32_t* b_words = words(b);
   const float* bias_data = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* c_data = c.data_ptr<float>();
+  float* c_data = bf16_store ? nullptr : c.data_ptr<float>();
+  auto* c_bf16 = bf16_store ? reinterpret_cast<uint16_t*>(c.data_ptr<at::BFloat16>()) : nullptr;
   const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
   const int64_t splits = std::clamp<int64_t>((2 * at::get_num_threads() + panels - 1) / panels, 1, row_tiles);
   const int64_t tiles_per_split = (row_tiles + splits - 1) / splits;
@@ -92,15 +96,16 @@ at::Tensor product(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_strid
       const int64_t panel = task / splits, first_row = task % splits * tiles_per_split * kTileRows;
       const int64_t task_rows = std::min(rows, first_row + tiles_per_split * kTileRows) - first_row;
       if (task_rows <= 0) continue;
+      const int64_t offset = first_row * columns + panel * kPanel;
       for (int64_t p = 0; p < pairs; p += kPairsPerBlock) {
         avx512::matmul_bf16_panel(a + first_row * a_row_stride + p * a_pair_stride, a_row_stride, a_pair_stride, task_rows,
                                   std::min(kPairsPerBlock, pairs - p), b_words + p * columns + panel * kPanel, columns,
                                   bias_data ? bias_data + panel * kPanel : nullptr, /*accumulate=*/p > 0,
-                                  c_data + first_row * columns + panel * kPanel, columns);
+                                  c_data ? c_data + offset : nullptr, c_bf16 ? c_bf16 + offset : nullptr, columns);
       }
     }
   });
-  return c;
+  return c.scalar_type() == dtype ? c : c.to(dtype);
 }
 
 at::Tensor padded_bias(const at::Tensor& bias, int64_t columns) {
@@ -122,10 +127,11 @@ class CpuLinearBf16 : public torch::autograd::Function<CpuLinearBf16> {
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     const at::Tensor a = pairs_along_rows(rows);                                // [N, in/2]
     const at::Tensor b = transposed_words(pairs_along_rows(weight), columns);   // [in/2, out padded]
-    const at::Tensor c = product(words(a), a.size(1), 1, rows.size(0), b, padded_bias(bias.value_or(at::Tensor()), columns));
+    const at::Tensor c = product(words(a), a.size(1), 1, rows.size(0), b, padded_bias(bias.value_or(at::Tensor()), columns),
+                                 at::kBFloat16);
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
-    return c.narrow(1, 0, out).to(at::kBFloat16).view(shape);
+    return c.narrow(1, 0, out).contiguous().view(shape);
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
@@ -136,14 +142,16 @@ class CpuLinearBf16 : public torch::autograd::Function<CpuLinearBf16> {
     at::Tensor dx, dweight, dbias;
     if (ctx->needs_input_grad(0)) {
       const at::Tensor a = pairs_along_rows(dy);  // [N, out/2]
-      const at::Tensor c = product(words(a), a.size(1), 1, dy.size(0), pairs_across_rows(weight, padded_to_panels(in)), {});
+      const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+      const at::Tensor c = product(words(a), a.size(1), 1, dy.size(0), pairs_across_rows(weight, padded_to_panels(in)), {},
+                                   x_dtype);
       std::vector<int64_t> shape = grads[0].sizes().vec();
       shape.back() = in;
-      dx = c.narrow(1, 0, in).to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())).view(shape);
+      dx = c.narrow(1, 0, in).contiguous().view(shape);
     }
     if (ctx->needs_input_grad(1)) {
       const at::Tensor a = pairs_across_rows(dy, out);  // [N/2, out]: dyᵀ's pair (o, p) at p·out + o
-      const at::Tensor c = product(words(a), 1, out, out, pairs_across_rows(rows, padded_to_panels(in)), {});
+      const at::Tensor c = product(words(a), 1, out, out, pairs_across_rows(rows, padded_to_panels(in)), {}, at::kFloat);
       dweight = c.narrow(1, 0, in).to(weight.scalar_type()).contiguous();
     }
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {

@@ -46,9 +46,11 @@ void across_rows(const T* src, int64_t src_stride, int64_t rows, int64_t cols, i
   }
 }
 
+// One R × 64 tile into float32 C, or, with c_bf16 given (and no accumulation), rounded to bf16
+// into it instead.
 template <int R>
 void tile(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t pairs, const uint32_t* b,
-          int64_t b_stride, const float* bias, bool accumulate, float* c, int64_t c_stride) {
+          int64_t b_stride, const float* bias, bool accumulate, float* c, uint16_t* c_bf16, int64_t c_stride) {
   __m512 acc[R][kVectors];
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < kVectors; ++v) {
@@ -66,6 +68,15 @@ void tile(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_
       const __m512bh x = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(column[r * a_row_stride])));
       for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, bv[v]);
     }
+  }
+  if (c_bf16 != nullptr) {
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c_bf16 + r * c_stride + v * kLanes),
+                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[r][v])));
+      }
+    }
+    return;
   }
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(c + r * c_stride + v * kLanes, acc[r][v]);
@@ -118,20 +129,21 @@ void pack_pairs_across_rows(const uint16_t* src, int64_t src_stride, int64_t row
 
 void matmul_bf16_panel(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t rows, int64_t pairs,
                        const uint32_t* b, int64_t b_stride, const float* bias, bool accumulate, float* c,
-                       int64_t c_stride) {
+                       uint16_t* c_bf16, int64_t c_stride) {
   int64_t i = 0;
   for (; i + kTileRows <= rows; i += kTileRows) {
     tile<kTileRows>(a + i * a_row_stride, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate,
-                    c + i * c_stride, c_stride);
+                    c ? c + i * c_stride : nullptr, c_bf16 ? c_bf16 + i * c_stride : nullptr, c_stride);
   }
   a += i * a_row_stride;
-  c += i * c_stride;
+  if (c) c += i * c_stride;
+  if (c_bf16) c_bf16 += i * c_stride;
   switch (rows - i) {
-    case 5: return tile<5>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_stride);
-    case 4: return tile<4>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_stride);
-    case 3: return tile<3>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_stride);
-    case 2: return tile<2>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_stride);
-    case 1: return tile<1>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_stride);
+    case 5: return tile<5>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_bf16, c_stride);
+    case 4: return tile<4>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_bf16, c_stride);
+    case 3: return tile<3>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_bf16, c_stride);
+    case 2: return tile<2>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_bf16, c_stride);
+    case 1: return tile<1>(a, a_row_stride, a_pair_stride, pairs, b, b_stride, bias, accumulate, c, c_bf16, c_stride);
     default: return;
   }
 }
@@ -146,7 +158,7 @@ void pack_pairs_along_rows(const uint16_t*, int64_t, int64_t, int64_t, uint32_t*
 void pack_pairs_across_rows(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t*, int64_t) {}
 void pack_pairs_across_rows(const uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t*, int64_t) {}
 void matmul_bf16_panel(const uint32_t*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, const float*,
-                       bool, float*, int64_t) {}
+                       bool, float*, uint16_t*, int64_t) {}
 }  // namespace dedpo::sd::avx512
 
 #endif

@@ -26,10 +26,12 @@ void pack_pairs_across_rows(const uint16_t* src, int64_t src_stride, int64_t row
                             int64_t end_pair, uint32_t* dst, int64_t dst_stride);
 
 // For the `rows` × 64 block of float32 C at `c` (rows `c_stride` apart): C = bias + A·B, or
-// C += A·B when `accumulate`. A's pair (i, p) at a[i·a_row_stride + p·a_pair_stride]; B's pair
-// (p, j) at b[p·b_stride + j], all 64 columns present; bias: 64 floats or null.
+// C += A·B when `accumulate`; or, with `c` null, bias + A·B rounded to bf16 into `c_bf16` (rows
+// `c_stride` elements apart; not with `accumulate`). A's pair (i, p) at
+// a[i·a_row_stride + p·a_pair_stride]; B's pair (p, j) at b[p·b_stride + j], all 64 columns
+// present; bias: 64 floats or null.
 void matmul_bf16_panel(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t rows, int64_t pairs,
                        const uint32_t* b, int64_t b_stride, const float* bias, bool accumulate, float* c,
-                       int64_t c_stride);
+                       uint16_t* c_bf16, int64_t c_stride);
 
 }  // namespace dedpo::sd::avx512
