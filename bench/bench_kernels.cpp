@@ -172,21 +172,23 @@ void bench_geglu(int batch, int reps) {
   }
 }
 
-// Rows = batch × tokens; in, out: the layer's features.
+// Rows = batch × tokens; in, out: the layer's features. The linear layers of both UNets: the
+// attention and feed-forward layers at every level, and the cross-attention's keys and values.
 struct LinearShape {
   const char* what;
   int64_t tokens, in, out;
 };
+constexpr LinearShape kLinearShapes[] = {
+    {"sd15_small 32×32 attention", 1024, 64, 64}, {"sd15_small 32×32 GEGLU", 1024, 64, 512},
+    {"16×16 attention", 256, 128, 128},           {"16×16 GEGLU", 256, 128, 1024},
+    {"16×16 feed-forward out", 256, 512, 128},    {"8×8 attention", 64, 256, 256},
+    {"8×8 GEGLU", 64, 256, 2048},                 {"8×8 feed-forward out", 64, 1024, 256},
+    {"sdxl_small cross-attention k, v", 77, 512, 256}};
 
 void bench_linear(int batch, int reps) {
   std::printf("\n| linear | rows × in → out | product | oneDNN ms | cpu_matmul ms | ratio | oneDNN GFLOP/s | cpu_matmul GFLOP/s |\n"
               "|---|---|---|---|---|---|---|---|\n");
-  const LinearShape shapes[] = {{"sd15_small 32×32 attention", 1024, 64, 64},   {"sd15_small 32×32 GEGLU", 1024, 64, 512},
-                                {"16×16 attention", 256, 128, 128},             {"16×16 GEGLU", 256, 128, 1024},
-                                {"16×16 feed-forward out", 256, 512, 128},      {"8×8 attention", 64, 256, 256},
-                                {"8×8 GEGLU", 64, 256, 2048},                   {"8×8 feed-forward out", 64, 1024, 256},
-                                {"sdxl_small cross-attention k, v", 77, 512, 256}};
-  for (const LinearShape& s : shapes) {
+  for (const LinearShape& s : kLinearShapes) {
     const int64_t rows = batch * s.tokens;
     const at::Tensor x = at::randn({rows, s.in}), weight = at::randn({s.out, s.in}), bias = at::randn({s.out});
     const at::Tensor dy = at::randn({rows, s.out});
@@ -255,11 +257,7 @@ void bench_pixel_linear(int batch, int reps) {
 void bench_linear_bf16(int batch, int reps) {
   std::printf("\n| linear, bf16 autocast | rows × in → out | pass | ATen (oneDNN bf16) ms | cpu_linear_bf16 ms | ratio |\n"
               "|---|---|---|---|---|---|\n");
-  const LinearShape shapes[] = {{"32×32 attention", 1024, 64, 64},  {"32×32 GEGLU", 1024, 64, 512},
-                                {"16×16 attention", 256, 128, 128}, {"16×16 GEGLU", 256, 128, 1024},
-                                {"8×8 attention", 64, 256, 256},    {"8×8 GEGLU", 64, 256, 2048},
-                                {"8×8 feed-forward out", 64, 1024, 256}};
-  for (const LinearShape& s : shapes) {
+  for (const LinearShape& s : kLinearShapes) {
     const int64_t rows = batch * s.tokens;
     const at::Tensor x = at::randn({rows, s.in}).requires_grad_();
     const at::Tensor weight = at::randn({s.out, s.in}).requires_grad_(), bias = at::randn({s.out}).requires_grad_();

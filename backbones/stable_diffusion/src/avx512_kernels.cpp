@@ -13,4 +13,13 @@ bool avx512_kernels_run_here() {
 #endif
 }
 
+bool avx512_bf16_kernels_run_here() {
+#if defined(DEDPO_AVX512_KERNELS) && defined(DEDPO_AVX512_BF16_KERNELS)
+  static const bool runs = cpu_features().avx512 && cpu_features().avx512_bf16;
+  return runs;
+#else
+  return false;
+#endif
+}
+
 }  // namespace dedpo::sd

@@ -1,5 +1,6 @@
 #pragma once
-// What the callers of dedpo_sd's AVX-512 kernels (src/*_avx512.cpp: attention, GEGLU, transpose, matmul)
+// What the callers of dedpo_sd's AVX-512 kernels (src/*_avx512.cpp: attention, GEGLU, transpose, matmul;
+// src/*_avx512bf16.cpp: the bf16 matmul)
 // share: whether the kernels run here, and the OpenMP build their at::parallel_for needs.
 #include <ATen/Parallel.h>
 
@@ -14,5 +15,8 @@ namespace dedpo::sd {
 // Whether this build holds the kernels (CMakeLists.txt defines DEDPO_AVX512_KERNELS where it
 // compiles them with -mavx512f) and this CPU has AVX-512F; the CPU is asked once.
 bool avx512_kernels_run_here();
+
+// The same for the AVX512-BF16 kernels (src/*_avx512bf16.cpp, DEDPO_AVX512_BF16_KERNELS).
+bool avx512_bf16_kernels_run_here();
 
 }  // namespace dedpo::sd

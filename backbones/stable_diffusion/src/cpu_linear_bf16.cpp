@@ -16,6 +16,7 @@
 
 #include "avx512_kernels.hpp"
 #include "cpu_matmul_bf16_kernels.hpp"
+#include "panel_tasks.hpp"
 #include "transpose_kernels.hpp"
 
 namespace dedpo::sd {
@@ -23,7 +24,6 @@ namespace dedpo::sd {
 namespace {
 
 constexpr int64_t kPanel = 64;
-constexpr int64_t kTileRows = 6;
 constexpr int64_t kPairsPerBlock = 256;  // 512 rows of B per pass, as cpu_matmul's
 
 int64_t padded_to_panels(int64_t cols) { return (cols + kPanel - 1) / kPanel * kPanel; }
@@ -81,28 +81,20 @@ at::Tensor transposed_words(const at::Tensor& w, int64_t columns) {
 // of 64; bias float32 [columns] or undefined.
 at::Tensor product(const uint32_t* a, int64_t a_row_stride, int64_t a_pair_stride, int64_t rows, const at::Tensor& b,
                    const at::Tensor& bias, at::ScalarType dtype) {
-  const int64_t pairs = b.size(0), columns = b.size(1), panels = columns / kPanel;
+  const int64_t pairs = b.size(0), columns = b.size(1);
   const bool bf16_store = dtype == at::kBFloat16 && pairs <= kPairsPerBlock;
   at::Tensor c = at::empty({rows, columns}, b.options().dtype(bf16_store ? at::kBFloat16 : at::kFloat));
   const uint32_t* b_words = words(b);
   const float* bias_data = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* c_data = bf16_store ? nullptr : c.data_ptr<float>();
   auto* c_bf16 = bf16_store ? reinterpret_cast<uint16_t*>(c.data_ptr<at::BFloat16>()) : nullptr;
-  const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
-  const int64_t splits = std::clamp<int64_t>((2 * at::get_num_threads() + panels - 1) / panels, 1, row_tiles);
-  const int64_t tiles_per_split = (row_tiles + splits - 1) / splits;
-  at::parallel_for(0, panels * splits, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t panel = task / splits, first_row = task % splits * tiles_per_split * kTileRows;
-      const int64_t task_rows = std::min(rows, first_row + tiles_per_split * kTileRows) - first_row;
-      if (task_rows <= 0) continue;
-      const int64_t offset = first_row * columns + panel * kPanel;
-      for (int64_t p = 0; p < pairs; p += kPairsPerBlock) {
-        avx512::matmul_bf16_panel(a + first_row * a_row_stride + p * a_pair_stride, a_row_stride, a_pair_stride, task_rows,
-                                  std::min(kPairsPerBlock, pairs - p), b_words + p * columns + panel * kPanel, columns,
-                                  bias_data ? bias_data + panel * kPanel : nullptr, /*accumulate=*/p > 0,
-                                  c_data ? c_data + offset : nullptr, c_bf16 ? c_bf16 + offset : nullptr, columns);
-      }
+  for_each_panel_task(rows, columns, [&](const PanelTask& t) {
+    const int64_t first_col = t.panel * kPanel, offset = t.first_row * columns + first_col;
+    for (int64_t p = 0; p < pairs; p += kPairsPerBlock) {
+      avx512::matmul_bf16_panel(a + t.first_row * a_row_stride + p * a_pair_stride, a_row_stride, a_pair_stride, t.rows,
+                                std::min(kPairsPerBlock, pairs - p), b_words + p * columns + first_col, columns,
+                                bias_data ? bias_data + first_col : nullptr, /*accumulate=*/p > 0,
+                                c_data ? c_data + offset : nullptr, c_bf16 ? c_bf16 + offset : nullptr, columns);
     }
   });
   return c.scalar_type() == dtype ? c : c.to(dtype);
@@ -164,11 +156,7 @@ class CpuLinearBf16 : public torch::autograd::Function<CpuLinearBf16> {
 }  // namespace
 
 bool cpu_linear_bf16_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-#if defined(DEDPO_AVX512_BF16_KERNELS)
-  static const bool amd_with_bf16 = cpu_features().amd && cpu_features().avx512_bf16 && avx512_kernels_run_here();
-#else
-  constexpr bool amd_with_bf16 = false;
-#endif
+  static const bool amd_with_bf16 = cpu_features().amd && avx512_bf16_kernels_run_here();
   return amd_with_bf16 && at::autocast::is_autocast_enabled(at::kCPU) &&
          at::autocast::get_autocast_dtype(at::kCPU) == at::kBFloat16 && x.device().is_cpu() &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.dim() >= 1 && x.numel() > 0 &&

@@ -11,6 +11,7 @@
 
 #include "avx512_kernels.hpp"
 #include "cpu_matmul_kernels.hpp"
+#include "panel_tasks.hpp"
 #include "transpose_kernels.hpp"
 
 namespace dedpo::sd {
@@ -18,7 +19,6 @@ namespace dedpo::sd {
 namespace {
 
 constexpr int64_t kPanel = avx512::kMatmulPanelColumns;
-constexpr int64_t kTileRows = avx512::kMatmulTileRows;
 // Rows of B per pass over a panel: a packed block of 512 × 64 floats (128 KiB) stays in L2 while
 // every tile of the panel's rows reads it.
 constexpr int64_t kDepthBlock = 512;
@@ -91,68 +91,58 @@ void cpu_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor
   const int64_t a_row_stride = a.stride(0), a_col_stride = a.stride(1);
   const int64_t b_row_stride = b_in.stride(0), b_col_stride = b_in.stride(1), c_row_stride = out.stride(0);
 
-  // Tasks: a panel of 64 columns and a run of its rows. A panel's rows are split only when there
-  // are fewer than two panels per thread, since each task reads (or packs) its panel's B again.
-  const int64_t panels = (cols + kPanel - 1) / kPanel, row_tiles = (rows + kTileRows - 1) / kTileRows;
-  const int64_t splits = std::clamp<int64_t>((2 * at::get_num_threads() + panels - 1) / panels, 1, row_tiles);
-  const int64_t tiles_per_split = (row_tiles + splits - 1) / splits;
-  at::parallel_for(0, panels * splits, 1, [&](int64_t begin, int64_t end) {
+  for_each_panel_task(rows, cols, [&](const PanelTask& t) {
     // The kernel reads and writes all 64 columns of a panel: a narrower last panel (cols not a
     // multiple of 64) runs on zero-padded copies of its B and bias and into a C of its own.
     std::vector<float> narrow_c, narrow_bias;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t panel = task / splits, split = task % splits;
-      const int64_t first_row = split * tiles_per_split * kTileRows;
-      const int64_t task_rows = std::min(rows, first_row + tiles_per_split * kTileRows) - first_row;
-      if (task_rows <= 0) continue;
-      const int64_t first_col = panel * kPanel, panel_cols = std::min(kPanel, cols - first_col);
-      const bool narrow = panel_cols < kPanel;
-      float* const task_c = c_data + first_row * c_row_stride + first_col;
-      float* c = task_c;
-      int64_t c_stride = c_row_stride;
-      avx512::MatmulBias bias{column_bias_data ? column_bias_data + first_col : nullptr,
-                              row_bias_data ? row_bias_data + first_row : nullptr};
-      if (narrow) {
-        narrow_c.assign(task_rows * kPanel, 0.0f);
-        if (accumulate) {
-          for (int64_t i = 0; i < task_rows; ++i) {
-            std::copy(task_c + i * c_row_stride, task_c + i * c_row_stride + panel_cols, narrow_c.begin() + i * kPanel);
-          }
-        }
-        c = narrow_c.data();
-        c_stride = kPanel;
-        if (bias.per_column) {
-          narrow_bias.assign(kPanel, 0.0f);
-          std::copy(bias.per_column, bias.per_column + panel_cols, narrow_bias.begin());
-          bias.per_column = narrow_bias.data();
-        }
-      }
-      for (int64_t k = 0; k < depth; k += kDepthBlock) {
-        const int64_t block = std::min(kDepthBlock, depth - k);
-        const float* b_block = b_data + k * b_row_stride + first_col * b_col_stride;
-        int64_t b_stride = b_row_stride;
-        if (packed || narrow) {
-          float* const packed_b = thread_packed_block();
-          if (narrow) std::fill(packed_b, packed_b + block * kPanel, 0.0f);  // columns its copy leaves unwritten
-          if (packed) {
-            // B[k + i][first_col + j] = b_block[j·b_col_stride + i]: the panel's columns are rows
-            // of the stored matrix, transposed into [block][64].
-            avx512::transpose(b_block, b_col_stride, panel_cols, 0, block, packed_b, kPanel);
-          } else {
-            for (int64_t i = 0; i < block; ++i) {
-              std::copy(b_block + i * b_row_stride, b_block + i * b_row_stride + panel_cols, packed_b + i * kPanel);
-            }
-          }
-          b_block = packed_b;
-          b_stride = kPanel;
-        }
-        avx512::matmul_panel(a_data + first_row * a_row_stride + k * a_col_stride, a_row_stride, a_col_stride,
-                             task_rows, block, b_block, b_stride, bias, /*accumulate=*/accumulate || k > 0, c, c_stride);
-      }
-      if (narrow) {
+    const int64_t first_row = t.first_row, task_rows = t.rows;
+    const int64_t first_col = t.panel * kPanel, panel_cols = std::min(kPanel, cols - first_col);
+    const bool narrow = panel_cols < kPanel;
+    float* const task_c = c_data + first_row * c_row_stride + first_col;
+    float* c = task_c;
+    int64_t c_stride = c_row_stride;
+    avx512::MatmulBias bias{column_bias_data ? column_bias_data + first_col : nullptr,
+                            row_bias_data ? row_bias_data + first_row : nullptr};
+    if (narrow) {
+      narrow_c.assign(task_rows * kPanel, 0.0f);
+      if (accumulate) {
         for (int64_t i = 0; i < task_rows; ++i) {
-          std::copy(narrow_c.begin() + i * kPanel, narrow_c.begin() + i * kPanel + panel_cols, task_c + i * c_row_stride);
+          std::copy(task_c + i * c_row_stride, task_c + i * c_row_stride + panel_cols, narrow_c.begin() + i * kPanel);
         }
+      }
+      c = narrow_c.data();
+      c_stride = kPanel;
+      if (bias.per_column) {
+        narrow_bias.assign(kPanel, 0.0f);
+        std::copy(bias.per_column, bias.per_column + panel_cols, narrow_bias.begin());
+        bias.per_column = narrow_bias.data();
+      }
+    }
+    for (int64_t k = 0; k < depth; k += kDepthBlock) {
+      const int64_t block = std::min(kDepthBlock, depth - k);
+      const float* b_block = b_data + k * b_row_stride + first_col * b_col_stride;
+      int64_t b_stride = b_row_stride;
+      if (packed || narrow) {
+        float* const packed_b = thread_packed_block();
+        if (narrow) std::fill(packed_b, packed_b + block * kPanel, 0.0f);  // columns its copy leaves unwritten
+        if (packed) {
+          // B[k + i][first_col + j] = b_block[j·b_col_stride + i]: the panel's columns are rows
+          // of the stored matrix, transposed into [block][64].
+          avx512::transpose(b_block, b_col_stride, panel_cols, 0, block, packed_b, kPanel);
+        } else {
+          for (int64_t i = 0; i < block; ++i) {
+            std::copy(b_block + i * b_row_stride, b_block + i * b_row_stride + panel_cols, packed_b + i * kPanel);
+          }
+        }
+        b_block = packed_b;
+        b_stride = kPanel;
+      }
+      avx512::matmul_panel(a_data + first_row * a_row_stride + k * a_col_stride, a_row_stride, a_col_stride,
+                           task_rows, block, b_block, b_stride, bias, /*accumulate=*/accumulate || k > 0, c, c_stride);
+    }
+    if (narrow) {
+      for (int64_t i = 0; i < task_rows; ++i) {
+        std::copy(narrow_c.begin() + i * kPanel, narrow_c.begin() + i * kPanel + panel_cols, task_c + i * c_row_stride);
       }
     }
   });
