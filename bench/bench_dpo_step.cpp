@@ -18,7 +18,7 @@
 // and CPU time of all threads), minor page faults per step, the peak
 // memory (resident set on the CPU, the caching allocator's on an accelerator), the FLOPs of a step
 // (counted per op: convolution, the 1×1 convolutions' bmm/baddbmm and dedpo_sd's pixel_linear, which
-// also serves the transformers' linear projections = conv, mm/addmm, oneDNN's linear and dedpo_sd's
+// also serves the transformers' linear projections, and im2col_conv = conv, mm/addmm, oneDNN's linear and dedpo_sd's
 // cpu_matmul and cpu_linear_bf16 = linear, fused attention and dedpo_sd's small-head kernels = attention; a step is 3
 // forward-equivalents of training + 1 of reference) and the achieved GFLOP/s next to the
 // device's matmul rate in the compute dtype (the faster of at::mm and, in float32 on a CPU, oneDNN's
@@ -80,6 +80,16 @@ double numel(at::IntArrayRef s) {
   return n;
 }
 
+// A 2-D convolution's multiply-adds ×2: x [N, C, H, W], weight [O, C/g, kh, kw].
+double convolution_flops(at::IntArrayRef x, at::IntArrayRef w, const std::vector<int64_t>& stride,
+                         const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
+  double out_spatial = 1;
+  for (std::size_t d = 0; d < 2; ++d) {
+    out_spatial *= static_cast<double>((x[2 + d] + 2 * padding[d] - dilation[d] * (w[2 + d] - 1) - 1) / stride[d] + 1);
+  }
+  return 2.0 * static_cast<double>(x[0]) * static_cast<double>(w[0]) * out_spatial * numel(w.slice(1));
+}
+
 void close_op(const at::RecordFunction&, at::ObserverContext*) {
   if (g_count && !g_open_ops.empty()) g_open_ops.pop_back();
 }
@@ -94,14 +104,8 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
   auto sizes = [&](std::size_t i) { return inputs[i].toTensor().sizes(); };
   if (name == "aten::convolution") {
     // input [N, C, H, W], weight [O, C/g, kh, kw], stride, padding, dilation, transposed, output_padding, groups
-    const auto x = sizes(0), w = sizes(1);
-    const auto stride = inputs[3].toIntVector(), padding = inputs[4].toIntVector(),
-               dilation = inputs[5].toIntVector();
-    double out_spatial = 1;
-    for (std::size_t d = 0; d < 2; ++d) {
-      out_spatial *= static_cast<double>((x[2 + d] + 2 * padding[d] - dilation[d] * (w[2 + d] - 1) - 1) / stride[d] + 1);
-    }
-    g_count->conv += 2.0 * static_cast<double>(x[0]) * static_cast<double>(w[0]) * out_spatial * numel(w.slice(1));
+    g_count->conv += convolution_flops(sizes(0), sizes(1), inputs[3].toIntVector(), inputs[4].toIntVector(),
+                                       inputs[5].toIntVector());
   } else if (name == "aten::mm") {
     const auto a = sizes(0), b = sizes(1);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
@@ -110,14 +114,20 @@ std::unique_ptr<at::ObserverContext> count_op(const at::RecordFunction& fn) {
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
   } else if (name == "dedpo::cpu_matmul") {
     // dedpo_sd's float32 kernel (the linear layers on AMD CPUs with AVX-512): a [M, K] · b [K, N];
-    // inside pixel_linear it is a 1×1 convolution's, counted there.
-    if (std::find(g_open_ops.begin(), g_open_ops.end(), "dedpo::pixel_linear") != g_open_ops.end()) return nullptr;
+    // inside pixel_linear or im2col_conv it is a convolution's, counted there.
+    for (const char* convolution : {"dedpo::pixel_linear", "dedpo::im2col_conv"}) {
+      if (std::find(g_open_ops.begin(), g_open_ops.end(), convolution) != g_open_ops.end()) return nullptr;
+    }
     const auto a = sizes(0), b = sizes(1);
     g_count->linear += 2.0 * a[0] * a[1] * static_cast<double>(b[1]);
   } else if (name == "dedpo::pixel_linear") {
     // dedpo_sd's 1×1 convolutions and transformer projections (1×1 convolutions or linear layers)
     // on AMD CPUs: x [B, C, HW] or [B, HW, C], weight [O, C]
     g_count->conv += 2.0 * numel(sizes(0)) * static_cast<double>(sizes(1)[0]);
+  } else if (name == "dedpo::im2col_conv") {
+    // dedpo_sd's k×k convolutions at the deep levels on AMD CPUs: x [B, C, H, W], weight [O, C, k, k], stride, padding
+    const int64_t stride = inputs[2].toInt(), padding = inputs[3].toInt();
+    g_count->conv += convolution_flops(sizes(0), sizes(1), {stride, stride}, {padding, padding}, {1, 1});
   } else if (name == "dedpo::cpu_linear_bf16") {
     // dedpo_sd's bf16 linear layers (CPU bf16 autocast on AMD CPUs with AVX512-BF16): x [..., in] · W [out, in]ᵀ
     g_count->linear += 2.0 * numel(sizes(0)) * static_cast<double>(sizes(1)[0]);

@@ -22,7 +22,10 @@
 //   against ATen's autocast linear (oneDNN's bf16 matmul), forward and forward + backward, each rep
 //   in its own autocast region as a training step's forward is (the weight's bf16 cast is not
 //   reused across reps). Where the CPU has AVX512-BF16 (AMD CPUs).
-// The cpu_matmul and pixel_linear tables need cpu_matmul's kernel (AVX-512F); elsewhere they are left out.
+// - 3×3 convolutions (dedpo/sd/im2col_conv.hpp) against ATen's (oneDNN's, with its weight reorder
+//   at every call) on the levels of unet_sd15_small and unet_sdxl_small: where im2col_conv_applies
+//   picks the unfolded product (yes/no), and the shapes just outside that rule.
+// The cpu_matmul, pixel_linear and im2col tables need cpu_matmul's kernel (AVX-512F); elsewhere they are left out.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -44,6 +47,7 @@
 #include "dedpo/host/allocator_policy.hpp"
 #include "dedpo/sd/cpu_linear.hpp"
 #include "dedpo/sd/cpu_matmul.hpp"
+#include "dedpo/sd/im2col_conv.hpp"
 #include "dedpo/sd/pixel_linear.hpp"
 
 namespace {
@@ -254,6 +258,39 @@ void bench_pixel_linear(int batch, int reps) {
   }
 }
 
+struct ConvShape {
+  const char* what;
+  int64_t in, out, size, stride;
+};
+
+void bench_im2col_conv(int batch, int reps) {
+  std::printf("\n| 3×3 convolution | B × C → O, input | im2col_conv_applies | pass | ATen ms | im2col_conv2d ms | ratio |\n"
+              "|---|---|---|---|---|---|---|\n");
+  const ConvShape shapes[] = {{"32×32 resnet", 64, 64, 32, 1},         {"16×16 resnet", 128, 128, 16, 1},
+                              {"16×16 upsampler", 256, 256, 16, 1},    {"8×8 resnet, in", 128, 256, 8, 1},
+                              {"8×8 resnet", 256, 256, 8, 1},          {"8×8 resnet, up", 512, 256, 8, 1},
+                              {"8×8 downsampler", 256, 256, 8, 2},     {"4×4 resnet", 256, 256, 4, 1},
+                              {"4×4 resnet, up", 512, 256, 4, 1}};
+  for (const ConvShape& s : shapes) {
+    const at::Tensor x = at::randn({batch, s.in, s.size, s.size}).requires_grad_();
+    const at::Tensor weight = (at::randn({s.out, s.in, 3, 3}) * 0.05).requires_grad_();
+    const at::Tensor bias = at::randn({s.out}).requires_grad_();
+    const std::function<at::Tensor(int)> conv = [&](int impl) {
+      return impl == 0 ? at::conv2d(x, weight, bias, s.stride, 1) : dedpo::sd::im2col_conv2d(x, weight, bias, s.stride, 1);
+    };
+    const int64_t out_size = (s.size - 1) / s.stride + 1;
+    const at::Tensor upstream = at::randn({batch, s.out, out_size, out_size});
+    const bool picked = dedpo::sd::im2col_conv_applies(x, weight, bias, s.stride, 1);
+    for (const bool backward : {false, true}) {
+      const auto [aten, ours] = alternating_medians(reps, backward, upstream, conv);
+      std::printf("| %s | %d × %lld → %lld, %lld×%lld%s | %s | %s | %.3f | %.3f | %.2f |\n", s.what, batch,
+                  static_cast<long long>(s.in), static_cast<long long>(s.out), static_cast<long long>(s.size),
+                  static_cast<long long>(s.size), s.stride == 2 ? ", stride 2" : "", picked ? "yes" : "no",
+                  backward ? "fwd+bwd" : "fwd", aten, ours, ours / aten);
+    }
+  }
+}
+
 void bench_linear_bf16(int batch, int reps) {
   std::printf("\n| linear, bf16 autocast | rows × in → out | pass | ATen (oneDNN bf16) ms | cpu_linear_bf16 ms | ratio |\n"
               "|---|---|---|---|---|---|\n");
@@ -296,11 +333,12 @@ int main(int argc, char** argv) {
   bench_geglu(batch, reps);
   const at::Tensor probe = at::zeros({1, 1});
   if (!dedpo::sd::cpu_matmul_kernel_applies(probe, probe)) {
-    std::printf("\n(cpu_matmul's kernel does not run here: the linear and 1×1 convolution tables are left out)\n");
+    std::printf("\n(cpu_matmul's kernel does not run here: the linear, 1×1 and 3×3 convolution tables are left out)\n");
     return 0;
   }
   if (at::hasMKLDNN()) bench_linear(batch, reps);
   bench_pixel_linear(batch, reps);
+  bench_im2col_conv(batch, reps);
   {
     dedpo::AutocastRegion autocast(at::kCPU, true);
     if (!dedpo::sd::cpu_linear_bf16_applies(at::zeros({1, 2}), at::zeros({1, 2}), at::Tensor())) {

@@ -1,5 +1,5 @@
 #pragma once
-// What the callers of dedpo_sd's AVX-512 kernels (src/*_avx512.cpp: attention, GEGLU, transpose, matmul;
+// What the callers of dedpo_sd's AVX-512 kernels (src/*_avx512.cpp: attention, GEGLU, transpose, matmul, im2col;
 // src/*_avx512bf16.cpp: the bf16 matmul)
 // share: whether the kernels run here, and the OpenMP build their at::parallel_for needs.
 #include <ATen/Parallel.h>

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "dedpo/sd/geglu.hpp"
+#include "dedpo/sd/im2col_conv.hpp"
 #include "dedpo/sd/lora.hpp"
 #include "dedpo/sd/pixel_linear.hpp"
 #include "dedpo/sd/small_head_attention.hpp"
@@ -38,6 +39,20 @@ at::Tensor pointwise_conv(torch::nn::Conv2d& conv, const at::Tensor& x) {
                            ? at::baddbmm(conv->bias.reshape({1, o, 1}).expand({b, o, h * w}), matrix, pixels)
                            : at::bmm(matrix, pixels);
   return y.view({b, o, h, w});
+}
+
+// A k×k convolution module's forward, on im2col_conv2d where that is the faster choice (the deep,
+// small levels on AMD CPUs: im2col_conv_applies), else the module's own (oneDNN on the CPU).
+at::Tensor convolve(torch::nn::Conv2d& conv, const at::Tensor& x) {
+  const auto& o = conv->options;
+  const auto* padding = std::get_if<torch::ExpandingArray<2>>(&o.padding());
+  const bool plain = padding != nullptr && (*padding)->at(0) == (*padding)->at(1) && o.stride()->at(0) == o.stride()->at(1) &&
+                     o.dilation()->at(0) == 1 && o.dilation()->at(1) == 1 && o.groups() == 1 &&
+                     std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode());
+  if (plain && im2col_conv_applies(x, conv->weight, conv->bias, o.stride()->at(0), (*padding)->at(0))) {
+    return im2col_conv2d(x, conv->weight, conv->bias, o.stride()->at(0), (*padding)->at(0));
+  }
+  return conv->forward(x);
 }
 
 // A Transformer2DModel's proj_in or proj_out (a 1×1 convolution, or a linear layer without a LoRA
@@ -103,11 +118,11 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o
 }
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
-  at::Tensor h = conv1->forward(at::silu(norm1->forward(x)));
+  at::Tensor h = convolve(conv1, at::silu(norm1->forward(x)));
   if (temb.defined() && time_emb_proj) {
     h = h + linear(time_emb_proj, at::silu(temb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] -> [B, C, 1, 1]
   }
-  h = conv2->forward(at::silu(norm2->forward(h)));
+  h = convolve(conv2, at::silu(norm2->forward(h)));
   const at::Tensor skip = conv_shortcut ? pointwise_conv(conv_shortcut, x) : x;
   at::Tensor out = skip + h;
   if (options_.output_scale_factor() != 1.0) out = out / options_.output_scale_factor();
@@ -119,8 +134,8 @@ Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t padding) : padding_
 }
 
 at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
-  if (padding_ == 0) return conv->forward(at::constant_pad_nd(x, {0, 1, 0, 1}, 0));  // pad right and bottom
-  return conv->forward(x);
+  if (padding_ == 0) return convolve(conv, at::constant_pad_nd(x, {0, 1, 0, 1}, 0));  // pad right and bottom
+  return convolve(conv, x);
 }
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels) {
@@ -129,7 +144,7 @@ Upsample2DImpl::Upsample2DImpl(int64_t channels) {
 
 at::Tensor Upsample2DImpl::forward(const at::Tensor& x, const std::optional<std::vector<int64_t>>& size) {
   const std::vector<int64_t> out_size = size ? *size : std::vector<int64_t>{x.size(2) * 2, x.size(3) * 2};
-  return conv->forward(at::upsample_nearest2d(x, out_size));  // [B, C, H, W] -> [B, C, 2H, 2W]
+  return convolve(conv, at::upsample_nearest2d(x, out_size));  // [B, C, H, W] -> [B, C, 2H, 2W]
 }
 
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options_(o) {
