@@ -26,8 +26,8 @@
 // JSON line instead, for bench/dpo_step_side_by_side.py. --lora-rank R > 0 trains LoRA adapters of
 // rank R (dedpo_sd's, beside the frozen weights) on the attention projections instead of the UNet;
 // the reference is then the same UNet without them. --trace FILE runs one more step after the timed
-// ones under LibTorch's profiler and writes its ops as a Chrome trace (chrome://tracing, Perfetto);
-// bench/trace_summary.py sums it by op.
+// ones under LibTorch's profiler and writes its ops with their input shapes as a Chrome trace
+// (chrome://tracing, Perfetto); bench/trace_summary.py sums it by op, caller or input shapes.
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/Parallel.h>
@@ -49,6 +49,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <unordered_map>
 #include <utility>
 #include <stdexcept>
 #include <string>
@@ -63,6 +64,41 @@
 #include "dedpo/sd/unet.hpp"
 
 namespace {
+
+// The profiled ops as a Chrome trace: one complete event per op (its start and end matched by
+// their RecordFunction handle on each thread), times in µs from the profiler's start, and the
+// op's input shapes as "Input Dims" (bench/trace_summary.py --shapes groups by them).
+void write_chrome_trace(const torch::autograd::profiler::thread_event_lists& threads, std::ostream& out) {
+  using torch::autograd::profiler::LegacyEvent;
+  const LegacyEvent* start = nullptr;
+  for (const auto& events : threads) {
+    for (const LegacyEvent& e : events) {
+      if (start == nullptr && e.kindStr() == "mark" && std::string(e.name()) == "__start_profile") start = &e;
+    }
+  }
+  nlohmann::json trace_events = nlohmann::json::array();
+  for (const auto& events : threads) {
+    std::unordered_map<at::RecordFunctionHandle, const LegacyEvent*> open;
+    for (const LegacyEvent& e : events) {
+      if (e.kindStr() == "push") {
+        open[e.handle()] = &e;
+      } else if (e.kindStr() == "pop") {
+        const auto pushed = open.find(e.handle());
+        if (pushed == open.end()) continue;  // begun before the profiler was
+        const LegacyEvent& begin = *pushed->second;
+        trace_events.push_back({{"name", begin.name()},
+                                {"ph", "X"},
+                                {"ts", start != nullptr ? start->cpuElapsedUs(begin) : 0.0},
+                                {"dur", begin.cpuElapsedUs(e)},
+                                {"pid", "CPU Functions"},
+                                {"tid", begin.threadId()},
+                                {"args", {{"Input Dims", begin.shapes()}}}});
+        open.erase(pushed);
+      }
+    }
+  }
+  out << nlohmann::json{{"traceEvents", trace_events}}.dump() << '\n';
+}
 
 struct FlopCount {
   double conv = 0, linear = 0, attention = 0;
@@ -565,11 +601,13 @@ int main(int argc, char** argv) {
       runs.push_back(time_steps(o.checkpointing));
     }
     if (trace.is_open()) {
-      {
-        torch::autograd::profiler::RecordProfile profile(trace);
-        step();
-        synchronize(device);
-      }
+      // LibTorch's legacy CPU profiler with input shapes (Kineto's would also print a failed GPU
+      // query as an ERROR on every machine without one).
+      torch::autograd::profiler::enableProfilerLegacy(
+          torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU, /*report_input_shapes=*/true));
+      step();
+      synchronize(device);
+      write_chrome_trace(torch::autograd::profiler::disableProfilerLegacy(), trace);
       if (!trace.flush()) throw std::runtime_error("--trace: writing " + o.trace_path + " failed");
     }
 

@@ -3,6 +3,7 @@
 
     trace_summary.py FILE [--top N]            ops by self time (their time minus the ops they called)
     trace_summary.py FILE --callers OP [--depth D]   OP's time by its chain of callers
+    trace_summary.py FILE --shapes OP          OP's time by the shapes of its inputs
 
 Ops nest per thread by their start and end; an op that calls itself (an autocast wrapper and the
 kernel it redispatches to) counts once in the inclusive column.
@@ -74,18 +75,52 @@ def callers_of(by_thread, target, depth):
         print(f"{us / 1e3:9.2f} ms {calls[chain]:6d}  {chain}")
 
 
+def by_shapes(by_thread, target):
+    """OP's self and inclusive time per distinct input shapes (the trace's "Input Dims")."""
+    self_us, inclusive_us, calls = collections.Counter(), collections.Counter(), collections.Counter()
+    shape_of = {}  # id(event) -> its shapes, for the callers that are `target` themselves
+    for e, callers in walk(by_thread):
+        if callers and callers[-1]["name"] == target and id(callers[-1]) in shape_of:
+            self_us[shape_of[id(callers[-1])]] -= e["dur"]
+        if e["name"] != target:
+            continue
+        dims = e.get("args", {}).get("Input Dims")
+        if dims is None:
+            sys.exit(f"trace_summary.py: the trace holds no input shapes for '{target}' "
+                     "(dedpo_bench_dpo_step --trace records them)")
+        while dims and not dims[-1]:  # the trailing scalar arguments
+            dims = dims[:-1]
+        shapes = " ".join("x".join(str(d) for d in dim) or "-" for dim in dims)
+        shape_of[id(e)] = shapes
+        self_us[shapes] += e["dur"]
+        calls[shapes] += 1
+        if all(c["name"] != target for c in callers):
+            inclusive_us[shapes] += e["dur"]
+    if not calls:
+        sys.exit(f"trace_summary.py: no op named '{target}' in the trace")
+    print(f"{target}: {sum(self_us.values()) / 1e3:.2f} ms of self time in {sum(calls.values())} calls")
+    print(f"{'self ms':>9} {'calls':>6} {'incl. ms':>9}  input shapes")
+    for shapes, us in self_us.most_common():
+        print(f"{us / 1e3:9.2f} {calls[shapes]:6d} {inclusive_us[shapes] / 1e3:9.2f}  {shapes}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trace")
     parser.add_argument("--top", type=int, default=30, help="ops to list (default 30)")
     parser.add_argument("--callers", metavar="OP", help="split OP's time by its callers instead")
     parser.add_argument("--depth", type=int, default=3, help="callers to name per chain (default 3)")
+    parser.add_argument("--shapes", metavar="OP", help="split OP's time by its input shapes instead")
     args = parser.parse_args()
     if args.top < 1 or args.depth < 1:
         parser.error("--top and --depth expect a positive integer")
     by_thread = load(args.trace)
+    if args.callers and args.shapes:
+        parser.error("--callers and --shapes are two different splits: give one")
     if args.callers:
         callers_of(by_thread, args.callers, args.depth)
+    elif args.shapes:
+        by_shapes(by_thread, args.shapes)
     else:
         self_times(by_thread, args.top)
 

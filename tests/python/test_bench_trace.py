@@ -1,6 +1,7 @@
 """dedpo_bench_dpo_step --trace and bench/trace_summary.py: a profiled step of a tiny random UNet
-is written as a Chrome trace, and the summary's self times are its ops' times minus those of the
-ops they called (checked on a hand-made trace).
+is written as a Chrome trace with each op's input shapes, and the summary's self times are its ops'
+times minus those of the ops they called, in total and per input shapes (checked on a hand-made
+trace).
 
 Environment (set by tests/python/CMakeLists.txt where the benchmarks are built): DEDPO_BENCH_DPO_STEP."""
 
@@ -76,6 +77,37 @@ class TraceSummaryTest(unittest.TestCase):
             self.assertIn("2.00 ms      1  (top level)", lines[2])
             self.assertIn("1.00 ms      1  mid < outer", lines[3])
 
+    def test_shapes_split_an_ops_time_by_its_inputs(self):
+        # mm [0, 10] on 4x8 · 8x2 calls mm [2, 5] on 2x3 · 3x1 (an op nested in itself); a second
+        # 4x8 · 8x2 mm [20, 24]; relu [12, 13] has no shapes to split by.
+        def mm(ts, dur, a, b):
+            return {"ph": "X", "tid": 1, "name": "mm", "ts": ts, "dur": dur, "args": {"Input Dims": [a, b, [], []]}}
+        events = [
+            mm(0, 10000, [4, 8], [8, 2]),
+            mm(2000, 3000, [2, 3], [3, 1]),
+            {"ph": "X", "tid": 1, "name": "relu", "ts": 12000, "dur": 1000},
+            mm(20000, 4000, [4, 8], [8, 2]),
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = Path(tmp) / "trace.json"
+            trace.write_text(json.dumps({"traceEvents": events}))
+            result = summarise(str(trace), "--shapes", "mm")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            lines = result.stdout.splitlines()
+            self.assertEqual(lines[0], "mm: 14.00 ms of self time in 3 calls")  # 7 + 3 + 4
+            rows = {line.split(None, 3)[3]: line.split()[:3] for line in lines[2:]}
+            self.assertEqual(rows["4x8 8x2"], ["11.00", "2", "14.00"])  # (10 - 3) + 4 self, 10 + 4 inclusive
+            self.assertEqual(rows["2x3 3x1"], ["3.00", "1", "0.00"])  # inside another mm: not inclusive again
+            no_shapes = summarise(str(trace), "--shapes", "relu")
+            self.assertNotEqual(no_shapes.returncode, 0)
+            self.assertIn("no input shapes for 'relu'", no_shapes.stderr)
+            missing = summarise(str(trace), "--shapes", "conv")
+            self.assertNotEqual(missing.returncode, 0)
+            self.assertIn("no op named 'conv'", missing.stderr)
+            both = summarise(str(trace), "--shapes", "mm", "--callers", "mm")
+            self.assertNotEqual(both.returncode, 0)
+            self.assertIn("give one", both.stderr)
+
     def test_bad_input_is_named(self):
         with tempfile.TemporaryDirectory() as tmp:
             missing = summarise(str(Path(tmp) / "none.json"))
@@ -99,7 +131,7 @@ class BenchTraceTest(unittest.TestCase):
                                   "--threads", "1", "--trace", str(trace)], capture_output=True, text=True)
             self.assertEqual(run.returncode, 0, run.stderr)
             self.assertIn(f"trace             {trace} (one more step, not timed)", run.stdout)
-            events = json.loads(trace.read_text())
+            events = json.loads(trace.read_text())["traceEvents"]
             names = {e["name"] for e in events if e.get("ph") == "X"}
             # The forward's convolutions, the backward's, the norm of the gradients and AdamW.
             for op in ("aten::convolution", "aten::convolution_backward", "dedpo::gradient_norm", "aten::_fused_adamw_"):
@@ -107,6 +139,12 @@ class BenchTraceTest(unittest.TestCase):
             summary = summarise(str(trace), "--top", "5")
             self.assertEqual(summary.returncode, 0, summary.stderr)
             self.assertEqual(len(summary.stdout.splitlines()), 2 + 5)
+            # conv_in's input shapes: 2 latents of 4 channels at 8×8, its [32, 4, 3, 3] weight and bias.
+            conv_dims = [e["args"]["Input Dims"][:3] for e in events if e["name"] == "aten::convolution"]
+            self.assertIn([[2, 4, 8, 8], [32, 4, 3, 3], [32]], conv_dims)
+            shapes = summarise(str(trace), "--shapes", "aten::convolution")
+            self.assertEqual(shapes.returncode, 0, shapes.stderr)
+            self.assertIn("2x4x8x8 32x4x3x3 32", shapes.stdout)
 
     def test_an_unwritable_trace_fails_before_the_steps(self):
         run = subprocess.run([BENCH, "unused.json", "--trace", "/nonexistent/folder/step.json"],
