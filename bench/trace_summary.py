@@ -43,16 +43,27 @@ def walk(by_thread):
             open_ops.append(e)
 
 
-def self_times(by_thread, top):
+def tally(by_thread, key_of):
+    """Self time, inclusive time and calls per key_of(op) (None: the op is not tallied). An op's
+    self time is its time minus its direct children's; an op inside another of its name (an
+    autocast wrapper and the kernel it redispatches to) adds nothing to the inclusive time again."""
     self_us, inclusive_us, calls = collections.Counter(), collections.Counter(), collections.Counter()
+    keys = {}  # id(op) -> its key, for its children to subtract from
     for e, callers in walk(by_thread):
-        name = e["name"]
-        self_us[name] += e["dur"]
-        calls[name] += 1
-        if callers:
-            self_us[callers[-1]["name"]] -= e["dur"]
-        if all(c["name"] != name for c in callers):
-            inclusive_us[name] += e["dur"]
+        if callers and keys.get(id(callers[-1])) is not None:
+            self_us[keys[id(callers[-1])]] -= e["dur"]
+        key = keys[id(e)] = key_of(e)
+        if key is None:
+            continue
+        self_us[key] += e["dur"]
+        calls[key] += 1
+        if all(c["name"] != e["name"] for c in callers):
+            inclusive_us[key] += e["dur"]
+    return self_us, inclusive_us, calls
+
+
+def self_times(by_thread, top):
+    self_us, inclusive_us, calls = tally(by_thread, lambda e: e["name"])
     total = sum(self_us.values())
     print(f"{total / 1e3:.1f} ms of self time over {len(by_thread)} thread(s)")
     print(f"{'self ms':>9} {'share':>6} {'calls':>6} {'incl. ms':>9}  op")
@@ -75,27 +86,20 @@ def callers_of(by_thread, target, depth):
         print(f"{us / 1e3:9.2f} ms {calls[chain]:6d}  {chain}")
 
 
+def input_shapes(op):
+    """An op's input shapes as "4x8 8x2" (the trace's "Input Dims", trailing scalar arguments dropped)."""
+    dims = op.get("args", {}).get("Input Dims")
+    if dims is None:
+        sys.exit(f"trace_summary.py: the trace holds no input shapes for '{op['name']}' "
+                 "(dedpo_bench_dpo_step --trace records them)")
+    while dims and not dims[-1]:
+        dims = dims[:-1]
+    return " ".join("x".join(str(d) for d in dim) or "-" for dim in dims)
+
+
 def by_shapes(by_thread, target):
-    """OP's self and inclusive time per distinct input shapes (the trace's "Input Dims")."""
-    self_us, inclusive_us, calls = collections.Counter(), collections.Counter(), collections.Counter()
-    shape_of = {}  # id(event) -> its shapes, for the callers that are `target` themselves
-    for e, callers in walk(by_thread):
-        if callers and callers[-1]["name"] == target and id(callers[-1]) in shape_of:
-            self_us[shape_of[id(callers[-1])]] -= e["dur"]
-        if e["name"] != target:
-            continue
-        dims = e.get("args", {}).get("Input Dims")
-        if dims is None:
-            sys.exit(f"trace_summary.py: the trace holds no input shapes for '{target}' "
-                     "(dedpo_bench_dpo_step --trace records them)")
-        while dims and not dims[-1]:  # the trailing scalar arguments
-            dims = dims[:-1]
-        shapes = " ".join("x".join(str(d) for d in dim) or "-" for dim in dims)
-        shape_of[id(e)] = shapes
-        self_us[shapes] += e["dur"]
-        calls[shapes] += 1
-        if all(c["name"] != target for c in callers):
-            inclusive_us[shapes] += e["dur"]
+    """OP's self and inclusive time per distinct input shapes."""
+    self_us, inclusive_us, calls = tally(by_thread, lambda e: input_shapes(e) if e["name"] == target else None)
     if not calls:
         sys.exit(f"trace_summary.py: no op named '{target}' in the trace")
     print(f"{target}: {sum(self_us.values()) / 1e3:.2f} ms of self time in {sum(calls.values())} calls")

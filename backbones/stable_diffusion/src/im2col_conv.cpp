@@ -166,6 +166,8 @@ class Im2colConv : public torch::autograd::Function<Im2colConv> {
       // dUᵀ = dYᵀ·W: the weight read in place as the wide side, [B·OH·OW, C·k·k].
       dx = fold_batch(cpu_matmul(dy_by_output.t(), weight.reshape({out, w.unfolded_rows()})), w, input_shape);
     }
+    // U unfolded again rather than kept from the forward: it is 9 times the input, and unfolding
+    // costs a small fraction of the product.
     if (ctx->needs_input_grad(1)) dweight = cpu_matmul(dy_by_output, unfold_batch(x, w).t()).view(weight.sizes());
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) dbias = dy_by_output.sum(1);
     return {dx, dweight, dbias, at::Tensor(), at::Tensor()};
